@@ -1,0 +1,841 @@
+//! A node's view of the region: attach, send, receive, detach, behind one
+//! interface for both buffer configurations.
+//!
+//! Batching: frames are staged by [`Endpoint::send`] and handed over by
+//! [`Endpoint::flush`] (or automatically every [`BATCH`] frames), taking the
+//! region lock once per batch in configuration 2 and never in configuration 1.
+//! [`Endpoint::recv`] likewise takes a whole batch under one lock.
+//!
+//! The caller drives time: [`Endpoint::tick`] every few milliseconds keeps
+//! the heartbeat going, publishes counters, notices a re-format or its own
+//! fencing, and reclaims the buffers of peers that died.
+
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::addr::{AddrError, AddrTable};
+use crate::ether::MacAddr;
+use crate::frame::{ProtocolError, RxFrame, Segment};
+use crate::layout::{BufferConfig, Geometry, Layout, LayoutError, HDR_EPOCH, HDR_MAGIC, MAGIC, MAX_FRAME};
+use crate::lock::{LockError, RegionLock, Ticket};
+use crate::nodes::{Counters, Liveness, NodeId, NodeState, NodeTable};
+use crate::pool::{attached, rebuild, Pool};
+use crate::region::Region;
+use crate::rings::Rings;
+
+/// Frames staged before a send flushes by itself.
+pub const BATCH: usize = 32;
+/// Frames that may wait staged (deferred by full queues) before `send`
+/// pushes back with [`SendError::QueueFull`].
+const MAX_STAGED: usize = 4 * BATCH;
+
+/// Errors that stop an endpoint (as opposed to a dropped frame).
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The region's header is missing or invalid.
+    #[error("Cannot use the shared region")]
+    Layout(#[from] LayoutError),
+    /// The region lock failed.
+    #[error("Region lock failed")]
+    Lock(#[from] LockError),
+    /// Address registration failed.
+    #[error("Cannot register this node's address")]
+    Addr(#[from] AddrError),
+    /// The node id does not fit the region.
+    #[error("Node id {node} is out of range: this region holds nodes 0 to {}", .max_nodes - 1)]
+    BadNode {
+        /// The id asked for.
+        node: NodeId,
+        /// Nodes the region holds.
+        max_nodes: usize,
+    },
+    /// Another live process is attached as this node.
+    #[error("Node {0} is attached by another live process (its heartbeat is moving)")]
+    NodeBusy(NodeId),
+    /// The region was formatted again under this node.
+    #[error("The region was formatted again; attach again")]
+    Reformatted,
+}
+
+/// Why a frame was not taken. Every one is counted in `tx_dropped` except
+/// `Endpoint`, which means the endpoint itself can no longer work.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Empty, or larger than 64 KiB.
+    #[error("Frame of {0} bytes is outside 1..=65536")]
+    BadLength(usize),
+    /// The destination is not a running peer.
+    #[error("Node {0} is not a running peer")]
+    NoPeer(NodeId),
+    /// No free slot in the pool.
+    #[error("No free buffer for the frame")]
+    NoBuffer,
+    /// The destination's queue or ring is full.
+    #[error("Destination queue is full")]
+    QueueFull,
+    /// The endpoint failed.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+}
+
+impl SendError {
+    /// True when retrying later may succeed (the receiver is slow).
+    pub fn is_backpressure(&self) -> bool {
+        matches!(self, SendError::NoBuffer | SendError::QueueFull)
+    }
+}
+
+/// Where a frame goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// One node.
+    Node(NodeId),
+    /// Every other node in `Run` (broadcast, multicast, unknown unicast).
+    AllPeers,
+}
+
+/// What a flush did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Frames handed to their receivers.
+    pub published: usize,
+    /// Frames still staged because their receiver's queue is full.
+    pub deferred: usize,
+    /// Frames dropped (receiver no longer running).
+    pub dropped: usize,
+    /// Receivers that said they sleep and now have frames: ring these.
+    pub wake: u64,
+}
+
+#[derive(Debug)]
+struct Staged {
+    dest: NodeId,
+    start: usize,
+    count: usize,
+    len: usize,
+}
+
+/// Configuration 2 state private to this node.
+#[derive(Debug, Default)]
+struct PoolState {
+    /// Slots held by us, ready to fill.
+    cache: Vec<u32>,
+    /// Frames filled, not yet enqueued, in send order.
+    staged: Vec<Staged>,
+    staged_slots: Vec<u32>,
+    /// Slots of frames we received and delivered, to free in the next batch.
+    to_free: Vec<u32>,
+    rx: Vec<(usize, Option<NodeId>, usize, usize)>,
+    rx_segments: Vec<Segment>,
+}
+
+/// Configuration 1 state private to this node.
+#[derive(Debug)]
+struct RingState {
+    /// Per destination: next entry to write, last tail published, last
+    /// head seen.
+    tails: Vec<u32>,
+    published: Vec<u32>,
+    heads_seen: Vec<u32>,
+    /// Per source: next entry to read.
+    heads: Vec<u32>,
+    dirty: u64,
+    next_source: usize,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Pool(PoolState),
+    Rings(RingState),
+}
+
+/// Formats `region` with `geometry`: every slot free, every node `Reset`.
+/// Nodes attached to the region before must attach again.
+pub fn format(region: &Region, geometry: &Geometry) -> Result<Layout, LayoutError> {
+    let layout = Layout::new(geometry, region.len())?;
+    // Magic first to zero (Release): attachers stop trusting the old header.
+    region.store_u64(HDR_MAGIC, 0, Ordering::Release);
+    fence(Ordering::SeqCst);
+    region.zero(8, layout.total - 8);
+    let epoch = format_epoch();
+    layout.write_header(region, epoch);
+    RegionLock { region, layout: &layout }.init();
+    if geometry.config == BufferConfig::SharedPool {
+        Pool { region, layout: &layout }.init();
+    }
+    // Release: everything above is visible to whoever sees the magic.
+    region.store_u64(HDR_MAGIC, MAGIC, Ordering::Release);
+    Ok(layout)
+}
+
+/// A format epoch unlikely to repeat: time and process id.
+fn format_epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 48)) | 1
+}
+
+/// One node attached to the region.
+#[derive(Debug)]
+pub struct Endpoint {
+    region: Arc<Region>,
+    layout: Layout,
+    epoch: u64,
+    me: NodeId,
+    generation: u32,
+    liveness: Liveness,
+    counters: Counters,
+    last_error: Option<ProtocolError>,
+    addr_version: u32,
+    addresses: Vec<(MacAddr, NodeId)>,
+    last_reap: Instant,
+    fenced: bool,
+    backend: Backend,
+}
+
+/// Repairs what a dead node may have left half done; the caller holds the
+/// lock. Returns the number of inconsistencies found.
+fn repair(region: &Region, layout: &Layout, beat: &mut dyn FnMut()) -> u64 {
+    let nodes = NodeTable { region, layout };
+    let is_live = attached(&nodes);
+    let mut errors = AddrTable { region, layout }.retain(|_, node| is_live(node));
+    if layout.geometry.config == BufferConfig::SharedPool {
+        errors += rebuild(&Pool { region, layout }, &nodes, &is_live, beat).errors;
+    }
+    errors
+}
+
+impl Endpoint {
+    /// Attaches as node `me` with address `mac` to a formatted region.
+    ///
+    /// If the node's entry shows a previous incarnation (a crash, a restart),
+    /// its heartbeat is watched for one lease: still moving means another
+    /// process is this node ([`EndpointError::NodeBusy`]); still means the
+    /// old incarnation is gone, and its buffers are reclaimed.
+    pub fn attach(region: Arc<Region>, me: NodeId, mac: MacAddr) -> Result<Self, EndpointError> {
+        let (layout, epoch) = Layout::read(&region)?;
+        let max_nodes = layout.geometry.max_nodes as usize;
+        if me >= max_nodes {
+            return Err(EndpointError::BadNode { node: me, max_nodes });
+        }
+        let lease = Duration::from_millis(layout.geometry.lease_ms.into());
+        let nodes = NodeTable { region: &region, layout: &layout };
+        if nodes.state(me) != NodeState::Reset {
+            let mut watch = Liveness::new(max_nodes, lease);
+            let start = Instant::now();
+            watch.is_dead(&nodes, me, start);
+            while !watch.is_dead(&nodes, me, Instant::now()) {
+                if start.elapsed() > lease * 2 {
+                    return Err(EndpointError::NodeBusy(me));
+                }
+                std::thread::sleep(lease / 20);
+            }
+        }
+        let generation = nodes.next_generation(me);
+        let backend = match layout.geometry.config {
+            BufferConfig::SharedPool => Backend::Pool(PoolState::default()),
+            BufferConfig::PerPair => Backend::Rings(RingState {
+                tails: vec![0; max_nodes],
+                published: vec![0; max_nodes],
+                heads_seen: vec![0; max_nodes],
+                heads: vec![0; max_nodes],
+                dirty: 0,
+                next_source: 0,
+                segments: Vec::new(),
+            }),
+        };
+        let mut endpoint = Endpoint {
+            region,
+            layout,
+            epoch,
+            me,
+            generation,
+            liveness: Liveness::new(max_nodes, lease),
+            counters: Counters::default(),
+            last_error: None,
+            addr_version: 0,
+            addresses: Vec::new(),
+            last_reap: Instant::now(),
+            fenced: false,
+            backend,
+        };
+        let ticket = endpoint.acquire()?;
+        let result = endpoint.join_locked(mac);
+        endpoint.release(ticket)?;
+        result?;
+        Ok(endpoint)
+    }
+
+    /// The attach steps that need the lock: clean up any previous
+    /// incarnation, take over our rings, register the address.
+    fn join_locked(&mut self, mac: MacAddr) -> Result<(), EndpointError> {
+        let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let nodes = NodeTable { region, layout };
+        nodes.set_state(me, NodeState::Reset);
+        self.counters.protocol_errors += repair(region, layout, &mut || nodes.beat(me));
+        if let Backend::Rings(state) = &mut self.backend {
+            let rings = Rings { region, layout };
+            for peer in (0..nodes.count()).filter(|&p| p != me) {
+                // As receiver: drop what was queued for the old incarnation.
+                state.heads[peer] = rings.tail(peer, me);
+                rings.consume(peer, me, state.heads[peer]);
+                // As sender: continue after what the old incarnation wrote,
+                // unless the indices are corrupt.
+                let (tail, head) = (rings.tail(me, peer), rings.head(me, peer));
+                let tail = if tail.wrapping_sub(head) > rings.capacity() { head } else { tail };
+                rings.publish(me, peer, tail);
+                (state.tails[peer], state.published[peer], state.heads_seen[peer]) = (tail, tail, head);
+            }
+        }
+        let addresses = AddrTable { region, layout };
+        addresses.register(mac, me, |n| n != me && nodes.state(n) != NodeState::Reset)?;
+        nodes.set_mac(me, mac.to_word());
+        nodes.publish_counters(me, &Counters::default());
+        nodes.beat(me);
+        nodes.set_state(me, NodeState::Init);
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The region's validated layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// This node's counters (published to the region by `tick`).
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The last protocol violation seen, if any.
+    pub fn last_error(&self) -> Option<ProtocolError> {
+        self.last_error
+    }
+
+    /// Announces this node's state; peers send only to nodes in `Run`.
+    pub fn set_state(&mut self, state: NodeState) -> Result<(), EndpointError> {
+        self.check_usable()?;
+        self.nodes().set_state(self.me, state);
+        Ok(())
+    }
+
+    /// Peers in `Run`, as a bit set (carrier is up while it is non-zero).
+    pub fn running_peers(&self) -> u64 {
+        self.nodes().running_peers(self.me)
+    }
+
+    fn nodes(&self) -> NodeTable<'_> {
+        NodeTable { region: &self.region, layout: &self.layout }
+    }
+
+    fn note(&mut self, error: ProtocolError) {
+        self.counters.protocol_errors += 1;
+        self.last_error = Some(error);
+    }
+
+    fn check_usable(&self) -> Result<(), EndpointError> {
+        if self.fenced {
+            return Err(LockError::Fenced.into());
+        }
+        Ok(())
+    }
+
+    fn acquire(&mut self) -> Result<Ticket, EndpointError> {
+        self.check_usable()?;
+        let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let nodes = NodeTable { region, layout };
+        let mut recovered = 0;
+        let mut errors = 0;
+        let result = RegionLock { region, layout }.lock(me, self.generation, &mut self.liveness, &mut |_dead| {
+            recovered += 1;
+            errors += repair(region, layout, &mut || nodes.beat(me));
+        });
+        self.counters.recoveries += recovered;
+        self.counters.protocol_errors += errors;
+        result.map_err(|e| self.lock_failed(e))
+    }
+
+    fn release(&mut self, ticket: Ticket) -> Result<(), EndpointError> {
+        let lock = RegionLock { region: &self.region, layout: &self.layout };
+        lock.unlock(ticket, self.me, self.generation).map_err(|e| self.lock_failed(e))
+    }
+
+    fn lock_failed(&mut self, error: LockError) -> EndpointError {
+        if error == LockError::Fenced {
+            self.fenced = true;
+        }
+        error.into()
+    }
+
+    /// Stages `frame` for `dest`. It is handed over at the next flush (or
+    /// now, when a batch is full).
+    pub fn send(&mut self, dest: Dest, frame: &[u8]) -> Result<(), SendError> {
+        self.check_usable()?;
+        if frame.is_empty() || frame.len() > MAX_FRAME {
+            self.counters.tx_dropped += 1;
+            return Err(SendError::BadLength(frame.len()));
+        }
+        match dest {
+            Dest::Node(node) => self.send_to(node, frame),
+            Dest::AllPeers => {
+                let peers = self.running_peers();
+                for node in (0..self.layout.geometry.max_nodes as usize).filter(|n| peers & 1 << n != 0) {
+                    match self.send_to(node, frame) {
+                        Err(SendError::Endpoint(e)) => return Err(e.into()),
+                        Err(_) | Ok(()) => {}
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn send_to(&mut self, dest: NodeId, frame: &[u8]) -> Result<(), SendError> {
+        let result = self.stage(dest, frame);
+        if matches!(result, Err(ref e) if !matches!(e, SendError::Endpoint(_))) {
+            self.counters.tx_dropped += 1;
+        }
+        result
+    }
+
+    fn stage(&mut self, dest: NodeId, frame: &[u8]) -> Result<(), SendError> {
+        if dest == self.me || dest >= self.layout.geometry.max_nodes as usize || self.nodes().state(dest) != NodeState::Run {
+            return Err(SendError::NoPeer(dest));
+        }
+        let slot_size = self.layout.geometry.slot_size as usize;
+        let need = frame.len().div_ceil(slot_size);
+        match &mut self.backend {
+            Backend::Pool(state) => {
+                if state.staged.len() >= MAX_STAGED || state.cache.len() < need {
+                    self.flush_pool(need)?;
+                }
+                let Backend::Pool(state) = &mut self.backend else { unreachable!() };
+                if state.staged.len() >= MAX_STAGED {
+                    return Err(SendError::QueueFull);
+                }
+                if state.cache.len() < need {
+                    return Err(SendError::NoBuffer);
+                }
+                let start = state.staged_slots.len();
+                let from = state.cache.len() - need;
+                state.staged_slots.extend(state.cache.drain(from..));
+                Pool { region: &self.region, layout: &self.layout }.fill(self.me, &state.staged_slots[start..], frame);
+                state.staged.push(Staged { dest, start, count: need, len: frame.len() });
+                if state.staged.len() >= BATCH {
+                    self.flush_pool(0)?;
+                }
+                Ok(())
+            }
+            Backend::Rings(state) => {
+                let rings = Rings { region: &self.region, layout: &self.layout };
+                let capacity = rings.capacity();
+                let span = need as u32;
+                let tail = state.tails[dest];
+                if capacity - tail.wrapping_sub(state.heads_seen[dest]).min(capacity) < span {
+                    let head = rings.head(self.me, dest);
+                    if tail.wrapping_sub(head) > capacity {
+                        let (head, tail) = (head, tail);
+                        self.note(ProtocolError::QueueIndices { node: dest, head, tail, capacity });
+                        return Err(SendError::QueueFull);
+                    }
+                    state.heads_seen[dest] = head;
+                    if capacity - tail.wrapping_sub(head) < span {
+                        return Err(SendError::QueueFull);
+                    }
+                }
+                rings.write(self.me, dest, tail, frame);
+                state.tails[dest] = tail.wrapping_add(span);
+                state.dirty |= 1 << dest;
+                self.counters.tx_frames += 1;
+                self.counters.tx_bytes += frame.len() as u64;
+                if state.tails[dest].wrapping_sub(state.published[dest]) >= BATCH as u32 {
+                    self.flush_rings();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands every staged frame to its receiver (those whose queue is full
+    /// stay staged), and refills the slot cache.
+    pub fn flush(&mut self) -> Result<FlushReport, EndpointError> {
+        self.check_usable()?;
+        self.nodes().beat(self.me);
+        match self.backend {
+            Backend::Pool(_) => self.flush_pool(0),
+            Backend::Rings(_) => Ok(self.flush_rings()),
+        }
+    }
+
+    /// Drops frames that flush deferred (Ethernet semantics: a full
+    /// receiver loses frames rather than stalling the sender).
+    pub fn drop_staged(&mut self) {
+        if let Backend::Pool(state) = &mut self.backend {
+            self.counters.tx_dropped += state.staged.len() as u64;
+            state.staged.clear();
+            state.cache.append(&mut state.staged_slots);
+        }
+    }
+
+    fn flush_rings(&mut self) -> FlushReport {
+        let Backend::Rings(state) = &mut self.backend else { return FlushReport::default() };
+        let rings = Rings { region: &self.region, layout: &self.layout };
+        let mut report = FlushReport::default();
+        let dirty = std::mem::take(&mut state.dirty);
+        for dest in (0..state.tails.len()).filter(|d| dirty & 1 << d != 0) {
+            rings.publish(self.me, dest, state.tails[dest]);
+            report.published += state.tails[dest].wrapping_sub(state.published[dest]) as usize;
+            state.published[dest] = state.tails[dest];
+        }
+        report.wake = self.sleepers(dirty);
+        report
+    }
+
+    /// Of `dests` (just published to), those that said they sleep.
+    fn sleepers(&self, dests: u64) -> u64 {
+        if dests == 0 {
+            return 0;
+        }
+        // SeqCst: pairs with the receiver's SeqCst store of its sleeping
+        // flag; either we see the flag, or it sees our published frames.
+        fence(Ordering::SeqCst);
+        let nodes = self.nodes();
+        (0..nodes.count()).filter(|&n| dests & 1 << n != 0 && nodes.sleeping(n)).fold(0, |set, n| set | 1 << n)
+    }
+
+    fn flush_pool(&mut self, need: usize) -> Result<FlushReport, EndpointError> {
+        let Backend::Pool(state) = &self.backend else { return Ok(FlushReport::default()) };
+        let want = need.max(BATCH);
+        if state.staged.is_empty() && state.to_free.is_empty() && state.cache.len() >= need {
+            return Ok(FlushReport::default());
+        }
+        let ticket = self.acquire()?;
+        let result = self.flush_pool_locked(want);
+        let report = match result {
+            Ok(report) => report,
+            Err(error) => {
+                self.note(error);
+                self.repair_locked();
+                FlushReport::default()
+            }
+        };
+        self.release(ticket)?;
+        Ok(FlushReport { wake: self.sleepers(report.wake), ..report })
+    }
+
+    /// With the lock held: free, enqueue, refill. `wake` in the report
+    /// holds the destinations published to (filtered by the caller).
+    fn flush_pool_locked(&mut self, want: usize) -> Result<FlushReport, ProtocolError> {
+        let Backend::Pool(state) = &mut self.backend else { return Ok(FlushReport::default()) };
+        let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let pool = Pool { region, layout };
+        let nodes = NodeTable { region, layout };
+        let skipped = pool.push_free(me, &state.to_free)?;
+        state.to_free.clear();
+        let mut report = FlushReport::default();
+        // Per destination: (head, tail as found, tail after our entries).
+        let mut tails: Vec<Option<(u32, u32, u32)>> = vec![None; nodes.count()];
+        let mut full = 0u64;
+        let mut kept = Vec::new();
+        let mut kept_slots = Vec::new();
+        let mut dropped_slots = Vec::new();
+        for frame in state.staged.drain(..) {
+            let chain = &state.staged_slots[frame.start..frame.start + frame.count];
+            let bit = 1u64 << frame.dest;
+            if full & bit == 0 && tails[frame.dest].is_none() {
+                if nodes.state(frame.dest) != NodeState::Run {
+                    dropped_slots.extend_from_slice(chain);
+                    report.dropped += 1;
+                    continue;
+                }
+                let (head, tail) = pool.queue_indices(frame.dest);
+                let capacity = layout.geometry.queue_capacity;
+                if tail.wrapping_sub(head) > capacity {
+                    return Err(ProtocolError::QueueIndices { node: frame.dest, head, tail, capacity });
+                }
+                tails[frame.dest] = Some((head, tail, tail));
+            }
+            match tails[frame.dest] {
+                Some((head, found, tail)) if full & bit == 0 && tail.wrapping_sub(head) < layout.geometry.queue_capacity => {
+                    pool.enqueue_at(frame.dest, tail, chain);
+                    tails[frame.dest] = Some((head, found, tail.wrapping_add(1)));
+                    report.published += 1;
+                    self.counters.tx_frames += 1;
+                    self.counters.tx_bytes += frame.len as u64;
+                }
+                _ => {
+                    // Keep order per destination: once one frame waits, the
+                    // later ones to the same node wait too.
+                    full |= bit;
+                    kept.push(Staged { start: kept_slots.len(), ..frame });
+                    kept_slots.extend_from_slice(chain);
+                }
+            }
+        }
+        for (dest, indices) in tails.iter().enumerate() {
+            if let Some((_, found, tail)) = *indices {
+                if tail != found {
+                    pool.publish_tail(dest, tail);
+                    report.wake |= 1 << dest;
+                }
+            }
+        }
+        report.deferred = kept.len();
+        state.staged = kept;
+        state.staged_slots = kept_slots;
+        self.counters.tx_dropped += report.dropped as u64;
+        self.counters.protocol_errors += skipped;
+        let skipped = pool.push_free(me, &dropped_slots)?;
+        self.counters.protocol_errors += skipped;
+        if state.cache.len() < want {
+            pool.pop_free(me, want - state.cache.len(), &mut state.cache)?;
+        }
+        Ok(report)
+    }
+
+    /// With the lock held, after a protocol violation: rebuild buffer
+    /// management and forget any private slot that is no longer ours.
+    fn repair_locked(&mut self) {
+        let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let nodes = NodeTable { region, layout };
+        self.counters.protocol_errors += repair(region, layout, &mut || nodes.beat(me));
+        if let Backend::Pool(state) = &mut self.backend {
+            let pool = Pool { region, layout };
+            let ours = |slot: &u32| *slot < pool.slot_count() && pool.owner(*slot) == crate::pool::held_by(me);
+            state.cache.retain(ours);
+            state.to_free.retain(ours);
+            if !state.staged_slots.iter().all(ours) {
+                self.counters.tx_dropped += state.staged.len() as u64;
+                state.staged.clear();
+                state.staged_slots.retain(ours);
+                state.cache.append(&mut state.staged_slots);
+            }
+        }
+    }
+
+    /// True when frames wait for this node (no lock taken).
+    pub fn pending(&self) -> bool {
+        match &self.backend {
+            Backend::Pool(_) => {
+                let (head, tail) = Pool { region: &self.region, layout: &self.layout }.queue_indices(self.me);
+                head != tail
+            }
+            Backend::Rings(state) => {
+                let rings = Rings { region: &self.region, layout: &self.layout };
+                (0..state.heads.len()).any(|src| src != self.me && rings.tail(src, self.me) != state.heads[src])
+            }
+        }
+    }
+
+    /// Says whether this node is about to sleep (interrupt mode): senders
+    /// ring its doorbell only while the flag is set. After setting it, check
+    /// [`Endpoint::pending`] once more before sleeping.
+    pub fn set_sleeping(&self, sleeping: bool) {
+        self.nodes().set_sleeping(self.me, sleeping);
+    }
+
+    /// Receives up to `max` frames, handing each to `deliver`. Returns how
+    /// many were delivered.
+    pub fn recv(&mut self, max: usize, mut deliver: impl FnMut(&RxFrame<'_>)) -> Result<usize, EndpointError> {
+        self.check_usable()?;
+        self.nodes().beat(self.me);
+        match self.backend {
+            Backend::Pool(_) => self.recv_pool(max, &mut deliver),
+            Backend::Rings(_) => Ok(self.recv_rings(max, &mut deliver)),
+        }
+    }
+
+    fn recv_pool(&mut self, max: usize, deliver: &mut dyn FnMut(&RxFrame<'_>)) -> Result<usize, EndpointError> {
+        let Backend::Pool(state) = &self.backend else { return Ok(0) };
+        if state.to_free.is_empty() && !self.pending() {
+            return Ok(0);
+        }
+        let ticket = self.acquire()?;
+        if let Err(error) = self.dequeue_locked(max) {
+            self.note(error);
+            self.repair_locked();
+        }
+        self.release(ticket)?;
+        let Backend::Pool(state) = &mut self.backend else { return Ok(0) };
+        for &(len, source, start, end) in &state.rx {
+            deliver(&RxFrame { region: &self.region, segments: &state.rx_segments[start..end], len, source });
+            self.counters.rx_frames += 1;
+            self.counters.rx_bytes += len as u64;
+        }
+        Ok(state.rx.len())
+    }
+
+    /// With the lock held: free what we delivered last time, take a batch.
+    fn dequeue_locked(&mut self, max: usize) -> Result<(), ProtocolError> {
+        let Backend::Pool(state) = &mut self.backend else { return Ok(()) };
+        let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let pool = Pool { region, layout };
+        self.counters.protocol_errors += pool.push_free(me, &state.to_free)?;
+        state.to_free.clear();
+        state.rx.clear();
+        state.rx_segments.clear();
+        let (head, tail) = pool.queue_indices(me);
+        let capacity = layout.geometry.queue_capacity;
+        let depth = tail.wrapping_sub(head);
+        if depth > capacity {
+            return Err(ProtocolError::QueueIndices { node: me, head, tail, capacity });
+        }
+        let take = depth.min(max as u32);
+        for i in 0..take {
+            let first = pool.entry(me, head.wrapping_add(i));
+            let start = state.rx_segments.len();
+            match pool.take_chain(me, first, &mut state.rx_segments, &mut state.to_free) {
+                Ok((len, source)) => state.rx.push((len, source, start, state.rx_segments.len())),
+                Err(error) => {
+                    self.counters.rx_dropped += 1;
+                    self.counters.protocol_errors += 1;
+                    self.last_error = Some(error);
+                }
+            }
+        }
+        pool.set_head(me, head.wrapping_add(take));
+        Ok(())
+    }
+
+    fn recv_rings(&mut self, max: usize, deliver: &mut dyn FnMut(&RxFrame<'_>)) -> usize {
+        let Backend::Rings(state) = &mut self.backend else { return 0 };
+        let rings = Rings { region: &self.region, layout: &self.layout };
+        let peers = state.heads.len();
+        let mut delivered = 0;
+        for k in 0..peers {
+            let src = (state.next_source + k) % peers;
+            if src == self.me {
+                continue;
+            }
+            let mut head = state.heads[src];
+            let mut avail = match rings.available(src, self.me, head) {
+                Ok(avail) => avail,
+                Err(error) => {
+                    // Nothing in this ring can be trusted: skip to its tail.
+                    self.counters.protocol_errors += 1;
+                    self.last_error = Some(error);
+                    head = rings.tail(src, self.me);
+                    0
+                }
+            };
+            while avail > 0 && delivered < max {
+                state.segments.clear();
+                match rings.read(src, self.me, head, avail, &mut state.segments) {
+                    Ok((len, span)) => {
+                        deliver(&RxFrame { region: &self.region, segments: &state.segments, len, source: Some(src) });
+                        self.counters.rx_frames += 1;
+                        self.counters.rx_bytes += len as u64;
+                        delivered += 1;
+                        head = head.wrapping_add(span);
+                        avail -= span;
+                    }
+                    Err(error) => {
+                        self.counters.protocol_errors += 1;
+                        self.counters.rx_dropped += 1;
+                        self.last_error = Some(error);
+                        head = head.wrapping_add(avail);
+                        avail = 0;
+                    }
+                }
+            }
+            if head != state.heads[src] {
+                state.heads[src] = head;
+                rings.consume(src, self.me, head);
+            }
+        }
+        state.next_source = (state.next_source + 1) % peers;
+        delivered
+    }
+
+    /// The node that owns `frame`'s destination address, or every running
+    /// peer for group and unknown addresses.
+    pub fn route(&mut self, frame: &[u8]) -> Result<Dest, EndpointError> {
+        let Some(dst) = MacAddr::destination(frame) else { return Ok(Dest::AllPeers) };
+        if dst.is_group() {
+            return Ok(Dest::AllPeers);
+        }
+        let table = AddrTable { region: &self.region, layout: &self.layout };
+        if table.version() != self.addr_version {
+            let ticket = self.acquire()?;
+            let table = AddrTable { region: &self.region, layout: &self.layout };
+            self.addr_version = table.version();
+            let (entries, bad) = table.snapshot();
+            self.addresses = entries;
+            self.counters.protocol_errors += bad;
+            self.release(ticket)?;
+        }
+        Ok(self.addresses.iter().find(|e| e.0 == dst).map_or(Dest::AllPeers, |e| Dest::Node(e.1)))
+    }
+
+    /// Housekeeping, every few milliseconds: heartbeat, counters, checks
+    /// for re-format and fencing, and reclaiming dead peers' buffers.
+    pub fn tick(&mut self) -> Result<(), EndpointError> {
+        self.check_usable()?;
+        let nodes = self.nodes();
+        nodes.beat(self.me);
+        nodes.publish_counters(self.me, &self.counters);
+        if self.region.load_u64(HDR_MAGIC, Ordering::Acquire) != MAGIC
+            || self.region.load_u64(HDR_EPOCH, Ordering::Acquire) != self.epoch
+        {
+            self.fenced = true;
+            return Err(EndpointError::Reformatted);
+        }
+        if nodes.generation(self.me) != self.generation {
+            self.fenced = true;
+            return Err(LockError::Fenced.into());
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_reap) >= self.liveness.lease() / 4 {
+            self.last_reap = now;
+            self.reap(now)?;
+        }
+        Ok(())
+    }
+
+    /// Fences peers whose heartbeat stood still for a lease and returns
+    /// their buffers to the pool.
+    fn reap(&mut self, now: Instant) -> Result<(), EndpointError> {
+        let nodes = NodeTable { region: &self.region, layout: &self.layout };
+        let mut dead = Vec::new();
+        for node in (0..nodes.count()).filter(|&n| n != self.me) {
+            if nodes.state(node) != NodeState::Reset && self.liveness.is_dead(&nodes, node, now) {
+                dead.push((node, nodes.generation(node)));
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let ticket = self.acquire()?;
+        let mut fenced = false;
+        for (node, generation) in dead {
+            if self.nodes().fence(node, generation) {
+                self.liveness.forget(node);
+                self.counters.recoveries += 1;
+                fenced = true;
+            }
+        }
+        if fenced {
+            self.repair_locked();
+        }
+        self.release(ticket)
+    }
+
+    /// Leaves the region: every slot this node holds or has queued goes
+    /// back to the pool, its address is removed, its state is `Reset`.
+    pub fn detach(mut self) -> Result<(), EndpointError> {
+        let ticket = self.acquire()?;
+        self.nodes().set_state(self.me, NodeState::Reset);
+        let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let nodes = NodeTable { region, layout };
+        repair(region, layout, &mut || nodes.beat(me));
+        nodes.publish_counters(me, &self.counters);
+        self.release(ticket)
+    }
+}

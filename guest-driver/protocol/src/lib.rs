@@ -1,0 +1,45 @@
+//! Mint's virtual network interface (VNI) protocol: Ethernet frames carried
+//! through one memory region that every OS node maps.
+//!
+//! This crate is the protocol alone, with no device access: any shared
+//! mapping stands in for the ivshmem BAR (a /dev/shm file, a memfd, an
+//! anonymous mapping for single-process tests), so everything here runs and
+//! is tested on the host.
+//!
+//! The design is the 2018 Mint study's (see `shared/MINT-VNI.md`):
+//!
+//! - buffer configuration 2 (its choice): one pool of slots for all frames
+//!   of all nodes ([`pool`](crate::BufferConfig::SharedPool)); or
+//!   configuration 1: one ring per (sender, receiver) pair
+//!   ([`PerPair`](crate::BufferConfig::PerPair)). Both behind [`Endpoint`];
+//! - mutual exclusion only on buffer management and address management, by
+//!   a fair ticket lock in the region that survives the death of its holder;
+//!   frame bytes are copied without it.
+//!
+//! Every value read from the region is treated as hostile: read once,
+//! validated, and a violation is a [`ProtocolError`] and a counter, never a
+//! panic or an out-of-bounds access. No Rust reference points into the
+//! region; [`Region`] hands out atomics and copies only.
+
+mod addr;
+mod endpoint;
+mod ether;
+mod frame;
+mod inspect;
+mod layout;
+mod lock;
+mod nodes;
+mod pool;
+mod region;
+mod rings;
+pub mod sim;
+
+pub use addr::AddrError;
+pub use endpoint::{format, Dest, Endpoint, EndpointError, FlushReport, SendError, BATCH};
+pub use ether::{MacAddr, MacParseError};
+pub use frame::{ProtocolError, RxFrame, Segment};
+pub use inspect::{inspect, NodeReport, PoolReport, RegionReport};
+pub use layout::{BufferConfig, Geometry, Layout, LayoutError, HEADER_LEN, MAX_FRAME, MAX_NODES};
+pub use lock::{Holder, LockError, LockStatus};
+pub use nodes::{Counters, NodeId, NodeState};
+pub use region::{Region, RegionError};

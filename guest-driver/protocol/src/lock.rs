@@ -1,0 +1,394 @@
+//! The region lock: guards the buffer management and address management
+//! parts, as the study prescribes (frame bytes are copied without it).
+//!
+//! A ticket lock, so nodes are served in arrival order and none starves.
+//! Its words live in the region:
+//!
+//! | offset | word          | meaning                                        |
+//! |--------|---------------|------------------------------------------------|
+//! | 0      | `next_ticket` | u32, `fetch_add` by each node that wants in    |
+//! | 4      | `now_serving` | u32, the ticket whose turn it is               |
+//! | 8      | `holder`      | u64, (ticket << 32) \| (node + 1) << 16 \| gen |
+//! | 16     | `recoveries`  | u64, dead holders recovered from               |
+//!
+//! A node publishes the ticket it waits for in its node table entry. When a
+//! ticket's turn comes, its node claims it by compare-and-swap of `holder`.
+//!
+//! Recovery: a waiter watches the node whose turn it is. When that node's
+//! heartbeat stands still for the lease (it died holding or waiting), or the
+//! turn is never claimed for a lease (it died between taking the ticket and
+//! publishing it), or one holder keeps the lock for four leases (a hog), the
+//! waiter claims the stuck ticket itself with the same compare-and-swap, so
+//! at most one node recovers it. It fences the dead node (state `Reset`,
+//! generation + 1), repairs what that node may have left half done, and
+//! passes the turn on. A fenced node that wakes up finds its generation or
+//! its ticket gone and gets [`LockError::Fenced`] instead of the lock.
+
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::layout::{Layout, NODE_TICKET, NODE_WAITING};
+use crate::nodes::{Liveness, NodeId, NodeTable, Stall};
+use crate::region::Region;
+
+const NEXT_TICKET: usize = 0;
+const NOW_SERVING: usize = 4;
+const HOLDER: usize = 8;
+const RECOVERIES: usize = 16;
+
+/// Errors from taking or releasing the region lock.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LockError {
+    /// Peers declared this node dead (its heartbeat stopped for a lease) and
+    /// reclaimed its buffers; it must attach again.
+    #[error("This node was declared dead by its peers and must attach again")]
+    Fenced,
+    /// The lock words made no progress for far longer than any recovery takes.
+    #[error("Region lock not obtained within {0:?}: its words are corrupt")]
+    Timeout(Duration),
+}
+
+/// Who holds the lock, decoded from the holder word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// The ticket being served.
+    pub ticket: u32,
+    /// The node that claimed it (`None` when the word names no valid node).
+    pub node: Option<NodeId>,
+    /// The low 16 bits of that node's generation when it claimed it.
+    pub generation: u16,
+}
+
+fn encode(ticket: u32, node: NodeId, generation: u32) -> u64 {
+    (u64::from(ticket) << 32) | ((node as u64 + 1) << 16) | u64::from(generation as u16)
+}
+
+fn decode(word: u64, max_nodes: usize) -> Holder {
+    let node = ((word >> 16) & 0xffff) as usize;
+    Holder {
+        ticket: (word >> 32) as u32,
+        node: (1..=max_nodes).contains(&node).then(|| node - 1),
+        generation: word as u16,
+    }
+}
+
+/// A snapshot of the lock words, for inspection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LockStatus {
+    /// Next ticket to be handed out.
+    pub next_ticket: u32,
+    /// Ticket being served.
+    pub now_serving: u32,
+    /// Last claimed holder.
+    pub holder: Holder,
+    /// Is a node inside the critical section right now?
+    pub held: bool,
+    /// Dead holders recovered from, ever.
+    pub recoveries: u64,
+}
+
+/// Proof that the lock is held; give it back with [`RegionLock::unlock`].
+#[derive(Debug)]
+#[must_use = "the lock stays held until passed to unlock"]
+pub(crate) struct Ticket(u32);
+
+/// Access to the lock words of one region.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegionLock<'a> {
+    pub(crate) region: &'a Region,
+    pub(crate) layout: &'a Layout,
+}
+
+/// Spins briefly, then yields, then sleeps: on an oversubscribed host a
+/// spinning waiter must not keep the holder off the CPU.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff(u32);
+
+impl Backoff {
+    pub(crate) fn wait(&mut self) {
+        self.0 = self.0.saturating_add(1);
+        match self.0 {
+            0..=63 => std::hint::spin_loop(),
+            64..=1023 => std::thread::yield_now(),
+            _ => std::thread::sleep(Duration::from_micros(50)),
+        }
+    }
+}
+
+impl<'a> RegionLock<'a> {
+    fn off(&self, word: usize) -> usize {
+        self.layout.lock + word
+    }
+
+    fn nodes(&self) -> NodeTable<'a> {
+        NodeTable { region: self.region, layout: self.layout }
+    }
+
+    /// Initial lock words; only the formatter calls this.
+    pub(crate) fn init(&self) {
+        self.region.store_u32(self.off(NEXT_TICKET), 0, Ordering::Relaxed);
+        self.region.store_u32(self.off(NOW_SERVING), 0, Ordering::Relaxed);
+        // Ticket u32::MAX, no node: ticket 0 starts unclaimed.
+        self.region.store_u64(self.off(HOLDER), u64::from(u32::MAX) << 32, Ordering::Relaxed);
+        self.region.store_u64(self.off(RECOVERIES), 0, Ordering::Relaxed);
+    }
+
+    /// The lock words as they are now.
+    pub(crate) fn status(&self) -> LockStatus {
+        let now_serving = self.region.load_u32(self.off(NOW_SERVING), Ordering::Acquire);
+        let holder = decode(self.region.load_u64(self.off(HOLDER), Ordering::Acquire), self.nodes().count());
+        LockStatus {
+            next_ticket: self.region.load_u32(self.off(NEXT_TICKET), Ordering::Acquire),
+            now_serving,
+            holder,
+            held: holder.ticket == now_serving && holder.node.is_some(),
+            recoveries: self.region.load_u64(self.off(RECOVERIES), Ordering::Relaxed),
+        }
+    }
+
+    /// Takes the lock for node `me` of `generation`.
+    ///
+    /// While waiting it keeps `me`'s heartbeat going and recovers stuck
+    /// tickets: for each, `repair` is called with the lock held and the dead
+    /// node (if one could be named), already fenced.
+    pub(crate) fn lock(
+        &self,
+        me: NodeId,
+        generation: u32,
+        liveness: &mut Liveness,
+        repair: &mut dyn FnMut(Option<NodeId>),
+    ) -> Result<Ticket, LockError> {
+        let nodes = self.nodes();
+        let lease = liveness.lease();
+        let deadline = Instant::now() + lease * 30;
+        let mut stall = Stall::default();
+        let mut backoff = Backoff::default();
+        let mut spins = 0u32;
+        let mut ticket = self.take_ticket(me);
+        loop {
+            let serving = self.region.load_u32(self.off(NOW_SERVING), Ordering::Acquire);
+            let holder_word = self.region.load_u64(self.off(HOLDER), Ordering::Acquire);
+            let holder = decode(holder_word, nodes.count());
+            if serving == ticket && holder.ticket != ticket {
+                let mine = encode(ticket, me, generation);
+                if self.region.cas_u64(self.off(HOLDER), holder_word, mine, Ordering::AcqRel).is_ok() {
+                    self.region.store_u32(nodes.layout.node(me, NODE_WAITING), 0, Ordering::Relaxed);
+                    if nodes.generation(me) != generation {
+                        // Fenced while waiting; hand the turn on untouched.
+                        self.pass(ticket);
+                        return Err(LockError::Fenced);
+                    }
+                    return Ok(Ticket(ticket));
+                }
+                continue;
+            }
+            if (serving.wrapping_sub(ticket) as i32) >= 0 {
+                // Our turn was claimed by another node, or went by without
+                // us: either we were fenced, or the lock words were damaged
+                // and we queue again.
+                ticket = self.requeue_or_fenced(me, generation)?;
+            }
+
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 {
+                nodes.beat(me);
+                let now = Instant::now();
+                if now >= deadline {
+                    self.region.store_u32(nodes.layout.node(me, NODE_WAITING), 0, Ordering::Relaxed);
+                    return Err(LockError::Timeout(lease * 30));
+                }
+                let claimed = holder.ticket == serving;
+                let candidate = if claimed { holder.node } else { self.waiter_with(serving) };
+                let dead = match candidate {
+                    Some(node) if node != me => {
+                        liveness.is_dead(&nodes, node, now)
+                            || (claimed && stall.stuck(u64::from(serving), now, lease * 4))
+                    }
+                    Some(_) => false,
+                    None => stall.stuck(u64::from(serving), now, lease),
+                };
+                if dead {
+                    self.recover(serving, holder_word, candidate, me, generation, liveness, repair);
+                }
+            }
+            backoff.wait();
+        }
+    }
+
+    /// Our ticket was skipped or taken. If our generation moved on we were
+    /// fenced; otherwise we queue again with a new ticket.
+    fn requeue_or_fenced(&self, me: NodeId, generation: u32) -> Result<u32, LockError> {
+        if self.nodes().generation(me) != generation {
+            self.region.store_u32(self.layout.node(me, NODE_WAITING), 0, Ordering::Relaxed);
+            return Err(LockError::Fenced);
+        }
+        Ok(self.take_ticket(me))
+    }
+
+    fn take_ticket(&self, me: NodeId) -> u32 {
+        let ticket = self.region.fetch_add_u32(self.off(NEXT_TICKET), 1, Ordering::AcqRel);
+        // Ticket first, then the flag with Release: a reader that sees the
+        // flag (Acquire) sees this ticket.
+        self.region.store_u32(self.layout.node(me, NODE_TICKET), ticket, Ordering::Relaxed);
+        self.region.store_u32(self.layout.node(me, NODE_WAITING), 1, Ordering::Release);
+        ticket
+    }
+
+    /// The node that announced it waits for `ticket`, if any.
+    fn waiter_with(&self, ticket: u32) -> Option<NodeId> {
+        (0..self.nodes().count()).find(|&n| {
+            self.region.load_u32(self.layout.node(n, NODE_WAITING), Ordering::Acquire) == 1
+                && self.region.load_u32(self.layout.node(n, NODE_TICKET), Ordering::Relaxed) == ticket
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn recover(
+        &self,
+        stuck: u32,
+        holder_word: u64,
+        dead: Option<NodeId>,
+        me: NodeId,
+        generation: u32,
+        liveness: &mut Liveness,
+        repair: &mut dyn FnMut(Option<NodeId>),
+    ) {
+        let nodes = self.nodes();
+        let dead_generation = dead.map(|n| nodes.generation(n));
+        let mine = encode(stuck, me, generation);
+        if self.region.cas_u64(self.off(HOLDER), holder_word, mine, Ordering::AcqRel).is_err() {
+            return; // the owner woke up, or another waiter recovers it
+        }
+        // The dead node's last writes were never released to us; it has
+        // stopped, so a full fence is enough to read what it left.
+        fence(Ordering::SeqCst);
+        if let (Some(node), Some(gen)) = (dead, dead_generation) {
+            nodes.fence(node, gen);
+            liveness.forget(node);
+        }
+        repair(dead);
+        self.region.fetch_add_u64(self.off(RECOVERIES), 1, Ordering::Relaxed);
+        self.pass(stuck);
+    }
+
+    /// Passes the turn from `ticket` to the next one.
+    fn pass(&self, ticket: u32) {
+        // Release: the critical section's writes are visible to the next
+        // holder, which loads `now_serving` with Acquire.
+        let _ = self.region.cas_u32(self.off(NOW_SERVING), ticket, ticket.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Releases the lock. Fails with `Fenced` when peers took it from us.
+    pub(crate) fn unlock(&self, ticket: Ticket, me: NodeId, generation: u32) -> Result<(), LockError> {
+        let holder = self.region.load_u64(self.off(HOLDER), Ordering::Acquire);
+        if holder != encode(ticket.0, me, generation) {
+            return Err(LockError::Fenced);
+        }
+        let off = self.off(NOW_SERVING);
+        self.region
+            .cas_u32(off, ticket.0, ticket.0.wrapping_add(1), Ordering::Release)
+            .map(drop)
+            .map_err(|_| LockError::Fenced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{BufferConfig, Geometry};
+    use crate::nodes::NodeState;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    fn setup(lease_ms: u32) -> (Arc<Region>, Layout) {
+        let region = Arc::new(Region::anonymous(1 << 20).unwrap());
+        let mut g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
+        g.lease_ms = lease_ms;
+        let layout = Layout::new(&g, 1 << 20).unwrap();
+        RegionLock { region: &region, layout: &layout }.init();
+        (region, layout)
+    }
+
+    fn no_repair(_: Option<NodeId>) {
+        panic!("nothing should need repair")
+    }
+
+    #[test]
+    fn excludes_and_serves_in_order() {
+        let (region, layout) = setup(1000);
+        let inside = Arc::new(AtomicU64::new(0));
+        let total = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|me| {
+                let (region, inside, total) = (region.clone(), inside.clone(), total.clone());
+                std::thread::spawn(move || {
+                    let lock = RegionLock { region: &region, layout: &layout };
+                    let gen = NodeTable { region: &region, layout: &layout }.next_generation(me);
+                    let mut live = Liveness::new(4, Duration::from_secs(1));
+                    for _ in 0..2000 {
+                        let t = lock.lock(me, gen, &mut live, &mut no_repair).unwrap();
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                        total.fetch_add(1, Ordering::Relaxed);
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        lock.unlock(t, me, gen).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(total.load(Ordering::Relaxed), 8000);
+        let status = RegionLock { region: &region, layout: &layout }.status();
+        assert_eq!(status.next_ticket, 8000);
+        assert_eq!(status.now_serving, 8000);
+        assert!(!status.held);
+    }
+
+    #[test]
+    fn a_dead_holder_is_fenced_and_repaired() {
+        let (region, layout) = setup(50);
+        let lock = RegionLock { region: &region, layout: &layout };
+        let nodes = NodeTable { region: &region, layout: &layout };
+        let dead_gen = nodes.next_generation(1);
+        nodes.set_state(1, NodeState::Run);
+        let mut live = Liveness::new(4, Duration::from_millis(50));
+        let _abandoned = lock.lock(1, dead_gen, &mut live, &mut no_repair).unwrap();
+
+        let gen = nodes.next_generation(0);
+        let mut repaired = Vec::new();
+        let started = Instant::now();
+        let t = lock.lock(0, gen, &mut live, &mut |dead| repaired.push(dead)).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(50), "recovered before the lease ran out");
+        assert_eq!(repaired, vec![Some(1)]);
+        assert_eq!(nodes.state(1), NodeState::Reset);
+        lock.unlock(t, 0, gen).unwrap();
+        assert_eq!(lock.status().recoveries, 1);
+
+        // The dead node wakes up: it cannot release, nor take the lock again.
+        assert_eq!(lock.unlock(Ticket(0), 1, dead_gen), Err(LockError::Fenced));
+        assert_eq!(lock.lock(1, dead_gen, &mut live, &mut no_repair).map(drop), Err(LockError::Fenced));
+    }
+
+    #[test]
+    fn a_ticket_nobody_claims_is_skipped_after_a_lease() {
+        let (region, layout) = setup(30);
+        let lock = RegionLock { region: &region, layout: &layout };
+        // A node took ticket 0 and died before announcing it.
+        region.fetch_add_u32(layout.lock + NEXT_TICKET, 1, Ordering::AcqRel);
+        let gen = NodeTable { region: &region, layout: &layout }.next_generation(2);
+        let mut live = Liveness::new(4, Duration::from_millis(30));
+        let mut repairs = 0;
+        let t = lock.lock(2, gen, &mut live, &mut |dead| {
+            assert_eq!(dead, None);
+            repairs += 1;
+        });
+        assert!(t.is_ok());
+        assert_eq!(repairs, 1);
+    }
+
+    #[test]
+    fn holder_words_decode_defensively() {
+        assert_eq!(decode(encode(5, 3, 0x1_0007), 4), Holder { ticket: 5, node: Some(3), generation: 7 });
+        assert_eq!(decode(u64::MAX, 4).node, None, "node 0xffff is out of range");
+        assert_eq!(decode(0, 4).node, None);
+    }
+}

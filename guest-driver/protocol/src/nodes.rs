@@ -1,0 +1,317 @@
+//! The node state table: each node's state, generation, heartbeat, MAC,
+//! lock ticket and counters.
+//!
+//! Guests cannot see which peers exist (ivshmem tells them nothing), so the
+//! table is the only source of membership. A node writes its own entry; the
+//! exception is fencing, where the holder of the region lock declares a node
+//! dead by resetting its state and bumping its generation (compare-and-swap,
+//! so a node that comes back sees that it was fenced).
+//!
+//! Liveness uses no shared clock: a node bumps its heartbeat counter, and an
+//! observer declares it dead when the counter has not moved for the lease,
+//! measured on the observer's own monotonic clock ([`Liveness`]).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::layout::{
+    Layout, NODE_COUNTERS, NODE_GENERATION, NODE_HEARTBEAT, NODE_MAC, NODE_SLEEPING, NODE_STATE,
+};
+use crate::region::Region;
+
+/// A node's index in the table.
+pub type NodeId = usize;
+
+/// Life cycle of a node, as in Jailhouse's ivshmem-net: carrier only when
+/// both ends are in [`NodeState::Run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum NodeState {
+    /// Not attached (never was, detached, or declared dead).
+    Reset = 0,
+    /// Attached, setting up.
+    Init = 1,
+    /// Set up, not yet carrying traffic.
+    Ready = 2,
+    /// Carrying traffic: peers send to it.
+    Run = 3,
+}
+
+impl NodeState {
+    /// Decodes a state word read from the region; `None` for garbage.
+    pub fn from_word(word: u32) -> Option<Self> {
+        match word {
+            0 => Some(NodeState::Reset),
+            1 => Some(NodeState::Init),
+            2 => Some(NodeState::Ready),
+            3 => Some(NodeState::Run),
+            _ => None,
+        }
+    }
+}
+
+/// Counters each node publishes in its table entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// Frames handed to the region.
+    pub tx_frames: u64,
+    /// Bytes handed to the region.
+    pub tx_bytes: u64,
+    /// Frames taken from the region.
+    pub rx_frames: u64,
+    /// Bytes taken from the region.
+    pub rx_bytes: u64,
+    /// Frames dropped on send: no slot, full queue or peer not running.
+    pub tx_dropped: u64,
+    /// Frames dropped on receive (failed validation).
+    pub rx_dropped: u64,
+    /// Protocol violations seen in values read from the region.
+    pub protocol_errors: u64,
+    /// Dead nodes this node recovered from.
+    pub recoveries: u64,
+}
+
+impl Counters {
+    const FIELDS: usize = 8;
+
+    fn to_array(self) -> [u64; Self::FIELDS] {
+        [
+            self.tx_frames,
+            self.tx_bytes,
+            self.rx_frames,
+            self.rx_bytes,
+            self.tx_dropped,
+            self.rx_dropped,
+            self.protocol_errors,
+            self.recoveries,
+        ]
+    }
+
+    fn from_array(a: [u64; Self::FIELDS]) -> Self {
+        Counters {
+            tx_frames: a[0],
+            tx_bytes: a[1],
+            rx_frames: a[2],
+            rx_bytes: a[3],
+            tx_dropped: a[4],
+            rx_dropped: a[5],
+            protocol_errors: a[6],
+            recoveries: a[7],
+        }
+    }
+}
+
+/// Typed access to the node table of one region.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodeTable<'a> {
+    pub(crate) region: &'a Region,
+    pub(crate) layout: &'a Layout,
+}
+
+impl NodeTable<'_> {
+    pub(crate) fn count(&self) -> usize {
+        self.layout.geometry.max_nodes as usize
+    }
+
+    /// The raw state word, for readers that must tell garbage apart.
+    pub(crate) fn state_word(&self, node: NodeId) -> u32 {
+        self.region.load_u32(self.layout.node(node, NODE_STATE), Ordering::Acquire)
+    }
+
+    /// The node's state; garbage reads as `Reset` (not a peer to talk to).
+    pub(crate) fn state(&self, node: NodeId) -> NodeState {
+        NodeState::from_word(self.state_word(node)).unwrap_or(NodeState::Reset)
+    }
+
+    pub(crate) fn set_state(&self, node: NodeId, state: NodeState) {
+        // Release: whatever the node set up before announcing the state
+        // (its queue, its address entry) is visible to readers of the state.
+        self.region.store_u32(self.layout.node(node, NODE_STATE), state as u32, Ordering::Release)
+    }
+
+    pub(crate) fn generation(&self, node: NodeId) -> u32 {
+        self.region.load_u32(self.layout.node(node, NODE_GENERATION), Ordering::Acquire)
+    }
+
+    /// Fences `node` if it is still in `generation`: its state goes to
+    /// `Reset` and its generation moves on, so that the node, if it was only
+    /// paused, finds out that it was declared dead. Returns whether this call
+    /// did the fencing.
+    pub(crate) fn fence(&self, node: NodeId, generation: u32) -> bool {
+        let off = self.layout.node(node, NODE_GENERATION);
+        if self.region.cas_u32(off, generation, generation.wrapping_add(1), Ordering::AcqRel).is_err() {
+            return false;
+        }
+        self.set_state(node, NodeState::Reset);
+        self.region.store_u32(self.layout.node(node, crate::layout::NODE_WAITING), 0, Ordering::Release);
+        true
+    }
+
+    /// Starts a new incarnation of `node`; returns its generation.
+    pub(crate) fn next_generation(&self, node: NodeId) -> u32 {
+        let off = self.layout.node(node, NODE_GENERATION);
+        self.region.fetch_add_u32(off, 1, Ordering::AcqRel).wrapping_add(1)
+    }
+
+    pub(crate) fn heartbeat(&self, node: NodeId) -> u64 {
+        self.region.load_u64(self.layout.node(node, NODE_HEARTBEAT), Ordering::Acquire)
+    }
+
+    pub(crate) fn beat(&self, node: NodeId) {
+        self.region.fetch_add_u64(self.layout.node(node, NODE_HEARTBEAT), 1, Ordering::Release);
+    }
+
+    pub(crate) fn mac(&self, node: NodeId) -> u64 {
+        self.region.load_u64(self.layout.node(node, NODE_MAC), Ordering::Acquire)
+    }
+
+    pub(crate) fn set_mac(&self, node: NodeId, mac: u64) {
+        self.region.store_u64(self.layout.node(node, NODE_MAC), mac, Ordering::Release)
+    }
+
+    pub(crate) fn sleeping(&self, node: NodeId) -> bool {
+        self.region.load_u32(self.layout.node(node, NODE_SLEEPING), Ordering::Acquire) != 0
+    }
+
+    pub(crate) fn set_sleeping(&self, node: NodeId, sleeping: bool) {
+        // SeqCst: pairs with the sender's SeqCst load after publishing a
+        // frame, so either the sender sees "sleeping" and rings, or the
+        // receiver's re-check after this store sees the frame (no lost wakeup).
+        self.region.store_u32(self.layout.node(node, NODE_SLEEPING), sleeping.into(), Ordering::SeqCst)
+    }
+
+    pub(crate) fn counters(&self, node: NodeId) -> Counters {
+        let mut a = [0u64; Counters::FIELDS];
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = self.region.load_u64(self.layout.node(node, NODE_COUNTERS + 8 * i), Ordering::Relaxed);
+        }
+        Counters::from_array(a)
+    }
+
+    pub(crate) fn publish_counters(&self, node: NodeId, counters: &Counters) {
+        for (i, v) in counters.to_array().into_iter().enumerate() {
+            self.region.store_u64(self.layout.node(node, NODE_COUNTERS + 8 * i), v, Ordering::Relaxed);
+        }
+    }
+
+    /// Nodes other than `me` that are in `Run`, as a bit set.
+    pub(crate) fn running_peers(&self, me: NodeId) -> u64 {
+        (0..self.count())
+            .filter(|&n| n != me && self.state(n) == NodeState::Run)
+            .fold(0, |set, n| set | 1 << n)
+    }
+}
+
+/// What one observer knows of each node's heartbeat.
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    generation: u32,
+    heartbeat: u64,
+    since: Instant,
+}
+
+/// Decides, on this node's own clock, which peers have stopped beating.
+#[derive(Debug)]
+pub struct Liveness {
+    lease: Duration,
+    watches: Vec<Option<Watch>>,
+}
+
+impl Liveness {
+    /// A tracker for `nodes` nodes with the region's lease.
+    pub fn new(nodes: usize, lease: Duration) -> Self {
+        Liveness { lease, watches: vec![None; nodes] }
+    }
+
+    /// The lease after which a silent node is dead.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Records what `node` shows now; true when its heartbeat and generation
+    /// have stood still for at least the lease.
+    pub(crate) fn is_dead(&mut self, nodes: &NodeTable<'_>, node: NodeId, now: Instant) -> bool {
+        let generation = nodes.generation(node);
+        let heartbeat = nodes.heartbeat(node);
+        match &mut self.watches[node] {
+            Some(w) if w.generation == generation && w.heartbeat == heartbeat => now.duration_since(w.since) >= self.lease,
+            slot => {
+                *slot = Some(Watch { generation, heartbeat, since: now });
+                false
+            }
+        }
+    }
+
+    /// Forgets what was seen of `node` (after it was fenced or re-attached).
+    pub(crate) fn forget(&mut self, node: NodeId) {
+        self.watches[node] = None;
+    }
+}
+
+/// Tracks how long a condition that should be brief (a ticket nobody
+/// claims) has lasted.
+#[derive(Debug, Default)]
+pub(crate) struct Stall {
+    key: Option<(u64, Instant)>,
+}
+
+impl Stall {
+    /// True when the same `key` has been seen continuously for `lease`.
+    pub(crate) fn stuck(&mut self, key: u64, now: Instant, lease: Duration) -> bool {
+        match self.key {
+            Some((k, since)) if k == key => now.duration_since(since) >= lease,
+            _ => {
+                self.key = Some((key, now));
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{BufferConfig, Geometry};
+
+    #[test]
+    fn liveness_needs_a_full_lease_of_silence() {
+        let region = Region::anonymous(1 << 20).unwrap();
+        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
+        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let nodes = NodeTable { region: &region, layout: &layout };
+        let mut live = Liveness::new(4, Duration::from_millis(100));
+        let t0 = Instant::now();
+        assert!(!live.is_dead(&nodes, 1, t0));
+        assert!(!live.is_dead(&nodes, 1, t0 + Duration::from_millis(99)));
+        assert!(live.is_dead(&nodes, 1, t0 + Duration::from_millis(100)));
+        nodes.beat(1);
+        assert!(!live.is_dead(&nodes, 1, t0 + Duration::from_millis(150)), "a beat restarts the lease");
+        assert!(live.is_dead(&nodes, 1, t0 + Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn fencing_happens_once_per_generation() {
+        let region = Region::anonymous(1 << 20).unwrap();
+        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
+        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let nodes = NodeTable { region: &region, layout: &layout };
+        let gen = nodes.next_generation(2);
+        nodes.set_state(2, NodeState::Run);
+        assert!(nodes.fence(2, gen));
+        assert!(!nodes.fence(2, gen), "a second fencer of the same incarnation does nothing");
+        assert_eq!(nodes.state(2), NodeState::Reset);
+        assert_ne!(nodes.generation(2), gen);
+    }
+
+    #[test]
+    fn garbage_state_words_are_not_running() {
+        assert_eq!(NodeState::from_word(77), None);
+        let region = Region::anonymous(1 << 20).unwrap();
+        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
+        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let nodes = NodeTable { region: &region, layout: &layout };
+        region.store_u32(layout.node(3, NODE_STATE), 77, Ordering::Relaxed);
+        assert_eq!(nodes.state(3), NodeState::Reset);
+        nodes.set_state(1, NodeState::Run);
+        assert_eq!(nodes.running_peers(0), 0b10);
+    }
+}

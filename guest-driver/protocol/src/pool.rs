@@ -1,0 +1,510 @@
+//! Buffer configuration 2, the study's choice: one pool of fixed-size slots
+//! shared by all frames of all nodes, and one receive queue per node.
+//!
+//! Buffer management (everything here but the slot bytes) is changed only
+//! with the region lock held:
+//!
+//! - the **free stack**: `top` (own cache line) and `slot_count` slot ids.
+//!   LIFO, so recently freed, cache-warm slots are reused first;
+//! - a **descriptor** per slot: `owner` (free / held by node n / queued for
+//!   node n), `next` (chain link), `len` (bytes in this slot), `meta`
+//!   (on a chain's first slot: frame length | sender << 24);
+//! - a **receive queue** per node: `head` and `tail` (free-running u32, own
+//!   cache lines) and `queue_capacity` entries, each the first slot of a frame.
+//!
+//! A sender takes slots from the stack into a private cache (batch), fills
+//! them without the lock, then enqueues a batch of frames under the lock.
+//! A receiver dequeues a batch under the lock (marking the slots held),
+//! copies frames out without it, and frees the slots in its next batch.
+//!
+//! Every slot's owner word says where it is, so recovery after a node died
+//! mid-operation needs no journal: [`rebuild`] recomputes the free stack and
+//! queues from the owner words and queues of the nodes still alive.
+
+use std::sync::atomic::Ordering;
+
+use crate::frame::{ProtocolError, Segment};
+use crate::layout::{Layout, CACHE_LINE, DESC_LEN, MAX_FRAME};
+use crate::nodes::{NodeId, NodeState, NodeTable};
+use crate::region::Region;
+
+/// "No next slot" in a chain link.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
+const OWNER_FREE: u32 = 0;
+const OWNER_HELD: u32 = 1 << 24;
+const OWNER_QUEUED: u32 = 2 << 24;
+
+/// Owner word of a slot held by `node`.
+pub(crate) fn held_by(node: NodeId) -> u32 {
+    OWNER_HELD | node as u32
+}
+
+fn held(node: NodeId) -> u32 {
+    held_by(node)
+}
+
+fn queued(node: NodeId) -> u32 {
+    OWNER_QUEUED | node as u32
+}
+
+const D_OWNER: usize = 0;
+const D_NEXT: usize = 4;
+const D_LEN: usize = 8;
+const D_META: usize = 12;
+const META_LEN_MASK: u32 = (1 << 24) - 1;
+
+/// Typed access to the pool's buffer management words.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pool<'a> {
+    pub(crate) region: &'a Region,
+    pub(crate) layout: &'a Layout,
+}
+
+impl<'a> Pool<'a> {
+    pub(crate) fn slot_count(&self) -> u32 {
+        self.layout.geometry.slot_count
+    }
+
+    fn capacity(&self) -> u32 {
+        self.layout.geometry.queue_capacity
+    }
+
+    fn desc(&self, slot: u32, field: usize) -> usize {
+        self.layout.descs + slot as usize * DESC_LEN + field
+    }
+
+    pub(crate) fn owner(&self, slot: u32) -> u32 {
+        self.region.load_u32(self.desc(slot, D_OWNER), Ordering::Relaxed)
+    }
+
+    fn set_owner(&self, slot: u32, owner: u32) {
+        self.region.store_u32(self.desc(slot, D_OWNER), owner, Ordering::Relaxed)
+    }
+
+    pub(crate) fn free_top(&self) -> u32 {
+        self.region.load_u32(self.layout.pool, Ordering::Acquire)
+    }
+
+    fn set_free_top(&self, top: u32) {
+        self.region.store_u32(self.layout.pool, top, Ordering::Release)
+    }
+
+    fn stack(&self, i: u32) -> usize {
+        self.layout.pool + CACHE_LINE + 4 * i as usize
+    }
+
+    fn queue(&self, node: NodeId) -> usize {
+        self.layout.queues + node * self.layout.queue_stride
+    }
+
+    /// (head, tail) of `node`'s queue, read once each.
+    pub(crate) fn queue_indices(&self, node: NodeId) -> (u32, u32) {
+        let q = self.queue(node);
+        // Acquire on tail pairs with the enqueuer's Release: entries below
+        // the tail are visible.
+        let tail = self.region.load_u32(q + CACHE_LINE, Ordering::Acquire);
+        let head = self.region.load_u32(q, Ordering::Acquire);
+        (head, tail)
+    }
+
+    pub(crate) fn set_head(&self, node: NodeId, head: u32) {
+        self.region.store_u32(self.queue(node), head, Ordering::Release)
+    }
+
+    /// Publishes entries below `tail` to `node`.
+    pub(crate) fn publish_tail(&self, node: NodeId, tail: u32) {
+        self.set_tail(node, tail)
+    }
+
+    /// Queue entry `index` of `node`: the first slot of a frame (unvalidated).
+    pub(crate) fn entry(&self, node: NodeId, index: u32) -> u32 {
+        self.region.load_u32(self.entry_off(node, index), Ordering::Relaxed)
+    }
+
+    fn set_tail(&self, node: NodeId, tail: u32) {
+        self.region.store_u32(self.queue(node) + CACHE_LINE, tail, Ordering::Release)
+    }
+
+    fn entry_off(&self, node: NodeId, index: u32) -> usize {
+        self.queue(node) + 2 * CACHE_LINE + 4 * (index & (self.capacity() - 1)) as usize
+    }
+
+    /// Formats the pool: every slot free, every queue empty.
+    pub(crate) fn init(&self) {
+        for slot in 0..self.slot_count() {
+            self.set_owner(slot, OWNER_FREE);
+            // Highest id at the bottom: slot 0 is handed out first.
+            self.region.store_u32(self.stack(slot), self.slot_count() - 1 - slot, Ordering::Relaxed);
+        }
+        self.set_free_top(self.slot_count());
+    }
+
+    /// Pops up to `n` free slots into `out`, marking them held by `me`.
+    pub(crate) fn pop_free(&self, me: NodeId, n: usize, out: &mut Vec<u32>) -> Result<(), ProtocolError> {
+        let count = self.slot_count();
+        let mut top = self.free_top();
+        if top > count {
+            return Err(ProtocolError::FreeStack { top, count });
+        }
+        let take = (n as u32).min(top);
+        for _ in 0..take {
+            let slot = self.region.load_u32(self.stack(top - 1), Ordering::Relaxed);
+            if slot >= count {
+                self.set_free_top(top);
+                return Err(ProtocolError::SlotOutOfRange { slot, count });
+            }
+            let owner = self.owner(slot);
+            if owner != OWNER_FREE {
+                self.set_free_top(top);
+                return Err(ProtocolError::WrongOwner { slot, owner, expected: OWNER_FREE });
+            }
+            self.set_owner(slot, held(me));
+            out.push(slot);
+            top -= 1;
+        }
+        self.set_free_top(top);
+        Ok(())
+    }
+
+    /// Returns slots held by `me` to the free stack. Slots whose owner word
+    /// no longer says so (recovered behind our back) are skipped and
+    /// counted, never freed twice.
+    pub(crate) fn push_free(&self, me: NodeId, slots: &[u32]) -> Result<u64, ProtocolError> {
+        let count = self.slot_count();
+        let mut top = self.free_top();
+        let mut skipped = 0;
+        for &slot in slots {
+            if slot >= count || self.owner(slot) != held(me) {
+                skipped += 1;
+                continue;
+            }
+            if top >= count {
+                self.set_free_top(top);
+                return Err(ProtocolError::FreeStack { top, count });
+            }
+            self.set_owner(slot, OWNER_FREE);
+            self.region.store_u32(self.stack(top), slot, Ordering::Relaxed);
+            top += 1;
+        }
+        self.set_free_top(top);
+        Ok(skipped)
+    }
+
+    /// Writes one frame into a chain of slots held by the caller. No lock:
+    /// the slots are the caller's alone until enqueued.
+    pub(crate) fn fill(&self, me: NodeId, chain: &[u32], frame: &[u8]) {
+        let slot_size = self.layout.geometry.slot_size as usize;
+        for (i, (&slot, chunk)) in chain.iter().zip(frame.chunks(slot_size)).enumerate() {
+            self.region.write_bytes(self.layout.slot(slot), chunk);
+            let next = chain.get(i + 1).copied().unwrap_or(NO_SLOT);
+            self.region.store_u32(self.desc(slot, D_NEXT), next, Ordering::Relaxed);
+            self.region.store_u32(self.desc(slot, D_LEN), chunk.len() as u32, Ordering::Relaxed);
+        }
+        let meta = frame.len() as u32 | (me as u32) << 24;
+        self.region.store_u32(self.desc(chain[0], D_META), meta, Ordering::Relaxed);
+    }
+
+    /// Appends `chain` (held by `me`) to `dest`'s queue at index `tail`.
+    /// The caller checked the room and publishes the tail afterwards.
+    pub(crate) fn enqueue_at(&self, dest: NodeId, tail: u32, chain: &[u32]) {
+        for &slot in chain {
+            self.set_owner(slot, queued(dest));
+        }
+        self.region.store_u32(self.entry_off(dest, tail), chain[0], Ordering::Relaxed);
+    }
+
+    /// Validates the chain starting at `first` in `me`'s queue, marking each
+    /// slot held by `me` as it goes (so a loop meets a slot no longer queued
+    /// and stops). On success the segments are appended to `segments` and
+    /// (frame length, sender) returned. On failure the slots already marked
+    /// are appended to `claimed` for freeing.
+    pub(crate) fn take_chain(
+        &self,
+        me: NodeId,
+        first: u32,
+        segments: &mut Vec<Segment>,
+        claimed: &mut Vec<u32>,
+    ) -> Result<(usize, Option<NodeId>), ProtocolError> {
+        let count = self.slot_count();
+        let slot_size = self.layout.geometry.slot_size;
+        let max_chain = self.layout.geometry.max_chain();
+        let start = segments.len();
+        let result = (|| {
+            if first >= count {
+                return Err(ProtocolError::SlotOutOfRange { slot: first, count });
+            }
+            let meta = self.region.load_u32(self.desc(first, D_META), Ordering::Relaxed);
+            let frame_len = meta & META_LEN_MASK;
+            if frame_len == 0 || frame_len as usize > MAX_FRAME {
+                return Err(ProtocolError::BadLength { len: frame_len, reason: "outside 1..=65536" });
+            }
+            let sender = (meta >> 24) as usize;
+            let mut slot = first;
+            let mut total = 0u32;
+            for _ in 0..max_chain {
+                let owner = self.owner(slot);
+                if owner != queued(me) {
+                    return Err(ProtocolError::WrongOwner { slot, owner, expected: queued(me) });
+                }
+                self.set_owner(slot, held(me));
+                claimed.push(slot);
+                let len = self.region.load_u32(self.desc(slot, D_LEN), Ordering::Relaxed);
+                if len == 0 || len > slot_size {
+                    return Err(ProtocolError::BadLength { len, reason: "segment empty or larger than a slot" });
+                }
+                total += len;
+                if total > frame_len {
+                    return Err(ProtocolError::BadLength { len: frame_len, reason: "segments longer than the frame" });
+                }
+                segments.push(Segment { offset: self.layout.slot(slot), len: len as usize });
+                let next = self.region.load_u32(self.desc(slot, D_NEXT), Ordering::Relaxed);
+                if next == NO_SLOT {
+                    if total != frame_len {
+                        return Err(ProtocolError::BadLength { len: frame_len, reason: "segments shorter than the frame" });
+                    }
+                    let sender = (sender < self.layout.geometry.max_nodes as usize).then_some(sender);
+                    return Ok((frame_len as usize, sender));
+                }
+                if next >= count {
+                    return Err(ProtocolError::SlotOutOfRange { slot: next, count });
+                }
+                slot = next;
+            }
+            Err(ProtocolError::ChainTooLong { max: max_chain })
+        })();
+        if result.is_err() {
+            segments.truncate(start);
+        }
+        result
+    }
+
+    /// Slots a node holds and frames queued for it, by scanning the owner
+    /// words (inspection only; racy without the lock).
+    pub(crate) fn usage(&self, nodes: usize) -> Vec<(u64, u64)> {
+        let mut usage = vec![(0u64, 0u64); nodes];
+        for slot in 0..self.slot_count() {
+            let owner = self.owner(slot);
+            let node = (owner & 0xff_ffff) as usize;
+            match owner & !0xff_ffff {
+                OWNER_HELD if node < nodes => usage[node].0 += 1,
+                OWNER_QUEUED if node < nodes => usage[node].1 += 1,
+                _ => {}
+            }
+        }
+        usage
+    }
+}
+
+/// What [`rebuild`] found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RebuildReport {
+    /// Slots returned to the free stack that were not on it.
+    pub(crate) reclaimed: u64,
+    /// Queue entries dropped (dead node's queue, or invalid).
+    pub(crate) dropped: u64,
+    /// Inconsistencies found (a sign of a rogue writer or a bug).
+    pub(crate) errors: u64,
+}
+
+/// Recomputes the free stack and the queues from what survives: entries in
+/// live nodes' queues whose chains are intact, and slots held by live nodes.
+/// Everything else (a dead node's cache, its queue, half-done enqueues or
+/// frees) goes back to the pool. Lock held by the caller; `beat` is called
+/// now and then to keep the caller's heartbeat going.
+pub(crate) fn rebuild(
+    pool: &Pool<'_>,
+    nodes: &NodeTable<'_>,
+    is_live: &dyn Fn(NodeId) -> bool,
+    beat: &mut dyn FnMut(),
+) -> RebuildReport {
+    const KEEP: u8 = 1;
+    let count = pool.slot_count();
+    let capacity = pool.capacity();
+    let max_chain = pool.layout.geometry.max_chain();
+    let old_free = pool.free_top().min(count);
+    let mut report = RebuildReport::default();
+    let mut status = vec![0u8; count as usize];
+
+    for node in 0..nodes.count() {
+        let (head, tail) = pool.queue_indices(node);
+        if !is_live(node) || tail.wrapping_sub(head) > capacity {
+            report.errors += u64::from(is_live(node));
+            report.dropped += u64::from(tail.wrapping_sub(head).min(capacity));
+            pool.set_head(node, tail);
+            continue;
+        }
+        // Keep the entries whose whole chain is queued for this node and
+        // seen nowhere else; compact the queue over the others.
+        let mut write = head;
+        for index in head..tail {
+            let first = pool.region.load_u32(pool.entry_off(node, index), Ordering::Relaxed);
+            let mut chain = Vec::new();
+            let mut slot = first;
+            let intact = loop {
+                if slot >= count || status[slot as usize] != 0 || pool.owner(slot) != queued(node) {
+                    break false;
+                }
+                if chain.len() as u32 >= max_chain {
+                    break false;
+                }
+                chain.push(slot);
+                status[slot as usize] = KEEP;
+                slot = pool.region.load_u32(pool.desc(slot, D_NEXT), Ordering::Relaxed);
+                if slot == NO_SLOT {
+                    break true;
+                }
+            };
+            if intact {
+                pool.region.store_u32(pool.entry_off(node, write), first, Ordering::Relaxed);
+                write = write.wrapping_add(1);
+            } else {
+                chain.iter().for_each(|&s| status[s as usize] = 0);
+                report.errors += 1;
+                report.dropped += 1;
+            }
+        }
+        pool.set_tail(node, write);
+        beat();
+    }
+
+    let mut top = 0u32;
+    for slot in 0..count {
+        if status[slot as usize] == KEEP {
+            continue;
+        }
+        let owner = pool.owner(slot);
+        let holder = (owner & 0xff_ffff) as usize;
+        if owner & !0xff_ffff == OWNER_HELD && holder < nodes.count() && is_live(holder) {
+            continue;
+        }
+        pool.set_owner(slot, OWNER_FREE);
+        pool.region.store_u32(pool.stack(top), slot, Ordering::Relaxed);
+        top += 1;
+        if slot % 4096 == 0 {
+            beat();
+        }
+    }
+    pool.set_free_top(top);
+    report.reclaimed = u64::from(top.saturating_sub(old_free));
+    report
+}
+
+/// A node is live for recovery purposes unless it is in `Reset`.
+pub(crate) fn attached<'a>(nodes: &'a NodeTable<'a>) -> impl Fn(NodeId) -> bool + 'a {
+    move |n| nodes.state(n) != NodeState::Reset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{BufferConfig, Geometry};
+
+    fn setup() -> (Region, Layout) {
+        let region = Region::anonymous(1 << 20).unwrap();
+        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
+        let layout = Layout::new(&g, 1 << 20).unwrap();
+        Pool { region: &region, layout: &layout }.init();
+        (region, layout)
+    }
+
+    #[test]
+    fn chain_round_trip_and_free() {
+        let (region, layout) = setup();
+        let pool = Pool { region: &region, layout: &layout };
+        let nodes = NodeTable { region: &region, layout: &layout };
+        nodes.set_state(1, NodeState::Run);
+        let frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut chain = Vec::new();
+        pool.pop_free(0, 3, &mut chain).unwrap();
+        pool.fill(0, &chain, &frame);
+        pool.enqueue_at(1, 0, &chain);
+        pool.set_tail(1, 1);
+
+        let mut segments = Vec::new();
+        let mut claimed = Vec::new();
+        let (len, src) = pool.take_chain(1, chain[0], &mut segments, &mut claimed).unwrap();
+        assert_eq!((len, src), (5000, Some(0)));
+        assert_eq!(segments.iter().map(|s| s.len).collect::<Vec<_>>(), vec![2048, 2048, 904]);
+        let rx = crate::frame::RxFrame { region: &region, segments: &segments, len, source: src };
+        assert_eq!(rx.to_vec(), frame);
+        assert_eq!(pool.push_free(1, &claimed).unwrap(), 0);
+        assert_eq!(pool.free_top(), pool.slot_count());
+        // Freeing again is refused slot by slot, not a double free.
+        assert_eq!(pool.push_free(1, &claimed).unwrap(), 3);
+        assert_eq!(pool.free_top(), pool.slot_count());
+    }
+
+    #[test]
+    fn loops_and_wild_links_are_caught() {
+        let (region, layout) = setup();
+        let pool = Pool { region: &region, layout: &layout };
+        let mut chain = Vec::new();
+        pool.pop_free(0, 2, &mut chain).unwrap();
+        pool.fill(0, &chain, &[7u8; 3000]);
+        pool.enqueue_at(1, 0, &chain);
+        // Link the second slot back to the first: a loop.
+        region.store_u32(pool.desc(chain[1], D_NEXT), chain[0], Ordering::Relaxed);
+        let (mut seg, mut claimed) = (Vec::new(), Vec::new());
+        let err = pool.take_chain(1, chain[0], &mut seg, &mut claimed).unwrap_err();
+        assert!(matches!(err, ProtocolError::WrongOwner { .. } | ProtocolError::BadLength { .. }), "{err}");
+        assert!(seg.is_empty());
+        assert_eq!(claimed.len(), 2, "the slots validated so far are ours to free");
+
+        let (mut seg, mut claimed) = (Vec::new(), Vec::new());
+        let err = pool.take_chain(1, 1 << 30, &mut seg, &mut claimed).unwrap_err();
+        assert!(matches!(err, ProtocolError::SlotOutOfRange { .. }));
+    }
+
+    #[test]
+    fn rebuild_returns_a_dead_nodes_slots_and_keeps_the_living() {
+        let (region, layout) = setup();
+        let pool = Pool { region: &region, layout: &layout };
+        let nodes = NodeTable { region: &region, layout: &layout };
+        for n in 0..3 {
+            nodes.set_state(n, NodeState::Run);
+        }
+        // Node 0 holds 5 slots (its cache); node 2 has queued 2 frames for 1
+        // and holds 4; node 2 then dies mid-enqueue of a third frame (owner
+        // set, tail not published).
+        let mut cache0 = Vec::new();
+        pool.pop_free(0, 5, &mut cache0).unwrap();
+        let mut c2 = Vec::new();
+        pool.pop_free(2, 7, &mut c2).unwrap();
+        pool.fill(2, &c2[0..1], b"one");
+        pool.enqueue_at(1, 0, &c2[0..1]);
+        pool.fill(2, &c2[1..2], b"two");
+        pool.enqueue_at(1, 1, &c2[1..2]);
+        pool.set_tail(1, 2);
+        pool.fill(2, &c2[2..3], b"lost");
+        pool.enqueue_at(1, 2, &c2[2..3]);
+        nodes.set_state(2, NodeState::Reset);
+
+        let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
+        assert_eq!(pool.queue_indices(1), (0, 2), "delivered frames stay queued, once");
+        assert_eq!(pool.free_top(), pool.slot_count() - 5 - 2);
+        assert_eq!(report.reclaimed, 5, "node 2's four held slots and its half-enqueued one");
+        assert!(cache0.iter().all(|&s| pool.owner(s) == held(0)));
+    }
+
+    #[test]
+    fn rebuild_drops_duplicate_and_garbage_entries() {
+        let (region, layout) = setup();
+        let pool = Pool { region: &region, layout: &layout };
+        let nodes = NodeTable { region: &region, layout: &layout };
+        nodes.set_state(0, NodeState::Run);
+        nodes.set_state(1, NodeState::Run);
+        let mut c = Vec::new();
+        pool.pop_free(0, 1, &mut c).unwrap();
+        pool.fill(0, &c, b"x");
+        pool.enqueue_at(1, 0, &c);
+        // A rogue duplicates the entry and adds a wild one.
+        region.store_u32(pool.entry_off(1, 1), c[0], Ordering::Relaxed);
+        region.store_u32(pool.entry_off(1, 2), 0xdead_beef, Ordering::Relaxed);
+        pool.set_tail(1, 3);
+        let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
+        assert_eq!(pool.queue_indices(1), (0, 1));
+        assert_eq!(report.errors, 2);
+        assert_eq!(pool.free_top(), pool.slot_count() - 1);
+    }
+}

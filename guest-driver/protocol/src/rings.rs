@@ -1,0 +1,180 @@
+//! Buffer configuration 1: a separate ring for each (sender, receiver) pair.
+//!
+//! Each ring has one producer and one consumer, so it needs no lock: the
+//! sender owns `tail`, the receiver owns `head` (free-running u32 on their
+//! own cache lines). A frame of L bytes occupies `span = ceil(L / slot_size)`
+//! consecutive entries; the descriptor of its first entry holds (L, span).
+//!
+//! ```text
+//! ring(src, dst):  +0 tail | +64 head | +128 descriptors (len, span) x slots
+//!                  | data: slot_size x slots
+//! ```
+//!
+//! The sender writes data and descriptor, then publishes the tail with
+//! `Release`; the receiver loads the tail with `Acquire`, validates the
+//! descriptor (read once), copies the frame out, then publishes the head
+//! with `Release` so the sender may reuse the entries.
+
+use std::sync::atomic::Ordering;
+
+use crate::frame::{ProtocolError, Segment};
+use crate::layout::{Layout, CACHE_LINE, MAX_FRAME, RING_DESC_LEN};
+use crate::nodes::NodeId;
+use crate::region::Region;
+
+/// Typed access to the rings of one region.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rings<'a> {
+    pub(crate) region: &'a Region,
+    pub(crate) layout: &'a Layout,
+}
+
+impl Rings<'_> {
+    pub(crate) fn capacity(&self) -> u32 {
+        self.layout.geometry.slot_count
+    }
+
+    fn tail_off(&self, src: NodeId, dst: NodeId) -> usize {
+        self.layout.ring(src, dst)
+    }
+
+    fn head_off(&self, src: NodeId, dst: NodeId) -> usize {
+        self.layout.ring(src, dst) + CACHE_LINE
+    }
+
+    fn desc_off(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
+        let entry = (index & (self.capacity() - 1)) as usize;
+        self.layout.ring(src, dst) + 2 * CACHE_LINE + entry * RING_DESC_LEN
+    }
+
+    fn data_off(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
+        let descs = 2 * CACHE_LINE + RING_DESC_LEN * self.capacity() as usize;
+        let data = descs.div_ceil(CACHE_LINE) * CACHE_LINE;
+        let entry = (index & (self.capacity() - 1)) as usize;
+        self.layout.ring(src, dst) + data + entry * self.layout.geometry.slot_size as usize
+    }
+
+    pub(crate) fn tail(&self, src: NodeId, dst: NodeId) -> u32 {
+        // Acquire pairs with the sender's Release in `publish`.
+        self.region.load_u32(self.tail_off(src, dst), Ordering::Acquire)
+    }
+
+    pub(crate) fn head(&self, src: NodeId, dst: NodeId) -> u32 {
+        // Acquire pairs with the receiver's Release in `consume`: the
+        // entries below the head are no longer read.
+        self.region.load_u32(self.head_off(src, dst), Ordering::Acquire)
+    }
+
+    /// Sender side: makes entries up to `tail` visible.
+    pub(crate) fn publish(&self, src: NodeId, dst: NodeId, tail: u32) {
+        self.region.store_u32(self.tail_off(src, dst), tail, Ordering::Release)
+    }
+
+    /// Receiver side: hands entries below `head` back to the sender.
+    pub(crate) fn consume(&self, src: NodeId, dst: NodeId, head: u32) {
+        self.region.store_u32(self.head_off(src, dst), head, Ordering::Release)
+    }
+
+    /// Entries a frame of `len` bytes needs.
+    pub(crate) fn span(&self, len: usize) -> u32 {
+        len.div_ceil(self.layout.geometry.slot_size as usize) as u32
+    }
+
+    /// Writes `frame` at entry `tail` of ring (src, dst). The caller checked
+    /// that `span(frame.len())` entries are free and publishes later.
+    pub(crate) fn write(&self, src: NodeId, dst: NodeId, tail: u32, frame: &[u8]) {
+        let slot_size = self.layout.geometry.slot_size as usize;
+        for (i, chunk) in frame.chunks(slot_size).enumerate() {
+            self.region.write_bytes(self.data_off(src, dst, tail.wrapping_add(i as u32)), chunk);
+        }
+        let desc = self.desc_off(src, dst, tail);
+        self.region.store_u32(desc, frame.len() as u32, Ordering::Relaxed);
+        self.region.store_u32(desc + 4, self.span(frame.len()), Ordering::Relaxed);
+    }
+
+    /// Reads and validates the descriptor at `head`, given `avail` published
+    /// entries; appends the frame's segments and returns (len, span).
+    pub(crate) fn read(
+        &self,
+        src: NodeId,
+        dst: NodeId,
+        head: u32,
+        avail: u32,
+        segments: &mut Vec<Segment>,
+    ) -> Result<(usize, u32), ProtocolError> {
+        let slot_size = self.layout.geometry.slot_size;
+        let desc = self.desc_off(src, dst, head);
+        let len = self.region.load_u32(desc, Ordering::Relaxed);
+        let span = self.region.load_u32(desc + 4, Ordering::Relaxed);
+        if len == 0 || len as usize > MAX_FRAME {
+            return Err(ProtocolError::BadLength { len, reason: "outside 1..=65536" });
+        }
+        if span != len.div_ceil(slot_size) {
+            return Err(ProtocolError::BadLength { len, reason: "does not match its span of entries" });
+        }
+        if span > avail {
+            return Err(ProtocolError::BadLength { len, reason: "spans entries not yet published" });
+        }
+        let mut left = len as usize;
+        for i in 0..span {
+            let n = left.min(slot_size as usize);
+            segments.push(Segment { offset: self.data_off(src, dst, head.wrapping_add(i)), len: n });
+            left -= n;
+        }
+        Ok((len as usize, span))
+    }
+
+    /// Validated distance between `head` and the published tail.
+    pub(crate) fn available(&self, src: NodeId, dst: NodeId, head: u32) -> Result<u32, ProtocolError> {
+        let tail = self.tail(src, dst);
+        let avail = tail.wrapping_sub(head);
+        if avail > self.capacity() {
+            return Err(ProtocolError::QueueIndices { node: dst, head, tail, capacity: self.capacity() });
+        }
+        Ok(avail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{BufferConfig, Geometry};
+
+    #[test]
+    fn frames_wrap_around_the_ring() {
+        let region = Region::anonymous(4 << 20).unwrap();
+        let g = Geometry::fit(BufferConfig::PerPair, 4 << 20, 2, 2048).unwrap();
+        let layout = Layout::new(&g, 4 << 20).unwrap();
+        let rings = Rings { region: &region, layout: &layout };
+        let cap = rings.capacity();
+        // Start near the end so a 3-entry frame wraps.
+        let start = cap - 1;
+        let frame: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        rings.write(0, 1, start, &frame);
+        rings.publish(0, 1, start.wrapping_add(3));
+        let avail = rings.available(0, 1, start).unwrap();
+        let mut seg = Vec::new();
+        let (len, span) = rings.read(0, 1, start, avail, &mut seg).unwrap();
+        assert_eq!((len, span), (5000, 3));
+        let rx = crate::frame::RxFrame { region: &region, segments: &seg, len, source: Some(0) };
+        assert_eq!(rx.to_vec(), frame);
+    }
+
+    #[test]
+    fn hostile_descriptors_are_refused() {
+        let region = Region::anonymous(4 << 20).unwrap();
+        let g = Geometry::fit(BufferConfig::PerPair, 4 << 20, 2, 2048).unwrap();
+        let layout = Layout::new(&g, 4 << 20).unwrap();
+        let rings = Rings { region: &region, layout: &layout };
+        let desc = rings.desc_off(0, 1, 0);
+        let mut seg = Vec::new();
+        for (len, span) in [(0, 0), (70_000, 35), (5000, 2), (5000, 3)] {
+            region.store_u32(desc, len, Ordering::Relaxed);
+            region.store_u32(desc + 4, span, Ordering::Relaxed);
+            assert!(rings.read(0, 1, 0, 2, &mut seg).is_err(), "len {len} span {span}");
+        }
+        assert!(seg.is_empty());
+        rings.publish(0, 1, rings.capacity() + 1);
+        assert!(matches!(rings.available(0, 1, 0), Err(ProtocolError::QueueIndices { .. })));
+    }
+}
