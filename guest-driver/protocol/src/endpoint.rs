@@ -25,7 +25,7 @@ use crate::region::Region;
 use crate::rings::Rings;
 
 /// Frames staged before a send flushes by itself.
-pub const BATCH: usize = 32;
+pub const BATCH: usize = 64;
 /// Frames that may wait staged (deferred by full queues) before `send`
 /// pushes back with [`SendError::QueueFull`].
 const MAX_STAGED: usize = 4 * BATCH;
@@ -467,7 +467,6 @@ impl Endpoint {
     /// stay staged), and refills the slot cache.
     pub fn flush(&mut self) -> Result<FlushReport, EndpointError> {
         self.check_usable()?;
-        self.nodes().beat(self.me);
         match self.backend {
             Backend::Pool(_) => self.flush_pool(0),
             Backend::Rings(_) => Ok(self.flush_rings()),
@@ -512,7 +511,10 @@ impl Endpoint {
 
     fn flush_pool(&mut self, need: usize) -> Result<FlushReport, EndpointError> {
         let Backend::Pool(state) = &self.backend else { return Ok(FlushReport::default()) };
-        let want = need.max(BATCH);
+        // Enough slots for a batch of frames like this one, within a fair
+        // share of the pool.
+        let fair_share = self.layout.geometry.slot_count as usize / (4 * self.layout.geometry.max_nodes as usize);
+        let want = (need.max(1) * BATCH).min(fair_share).max(need).max(BATCH.min(fair_share));
         if state.staged.is_empty() && state.to_free.is_empty() && state.cache.len() >= need {
             return Ok(FlushReport::default());
         }
@@ -645,7 +647,6 @@ impl Endpoint {
     /// many were delivered.
     pub fn recv(&mut self, max: usize, mut deliver: impl FnMut(&RxFrame<'_>)) -> Result<usize, EndpointError> {
         self.check_usable()?;
-        self.nodes().beat(self.me);
         match self.backend {
             Backend::Pool(_) => self.recv_pool(max, &mut deliver),
             Backend::Rings(_) => Ok(self.recv_rings(max, &mut deliver)),
@@ -827,6 +828,30 @@ impl Endpoint {
         self.release(ticket)
     }
 
+    /// Test hook for crash tests: takes the region lock and leaves buffer
+    /// management half changed (slots popped from the free stack, frames
+    /// for `dest` written into its queue but the tail not published), then
+    /// returns with the lock still held. The caller is expected to be
+    /// killed; nothing else may be done with this endpoint.
+    #[doc(hidden)]
+    pub fn freeze_inside_lock(&mut self, dest: NodeId) -> Result<(), EndpointError> {
+        let ticket = self.acquire()?;
+        std::mem::forget(ticket);
+        if let Backend::Pool(state) = &mut self.backend {
+            let pool = Pool { region: &self.region, layout: &self.layout };
+            let mut slots = Vec::new();
+            // A partial pop still leaves a half-done state to recover from.
+            let _ = pool.pop_free(self.me, 3 * BATCH, &mut slots);
+            let (_, tail) = pool.queue_indices(dest);
+            for (i, &slot) in slots.iter().take(BATCH).enumerate() {
+                pool.fill(self.me, &[slot], b"half-done");
+                pool.enqueue_at(dest, tail.wrapping_add(i as u32), &[slot]);
+            }
+            state.cache.extend(slots);
+        }
+        Ok(())
+    }
+
     /// Leaves the region: every slot this node holds or has queued goes
     /// back to the pool, its address is removed, its state is `Reset`.
     pub fn detach(mut self) -> Result<(), EndpointError> {
@@ -835,6 +860,13 @@ impl Endpoint {
         let (region, layout, me) = (&*self.region, &self.layout, self.me);
         let nodes = NodeTable { region, layout };
         repair(region, layout, &mut || nodes.beat(me));
+        if let Backend::Rings(_) = self.backend {
+            // Frames still in our incoming rings will never be read.
+            let rings = Rings { region, layout };
+            for src in (0..nodes.count()).filter(|&src| src != me) {
+                rings.consume(src, me, rings.tail(src, me));
+            }
+        }
         nodes.publish_counters(me, &self.counters);
         self.release(ticket)
     }

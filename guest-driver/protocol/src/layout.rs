@@ -4,8 +4,8 @@
 //! ```text
 //! 0x0000  header        magic, version, buffer configuration, format epoch,
 //!                       geometry, section offsets, checksum (128 bytes)
-//! nodes   node table    per node, 128 bytes: state, generation, heartbeat,
-//!                       MAC, lock ticket, counters
+//! nodes   node table    per node, 192 bytes: state, generation, MAC; heartbeat,
+//!                       lock ticket; counters
 //! lock    region lock   ticket lock guarding buffer and address management
 //! addr    address table version word, then (MAC, node) entries
 //! pool    buffer mgmt   config 2: free stack, slot descriptors, per-node
@@ -41,16 +41,19 @@ pub(crate) const HDR_MAGIC: usize = 0;
 pub(crate) const HDR_EPOCH: usize = 16;
 const HDR_CHECKSUM: usize = 120;
 
-/// Bytes per node table entry: one line of control words, one of counters.
-pub const NODE_ENTRY_LEN: usize = 128;
+/// Bytes per node table entry, one cache line per writer pattern: line 0
+/// is read-mostly (state, generation, MAC, sleeping: read by senders on
+/// every frame), line 1 changes often (heartbeat, lock ticket), line 2 holds
+/// the counters.
+pub const NODE_ENTRY_LEN: usize = 192;
 pub(crate) const NODE_STATE: usize = 0;
 pub(crate) const NODE_GENERATION: usize = 4;
-pub(crate) const NODE_HEARTBEAT: usize = 8;
-pub(crate) const NODE_MAC: usize = 16;
-pub(crate) const NODE_TICKET: usize = 24;
-pub(crate) const NODE_WAITING: usize = 28;
-pub(crate) const NODE_SLEEPING: usize = 32;
-pub(crate) const NODE_COUNTERS: usize = 64;
+pub(crate) const NODE_MAC: usize = 8;
+pub(crate) const NODE_SLEEPING: usize = 16;
+pub(crate) const NODE_HEARTBEAT: usize = 64;
+pub(crate) const NODE_TICKET: usize = 72;
+pub(crate) const NODE_WAITING: usize = 76;
+pub(crate) const NODE_COUNTERS: usize = 128;
 
 /// Bytes per config-2 slot descriptor: owner, next, len, frame_len.
 pub(crate) const DESC_LEN: usize = 16;

@@ -40,6 +40,6 @@ pub use ether::{MacAddr, MacParseError};
 pub use frame::{ProtocolError, RxFrame, Segment};
 pub use inspect::{inspect, NodeReport, PoolReport, RegionReport};
 pub use layout::{BufferConfig, Geometry, Layout, LayoutError, HEADER_LEN, MAX_FRAME, MAX_NODES};
-pub use lock::{Holder, LockError, LockStatus};
+pub use lock::{Backoff, Holder, LockError, LockStatus};
 pub use nodes::{Counters, NodeId, NodeState};
 pub use region::{Region, RegionError};

@@ -102,10 +102,11 @@ pub(crate) struct RegionLock<'a> {
 /// Spins briefly, then yields, then sleeps: on an oversubscribed host a
 /// spinning waiter must not keep the holder off the CPU.
 #[derive(Debug, Default)]
-pub(crate) struct Backoff(u32);
+pub struct Backoff(u32);
 
 impl Backoff {
-    pub(crate) fn wait(&mut self) {
+    /// Waits a little longer each call.
+    pub fn wait(&mut self) {
         self.0 = self.0.saturating_add(1);
         match self.0 {
             0..=63 => std::hint::spin_loop(),

@@ -1,0 +1,205 @@
+//! `vni-sim bench`: the protocol's throughput on this host, one process per
+//! node, both buffer configurations, with the machine's memcpy bandwidth
+//! measured in the same run as the yardstick.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use vni_protocol::sim::{self, Pattern, Sizes, WorkerPlan};
+use vni_protocol::BufferConfig;
+
+/// Options of `vni-sim bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Buffer configurations to measure (1, 2).
+    #[arg(long, value_delimiter = ',', default_value = "2,1")]
+    configs: Vec<u32>,
+    /// Node counts.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    nodes: Vec<usize>,
+    /// Frame sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,1500,9000,65536")]
+    sizes: Vec<usize>,
+    /// Seconds each case sends for.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// Who sends to whom: `pairs` (node 2k to 2k+1, one way) gives the
+    /// per-pair figures; `all-to-all` loads every pair at once.
+    #[arg(long, value_enum, default_value_t = Pattern::Pairs)]
+    pattern: Pattern,
+    /// Region size in MiB.
+    #[arg(long, default_value_t = 64)]
+    region_mib: usize,
+    /// Slot size in bytes (a multiple of 64).
+    #[arg(long, default_value_t = vni_protocol::Geometry::DEFAULT_SLOT_SIZE)]
+    slot_size: u32,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/protocol.json")]
+    json: PathBuf,
+}
+
+/// Single-core memcpy bandwidth for one block size.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct Memcpy {
+    block: usize,
+    /// Source and destination fit in L2 (256 KiB each).
+    hot_gb_s: f64,
+    /// Source and destination as large as the region.
+    large_gb_s: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+struct Case {
+    config: u32,
+    nodes: usize,
+    pairs: usize,
+    frame_bytes: usize,
+    seconds: f64,
+    frames: u64,
+    bytes: u64,
+    frames_per_s: f64,
+    frames_per_s_per_pair: f64,
+    gb_per_s: f64,
+    gb_per_s_per_pair: f64,
+    /// Sends refused because the receiver lagged (retried).
+    backpressure: u64,
+    /// Per-pair GB/s over memcpy GB/s of the same block size.
+    memcpy_hot_ratio: f64,
+    memcpy_large_ratio: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Results {
+    pattern: Pattern,
+    region_mib: usize,
+    slot_size: u32,
+    memcpy: Vec<Memcpy>,
+    cases: Vec<Case>,
+}
+
+fn memcpy_gb_s(block: usize, working_set: usize) -> f64 {
+    let working_set = working_set.max(block).next_multiple_of(block);
+    let src = vec![0x5au8; working_set];
+    let mut dst = vec![0u8; working_set];
+    let mut bytes = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(300) {
+        for off in (0..working_set).step_by(block) {
+            dst[off..off + block].copy_from_slice(std::hint::black_box(&src[off..off + block]));
+        }
+        std::hint::black_box(&mut dst);
+        bytes += working_set as u64;
+    }
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let memcpy: Vec<Memcpy> = args
+        .sizes
+        .iter()
+        .map(|&block| Memcpy {
+            block,
+            hot_gb_s: memcpy_gb_s(block, 256 << 10),
+            large_gb_s: memcpy_gb_s(block, args.region_mib << 20),
+        })
+        .collect();
+    println!("memcpy, one core (same run):");
+    for m in &memcpy {
+        println!("  {:>6} B blocks: {:>6.2} GB/s in cache, {:>6.2} GB/s over {} MiB", m.block, m.hot_gb_s, m.large_gb_s, args.region_mib);
+    }
+    println!();
+    println!("{:>6} {:>5} {:>7} {:>14} {:>14} {:>9} {:>9} {:>9}", "config", "nodes", "frame", "Mframes/s", "per pair", "GB/s", "per pair", "memcpy %");
+    let mut cases = Vec::new();
+    for &config_number in &args.configs {
+        let config = BufferConfig::from_number(config_number).context("configs are 1 or 2")?;
+        for &nodes in &args.nodes {
+            for (size_index, &frame_bytes) in args.sizes.iter().enumerate() {
+                let plan = WorkerPlan {
+                    region: PathBuf::new(),
+                    node: 0,
+                    nodes,
+                    pattern: args.pattern,
+                    sizes: Sizes::Fixed(frame_bytes),
+                    frames_per_pair: 0,
+                    duration_ms: (args.seconds * 1000.0) as u64,
+                    seed: 7,
+                };
+                let timeout = Duration::from_secs_f64(args.seconds + 120.0);
+                let report = sim::run(&exe, config, args.region_mib << 20, args.slot_size, &plan, timeout)
+                    .with_context(|| format!("config {config_number}, {nodes} nodes, {frame_bytes} B"))?;
+                let pairs: usize = (0..nodes).map(|n| args.pattern.targets(n, nodes).len()).sum();
+                let frames: u64 = report.workers.iter().map(|w| w.received).sum();
+                let bytes: u64 = report.workers.iter().map(|w| w.received_bytes).sum();
+                let seconds = report.workers.iter().map(|w| w.seconds).fold(0.0, f64::max);
+                let m = memcpy[size_index];
+                let gb_per_s_per_pair = bytes as f64 / seconds / 1e9 / pairs as f64;
+                let case = Case {
+                    config: config_number,
+                    nodes,
+                    pairs,
+                    frame_bytes,
+                    seconds,
+                    frames,
+                    bytes,
+                    frames_per_s: frames as f64 / seconds,
+                    frames_per_s_per_pair: frames as f64 / seconds / pairs as f64,
+                    gb_per_s: bytes as f64 / seconds / 1e9,
+                    gb_per_s_per_pair,
+                    backpressure: report.workers.iter().map(|w| w.backpressure).sum(),
+                    memcpy_hot_ratio: gb_per_s_per_pair / m.hot_gb_s,
+                    memcpy_large_ratio: gb_per_s_per_pair / m.large_gb_s,
+                };
+                println!(
+                    "{:>6} {:>5} {:>7} {:>14.3} {:>14.3} {:>9.2} {:>9.2} {:>4.0}/{:<4.0}",
+                    case.config,
+                    case.nodes,
+                    case.frame_bytes,
+                    case.frames_per_s / 1e6,
+                    case.frames_per_s_per_pair / 1e6,
+                    case.gb_per_s,
+                    case.gb_per_s_per_pair,
+                    case.memcpy_hot_ratio * 100.0,
+                    case.memcpy_large_ratio * 100.0,
+                );
+                for problem in report.problems(&plan) {
+                    println!("        problem: {problem}");
+                }
+                cases.push(case);
+            }
+        }
+    }
+    println!("(memcpy %: per-pair GB/s over memcpy GB/s of the same block size, in cache / over the region size)");
+    let results = Results { pattern: args.pattern, region_mib: args.region_mib, slot_size: args.slot_size, memcpy, cases };
+    if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("cannot write {}", args.json.display()))?;
+    println!("\nJSON: {}", args.json.display());
+    print_targets(&results);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The targets, as ratios measured in this run (2-node cases: one
+/// sender-receiver pair alone).
+fn print_targets(results: &Results) {
+    println!("\nTargets (2 nodes, one pair):");
+    for case in results.cases.iter().filter(|c| c.nodes == 2) {
+        if case.frame_bytes == 64 {
+            let m = case.frames_per_s_per_pair / 1e6;
+            let verdict = if m >= 10.0 { "met" } else { "NOT met" };
+            println!("  config {}: 64 B frames at {m:.2} Mframes/s per pair (target >= 10): {verdict}", case.config);
+        }
+        if case.frame_bytes == 65536 {
+            println!(
+                "  config {}: 64 KiB frames at {:.0} % of in-cache memcpy, {:.0} % of region-size memcpy (target >= 50 %)",
+                case.config,
+                case.memcpy_hot_ratio * 100.0,
+                case.memcpy_large_ratio * 100.0
+            );
+        }
+    }
+}
