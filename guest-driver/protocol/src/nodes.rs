@@ -207,6 +207,8 @@ struct Watch {
     generation: u32,
     heartbeat: u64,
     since: Instant,
+    /// When this observer last looked: silence only counts while watched.
+    looked: Instant,
 }
 
 /// Decides, on this node's own clock, which peers have stopped beating.
@@ -228,14 +230,27 @@ impl Liveness {
     }
 
     /// Records what `node` shows now; true when its heartbeat and generation
-    /// have stood still for at least the lease.
+    /// have stood still for at least the lease while this observer watched.
+    ///
+    /// If this observer itself stopped looking for more than half a lease
+    /// (it was descheduled, or its VM paused), the silence it missed proves
+    /// nothing and the watch starts again: a node that wakes up must not
+    /// declare its healthy peers dead.
     pub(crate) fn is_dead(&mut self, nodes: &NodeTable<'_>, node: NodeId, now: Instant) -> bool {
         let generation = nodes.generation(node);
         let heartbeat = nodes.heartbeat(node);
+        let lease = self.lease;
         match &mut self.watches[node] {
-            Some(w) if w.generation == generation && w.heartbeat == heartbeat => now.duration_since(w.since) >= self.lease,
+            Some(w)
+                if w.generation == generation
+                    && w.heartbeat == heartbeat
+                    && now.saturating_duration_since(w.looked) <= lease / 2 =>
+            {
+                w.looked = now;
+                now.saturating_duration_since(w.since) >= lease
+            }
             slot => {
-                *slot = Some(Watch { generation, heartbeat, since: now });
+                *slot = Some(Watch { generation, heartbeat, since: now, looked: now });
                 false
             }
         }
@@ -280,12 +295,33 @@ mod tests {
         let nodes = NodeTable { region: &region, layout: &layout };
         let mut live = Liveness::new(4, Duration::from_millis(100));
         let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
         assert!(!live.is_dead(&nodes, 1, t0));
-        assert!(!live.is_dead(&nodes, 1, t0 + Duration::from_millis(99)));
-        assert!(live.is_dead(&nodes, 1, t0 + Duration::from_millis(100)));
+        assert!(!live.is_dead(&nodes, 1, at(40)));
+        assert!(!live.is_dead(&nodes, 1, at(80)));
+        assert!(live.is_dead(&nodes, 1, at(100)));
         nodes.beat(1);
-        assert!(!live.is_dead(&nodes, 1, t0 + Duration::from_millis(150)), "a beat restarts the lease");
-        assert!(live.is_dead(&nodes, 1, t0 + Duration::from_millis(250)));
+        assert!(!live.is_dead(&nodes, 1, at(150)), "a beat restarts the lease");
+        assert!(!live.is_dead(&nodes, 1, at(200)));
+        assert!(live.is_dead(&nodes, 1, at(250)));
+    }
+
+    #[test]
+    fn an_observer_that_slept_does_not_judge() {
+        let region = Region::anonymous(1 << 20).unwrap();
+        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
+        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let nodes = NodeTable { region: &region, layout: &layout };
+        let mut live = Liveness::new(4, Duration::from_millis(100));
+        let t0 = Instant::now();
+        assert!(!live.is_dead(&nodes, 1, t0));
+        // The observer was paused for a second: it saw nothing.
+        assert!(!live.is_dead(&nodes, 1, t0 + Duration::from_secs(1)));
+        // Silence counts again only while watched, for a whole lease.
+        for ms in [1040, 1080] {
+            assert!(!live.is_dead(&nodes, 1, t0 + Duration::from_millis(ms)));
+        }
+        assert!(live.is_dead(&nodes, 1, t0 + Duration::from_millis(1100)));
     }
 
     #[test]
