@@ -162,8 +162,9 @@ pub fn format(region: &Region, geometry: &Geometry) -> Result<Layout, LayoutErro
     let epoch = format_epoch();
     layout.write_header(region, epoch);
     RegionLock { region, layout: &layout }.init();
-    if geometry.config == BufferConfig::SharedPool {
-        Pool { region, layout: &layout }.init();
+    match geometry.config {
+        BufferConfig::SharedPool => Pool { region, layout: &layout }.init(),
+        BufferConfig::PerPair => Rings { region, layout: &layout }.init(),
     }
     // Release: everything above is visible to whoever sees the magic.
     region.store_u64(HDR_MAGIC, MAGIC, Ordering::Release);

@@ -35,6 +35,10 @@ pub const MAX_NODES: usize = 64;
 /// Cache line size the layout aligns shared words to.
 pub const CACHE_LINE: usize = 64;
 
+/// Where free-running queue, ring and ticket indices start after a format:
+/// just below the u32 wrap, so every run exercises the wrap-around.
+pub(crate) const INITIAL_INDEX: u32 = u32::MAX - 255;
+
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 128;
 pub(crate) const HDR_MAGIC: usize = 0;

@@ -127,10 +127,11 @@ impl<'a> RegionLock<'a> {
 
     /// Initial lock words; only the formatter calls this.
     pub(crate) fn init(&self) {
-        self.region.store_u32(self.off(NEXT_TICKET), 0, Ordering::Relaxed);
-        self.region.store_u32(self.off(NOW_SERVING), 0, Ordering::Relaxed);
-        // Ticket u32::MAX, no node: ticket 0 starts unclaimed.
-        self.region.store_u64(self.off(HOLDER), u64::from(u32::MAX) << 32, Ordering::Relaxed);
+        let first = crate::layout::INITIAL_INDEX;
+        self.region.store_u32(self.off(NEXT_TICKET), first, Ordering::Relaxed);
+        self.region.store_u32(self.off(NOW_SERVING), first, Ordering::Relaxed);
+        // The ticket before the first, no node: the first starts unclaimed.
+        self.region.store_u64(self.off(HOLDER), u64::from(first.wrapping_sub(1)) << 32, Ordering::Relaxed);
         self.region.store_u64(self.off(RECOVERIES), 0, Ordering::Relaxed);
     }
 
@@ -339,8 +340,9 @@ mod tests {
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(total.load(Ordering::Relaxed), 8000);
         let status = RegionLock { region: &region, layout: &layout }.status();
-        assert_eq!(status.next_ticket, 8000);
-        assert_eq!(status.now_serving, 8000);
+        let first = crate::layout::INITIAL_INDEX;
+        assert_eq!(status.next_ticket, first.wrapping_add(8000));
+        assert_eq!(status.now_serving, first.wrapping_add(8000));
         assert!(!status.held);
     }
 

@@ -138,6 +138,10 @@ impl<'a> Pool<'a> {
             self.region.store_u32(self.stack(slot), self.slot_count() - 1 - slot, Ordering::Relaxed);
         }
         self.set_free_top(self.slot_count());
+        for node in 0..self.layout.geometry.max_nodes as usize {
+            self.set_head(node, crate::layout::INITIAL_INDEX);
+            self.set_tail(node, crate::layout::INITIAL_INDEX);
+        }
     }
 
     /// Pops up to `n` free slots into `out`, marking them held by `me`.
@@ -337,7 +341,7 @@ pub(crate) fn rebuild(
         // Keep the entries whose whole chain is queued for this node and
         // seen nowhere else; compact the queue over the others.
         let mut write = head;
-        for index in head..tail {
+        for index in (0..tail.wrapping_sub(head)).map(|i| head.wrapping_add(i)) {
             let first = pool.region.load_u32(pool.entry_off(node, index), Ordering::Relaxed);
             let mut chain = Vec::new();
             let mut slot = first;
@@ -398,7 +402,7 @@ pub(crate) fn attached<'a>(nodes: &'a NodeTable<'a>) -> impl Fn(NodeId) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{BufferConfig, Geometry};
+    use crate::layout::{BufferConfig, Geometry, INITIAL_INDEX as BASE};
 
     fn setup() -> (Region, Layout) {
         let region = Region::anonymous(1 << 20).unwrap();
@@ -418,8 +422,8 @@ mod tests {
         let mut chain = Vec::new();
         pool.pop_free(0, 3, &mut chain).unwrap();
         pool.fill(0, &chain, &frame);
-        pool.enqueue_at(1, 0, &chain);
-        pool.set_tail(1, 1);
+        pool.enqueue_at(1, BASE.wrapping_add(0), &chain);
+        pool.publish_tail(1, BASE.wrapping_add(1));
 
         let mut segments = Vec::new();
         let mut claimed = Vec::new();
@@ -442,7 +446,7 @@ mod tests {
         let mut chain = Vec::new();
         pool.pop_free(0, 2, &mut chain).unwrap();
         pool.fill(0, &chain, &[7u8; 3000]);
-        pool.enqueue_at(1, 0, &chain);
+        pool.enqueue_at(1, BASE.wrapping_add(0), &chain);
         // Link the second slot back to the first: a loop.
         region.store_u32(pool.desc(chain[1], D_NEXT), chain[0], Ordering::Relaxed);
         let (mut seg, mut claimed) = (Vec::new(), Vec::new());
@@ -472,19 +476,41 @@ mod tests {
         let mut c2 = Vec::new();
         pool.pop_free(2, 7, &mut c2).unwrap();
         pool.fill(2, &c2[0..1], b"one");
-        pool.enqueue_at(1, 0, &c2[0..1]);
+        pool.enqueue_at(1, BASE.wrapping_add(0), &c2[0..1]);
         pool.fill(2, &c2[1..2], b"two");
-        pool.enqueue_at(1, 1, &c2[1..2]);
-        pool.set_tail(1, 2);
+        pool.enqueue_at(1, BASE.wrapping_add(1), &c2[1..2]);
+        pool.publish_tail(1, BASE.wrapping_add(2));
         pool.fill(2, &c2[2..3], b"lost");
-        pool.enqueue_at(1, 2, &c2[2..3]);
+        pool.enqueue_at(1, BASE.wrapping_add(2), &c2[2..3]);
         nodes.set_state(2, NodeState::Reset);
 
         let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
-        assert_eq!(pool.queue_indices(1), (0, 2), "delivered frames stay queued, once");
+        assert_eq!(pool.queue_indices(1), (BASE, BASE.wrapping_add(2)), "delivered frames stay queued, once");
         assert_eq!(pool.free_top(), pool.slot_count() - 5 - 2);
         assert_eq!(report.reclaimed, 5, "node 2's four held slots and its half-enqueued one");
         assert!(cache0.iter().all(|&s| pool.owner(s) == held(0)));
+    }
+
+    #[test]
+    fn rebuild_keeps_queues_whose_indices_wrapped() {
+        let (region, layout) = setup();
+        let pool = Pool { region: &region, layout: &layout };
+        let nodes = NodeTable { region: &region, layout: &layout };
+        nodes.set_state(0, NodeState::Run);
+        nodes.set_state(1, NodeState::Run);
+        let start = u32::MAX - 1;
+        pool.set_head(1, start);
+        let mut c = Vec::new();
+        pool.pop_free(0, 4, &mut c).unwrap();
+        for (i, &slot) in c.iter().enumerate() {
+            pool.fill(0, &[slot], b"w");
+            pool.enqueue_at(1, start.wrapping_add(i as u32), &[slot]);
+        }
+        pool.publish_tail(1, start.wrapping_add(4));
+        let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
+        assert_eq!(report, RebuildReport::default());
+        assert_eq!(pool.queue_indices(1), (start, start.wrapping_add(4)));
+        assert_eq!(pool.free_top(), pool.slot_count() - 4);
     }
 
     #[test]
@@ -497,13 +523,13 @@ mod tests {
         let mut c = Vec::new();
         pool.pop_free(0, 1, &mut c).unwrap();
         pool.fill(0, &c, b"x");
-        pool.enqueue_at(1, 0, &c);
+        pool.enqueue_at(1, BASE.wrapping_add(0), &c);
         // A rogue duplicates the entry and adds a wild one.
-        region.store_u32(pool.entry_off(1, 1), c[0], Ordering::Relaxed);
-        region.store_u32(pool.entry_off(1, 2), 0xdead_beef, Ordering::Relaxed);
-        pool.set_tail(1, 3);
+        region.store_u32(pool.entry_off(1, BASE.wrapping_add(1)), c[0], Ordering::Relaxed);
+        region.store_u32(pool.entry_off(1, BASE.wrapping_add(2)), 0xdead_beef, Ordering::Relaxed);
+        pool.publish_tail(1, BASE.wrapping_add(3));
         let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
-        assert_eq!(pool.queue_indices(1), (0, 1));
+        assert_eq!(pool.queue_indices(1), (BASE, BASE.wrapping_add(1)));
         assert_eq!(report.errors, 2);
         assert_eq!(pool.free_top(), pool.slot_count() - 1);
     }

@@ -75,6 +75,17 @@ impl Rings<'_> {
         self.region.store_u32(self.head_off(src, dst), head, Ordering::Release)
     }
 
+    /// Formats every ring empty.
+    pub(crate) fn init(&self) {
+        let nodes = self.layout.geometry.max_nodes as usize;
+        for src in 0..nodes {
+            for dst in 0..nodes {
+                self.publish(src, dst, crate::layout::INITIAL_INDEX);
+                self.consume(src, dst, crate::layout::INITIAL_INDEX);
+            }
+        }
+    }
+
     /// Entries a frame of `len` bytes needs.
     pub(crate) fn span(&self, len: usize) -> u32 {
         len.div_ceil(self.layout.geometry.slot_size as usize) as u32
