@@ -25,6 +25,8 @@ mod addr;
 mod endpoint;
 mod ether;
 mod frame;
+#[doc(hidden)]
+pub mod hostile;
 mod inspect;
 mod layout;
 mod lock;
