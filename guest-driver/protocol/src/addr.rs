@@ -54,13 +54,17 @@ impl AddrTable<'_> {
 
     fn bump(&self) {
         // Release: a node that sees the new version sees the entries.
-        self.region.fetch_add_u32(self.layout.addr, 1, Ordering::Release);
+        self.region
+            .fetch_add_u32(self.layout.addr, 1, Ordering::Release);
     }
 
     /// Entry `i` as (MAC word, node word), read once.
     fn entry(&self, i: usize) -> (u64, u32) {
         let off = self.layout.addr_entry(i);
-        (self.region.load_u64(off, Ordering::Acquire), self.region.load_u32(off + 8, Ordering::Relaxed))
+        (
+            self.region.load_u64(off, Ordering::Acquire),
+            self.region.load_u32(off + 8, Ordering::Relaxed),
+        )
     }
 
     fn set_entry(&self, i: usize, mac: u64, node: u32) {
@@ -71,7 +75,12 @@ impl AddrTable<'_> {
 
     /// Decodes a valid-flagged entry: `None` when it is malformed (node out
     /// of range, stray bits, group address) or repeats an address in `seen`.
-    fn well_formed(&self, mac: u64, node: u32, seen: &[(MacAddr, NodeId)]) -> Option<(MacAddr, NodeId)> {
+    fn well_formed(
+        &self,
+        mac: u64,
+        node: u32,
+        seen: &[(MacAddr, NodeId)],
+    ) -> Option<(MacAddr, NodeId)> {
         let addr = MacAddr::from_word(mac & MAC_MASK);
         let ok = node < self.layout.geometry.max_nodes
             && mac & !(VALID | MAC_MASK) == 0
@@ -100,7 +109,12 @@ impl AddrTable<'_> {
 
     /// Records that `node` owns `mac`. `is_running` says whether a node
     /// still counts as an owner (a dead node's address can be taken over).
-    pub(crate) fn register(&self, mac: MacAddr, node: NodeId, is_running: impl Fn(NodeId) -> bool) -> Result<(), AddrError> {
+    pub(crate) fn register(
+        &self,
+        mac: MacAddr,
+        node: NodeId,
+        is_running: impl Fn(NodeId) -> bool,
+    ) -> Result<(), AddrError> {
         if mac.is_group() {
             return Err(AddrError::GroupAddress(mac));
         }
@@ -110,7 +124,10 @@ impl AddrTable<'_> {
             let (m, owner) = self.entry(i);
             if m == word {
                 let owner = owner as NodeId;
-                if owner != node && owner < self.layout.geometry.max_nodes as usize && is_running(owner) {
+                if owner != node
+                    && owner < self.layout.geometry.max_nodes as usize
+                    && is_running(owner)
+                {
                     return Err(AddrError::InUse { mac, owner });
                 }
                 self.set_entry(i, word, node as u32);
@@ -165,20 +182,32 @@ mod tests {
     #[test]
     fn register_lookup_and_conflicts() {
         let (region, layout) = table();
-        let t = AddrTable { region: &region, layout: &layout };
+        let t = AddrTable {
+            region: &region,
+            layout: &layout,
+        };
         let v0 = t.version();
         t.register(MacAddr::for_node(1), 1, |_| true).unwrap();
         t.register(MacAddr::for_node(2), 2, |_| true).unwrap();
         assert_ne!(t.version(), v0);
-        assert_eq!(t.snapshot().0, vec![(MacAddr::for_node(1), 1), (MacAddr::for_node(2), 2)]);
+        assert_eq!(
+            t.snapshot().0,
+            vec![(MacAddr::for_node(1), 1), (MacAddr::for_node(2), 2)]
+        );
         assert_eq!(
             t.register(MacAddr::for_node(1), 3, |_| true),
-            Err(AddrError::InUse { mac: MacAddr::for_node(1), owner: 1 })
+            Err(AddrError::InUse {
+                mac: MacAddr::for_node(1),
+                owner: 1
+            })
         );
         // A dead owner's address can be taken over.
         t.register(MacAddr::for_node(1), 3, |n| n != 1).unwrap();
         assert_eq!(t.snapshot().0[0], (MacAddr::for_node(1), 3));
-        assert_eq!(t.register(MacAddr::BROADCAST, 0, |_| true), Err(AddrError::GroupAddress(MacAddr::BROADCAST)));
+        assert_eq!(
+            t.register(MacAddr::BROADCAST, 0, |_| true),
+            Err(AddrError::GroupAddress(MacAddr::BROADCAST))
+        );
         t.retain(|_, node| node != 2);
         assert_eq!(t.snapshot().0, vec![(MacAddr::for_node(1), 3)]);
     }
@@ -186,17 +215,27 @@ mod tests {
     #[test]
     fn full_table_is_an_error() {
         let (region, layout) = table();
-        let t = AddrTable { region: &region, layout: &layout };
+        let t = AddrTable {
+            region: &region,
+            layout: &layout,
+        };
         for i in 0..layout.geometry.mac_capacity as usize {
-            t.register(MacAddr([2, 0, 0, 0, 1, i as u8]), i % 4, |_| true).unwrap();
+            t.register(MacAddr([2, 0, 0, 0, 1, i as u8]), i % 4, |_| true)
+                .unwrap();
         }
-        assert!(matches!(t.register(MacAddr([2, 0, 0, 0, 2, 0]), 0, |_| true), Err(AddrError::Full(_))));
+        assert!(matches!(
+            t.register(MacAddr([2, 0, 0, 0, 2, 0]), 0, |_| true),
+            Err(AddrError::Full(_))
+        ));
     }
 
     #[test]
     fn garbage_entries_are_ignored_and_repaired() {
         let (region, layout) = table();
-        let t = AddrTable { region: &region, layout: &layout };
+        let t = AddrTable {
+            region: &region,
+            layout: &layout,
+        };
         t.register(MacAddr::for_node(1), 1, |_| true).unwrap();
         // A rogue writes a duplicate, an out-of-range node and a group MAC.
         t.set_entry(3, MacAddr::for_node(1).to_word() | VALID, 2);

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crate::addr::{AddrError, AddrTable};
 use crate::ether::MacAddr;
 use crate::frame::{ProtocolError, RxFrame, Segment};
-use crate::layout::{BufferConfig, Geometry, Layout, LayoutError, HDR_EPOCH, HDR_MAGIC, MAGIC, MAX_FRAME};
+use crate::layout::{
+    BufferConfig, Geometry, Layout, LayoutError, HDR_EPOCH, HDR_MAGIC, MAGIC, MAX_FRAME,
+};
 use crate::lock::{LockError, RegionLock, Ticket};
 use crate::nodes::{Counters, Liveness, NodeId, NodeState, NodeTable};
 use crate::pool::{attached, rebuild, Pool};
@@ -161,10 +163,22 @@ pub fn format(region: &Region, geometry: &Geometry) -> Result<Layout, LayoutErro
     region.zero(8, layout.total - 8);
     let epoch = format_epoch();
     layout.write_header(region, epoch);
-    RegionLock { region, layout: &layout }.init();
+    RegionLock {
+        region,
+        layout: &layout,
+    }
+    .init();
     match geometry.config {
-        BufferConfig::SharedPool => Pool { region, layout: &layout }.init(),
-        BufferConfig::PerPair => Rings { region, layout: &layout }.init(),
+        BufferConfig::SharedPool => Pool {
+            region,
+            layout: &layout,
+        }
+        .init(),
+        BufferConfig::PerPair => Rings {
+            region,
+            layout: &layout,
+        }
+        .init(),
     }
     // Release: everything above is visible to whoever sees the magic.
     region.store_u64(HDR_MAGIC, MAGIC, Ordering::Release);
@@ -220,10 +234,16 @@ impl Endpoint {
         let (layout, epoch) = Layout::read(&region)?;
         let max_nodes = layout.geometry.max_nodes as usize;
         if me >= max_nodes {
-            return Err(EndpointError::BadNode { node: me, max_nodes });
+            return Err(EndpointError::BadNode {
+                node: me,
+                max_nodes,
+            });
         }
         let lease = Duration::from_millis(layout.geometry.lease_ms.into());
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         if nodes.state(me) != NodeState::Reset {
             let mut watch = Liveness::new(max_nodes, lease);
             let start = Instant::now();
@@ -286,9 +306,17 @@ impl Endpoint {
                 // As sender: continue after what the old incarnation wrote,
                 // unless the indices are corrupt.
                 let (tail, head) = (rings.tail(me, peer), rings.head(me, peer));
-                let tail = if tail.wrapping_sub(head) > rings.capacity() { head } else { tail };
+                let tail = if tail.wrapping_sub(head) > rings.capacity() {
+                    head
+                } else {
+                    tail
+                };
                 rings.publish(me, peer, tail);
-                (state.tails[peer], state.published[peer], state.heads_seen[peer]) = (tail, tail, head);
+                (
+                    state.tails[peer],
+                    state.published[peer],
+                    state.heads_seen[peer],
+                ) = (tail, tail, head);
             }
         }
         let addresses = AddrTable { region, layout };
@@ -333,7 +361,10 @@ impl Endpoint {
     }
 
     fn nodes(&self) -> NodeTable<'_> {
-        NodeTable { region: &self.region, layout: &self.layout }
+        NodeTable {
+            region: &self.region,
+            layout: &self.layout,
+        }
     }
 
     fn note(&mut self, error: ProtocolError) {
@@ -354,18 +385,27 @@ impl Endpoint {
         let nodes = NodeTable { region, layout };
         let mut recovered = 0;
         let mut errors = 0;
-        let result = RegionLock { region, layout }.lock(me, self.generation, &mut self.liveness, &mut |_dead| {
-            recovered += 1;
-            errors += repair(region, layout, &mut || nodes.beat(me));
-        });
+        let result = RegionLock { region, layout }.lock(
+            me,
+            self.generation,
+            &mut self.liveness,
+            &mut |_dead| {
+                recovered += 1;
+                errors += repair(region, layout, &mut || nodes.beat(me));
+            },
+        );
         self.counters.recoveries += recovered;
         self.counters.protocol_errors += errors;
         result.map_err(|e| self.lock_failed(e))
     }
 
     fn release(&mut self, ticket: Ticket) -> Result<(), EndpointError> {
-        let lock = RegionLock { region: &self.region, layout: &self.layout };
-        lock.unlock(ticket, self.me, self.generation).map_err(|e| self.lock_failed(e))
+        let lock = RegionLock {
+            region: &self.region,
+            layout: &self.layout,
+        };
+        lock.unlock(ticket, self.me, self.generation)
+            .map_err(|e| self.lock_failed(e))
     }
 
     fn lock_failed(&mut self, error: LockError) -> EndpointError {
@@ -387,10 +427,13 @@ impl Endpoint {
             Dest::Node(node) => self.send_to(node, frame),
             Dest::AllPeers => {
                 let peers = self.running_peers();
-                for node in (0..self.layout.geometry.max_nodes as usize).filter(|n| peers & 1 << n != 0) {
-                    match self.send_to(node, frame) {
-                        Err(SendError::Endpoint(e)) => return Err(e.into()),
-                        Err(_) | Ok(()) => {}
+                for node in
+                    (0..self.layout.geometry.max_nodes as usize).filter(|n| peers & 1 << n != 0)
+                {
+                    // A peer that cannot take the frame loses it (counted);
+                    // only a broken endpoint stops the broadcast.
+                    if let Err(SendError::Endpoint(e)) = self.send_to(node, frame) {
+                        return Err(e.into());
                     }
                 }
                 Ok(())
@@ -407,7 +450,10 @@ impl Endpoint {
     }
 
     fn stage(&mut self, dest: NodeId, frame: &[u8]) -> Result<(), SendError> {
-        if dest == self.me || dest >= self.layout.geometry.max_nodes as usize || self.nodes().state(dest) != NodeState::Run {
+        if dest == self.me
+            || dest >= self.layout.geometry.max_nodes as usize
+            || self.nodes().state(dest) != NodeState::Run
+        {
             return Err(SendError::NoPeer(dest));
         }
         let slot_size = self.layout.geometry.slot_size as usize;
@@ -417,7 +463,9 @@ impl Endpoint {
                 if state.staged.len() >= MAX_STAGED || state.cache.len() < need {
                     self.flush_pool(need)?;
                 }
-                let Backend::Pool(state) = &mut self.backend else { unreachable!() };
+                let Backend::Pool(state) = &mut self.backend else {
+                    unreachable!()
+                };
                 if state.staged.len() >= MAX_STAGED {
                     return Err(SendError::QueueFull);
                 }
@@ -427,15 +475,27 @@ impl Endpoint {
                 let start = state.staged_slots.len();
                 let from = state.cache.len() - need;
                 state.staged_slots.extend(state.cache.drain(from..));
-                Pool { region: &self.region, layout: &self.layout }.fill(self.me, &state.staged_slots[start..], frame);
-                state.staged.push(Staged { dest, start, count: need, len: frame.len() });
+                Pool {
+                    region: &self.region,
+                    layout: &self.layout,
+                }
+                .fill(self.me, &state.staged_slots[start..], frame);
+                state.staged.push(Staged {
+                    dest,
+                    start,
+                    count: need,
+                    len: frame.len(),
+                });
                 if state.staged.len() >= BATCH {
                     self.flush_pool(0)?;
                 }
                 Ok(())
             }
             Backend::Rings(state) => {
-                let rings = Rings { region: &self.region, layout: &self.layout };
+                let rings = Rings {
+                    region: &self.region,
+                    layout: &self.layout,
+                };
                 let capacity = rings.capacity();
                 let span = need as u32;
                 let tail = state.tails[dest];
@@ -443,7 +503,12 @@ impl Endpoint {
                     let head = rings.head(self.me, dest);
                     if tail.wrapping_sub(head) > capacity {
                         let (head, tail) = (head, tail);
-                        self.note(ProtocolError::QueueIndices { node: dest, head, tail, capacity });
+                        self.note(ProtocolError::QueueIndices {
+                            node: dest,
+                            head,
+                            tail,
+                            capacity,
+                        });
                         return Err(SendError::QueueFull);
                     }
                     state.heads_seen[dest] = head;
@@ -485,8 +550,13 @@ impl Endpoint {
     }
 
     fn flush_rings(&mut self) -> FlushReport {
-        let Backend::Rings(state) = &mut self.backend else { return FlushReport::default() };
-        let rings = Rings { region: &self.region, layout: &self.layout };
+        let Backend::Rings(state) = &mut self.backend else {
+            return FlushReport::default();
+        };
+        let rings = Rings {
+            region: &self.region,
+            layout: &self.layout,
+        };
         let mut report = FlushReport::default();
         let dirty = std::mem::take(&mut state.dirty);
         for dest in (0..state.tails.len()).filter(|d| dirty & 1 << d != 0) {
@@ -507,15 +577,23 @@ impl Endpoint {
         // flag; either we see the flag, or it sees our published frames.
         fence(Ordering::SeqCst);
         let nodes = self.nodes();
-        (0..nodes.count()).filter(|&n| dests & 1 << n != 0 && nodes.sleeping(n)).fold(0, |set, n| set | 1 << n)
+        (0..nodes.count())
+            .filter(|&n| dests & 1 << n != 0 && nodes.sleeping(n))
+            .fold(0, |set, n| set | 1 << n)
     }
 
     fn flush_pool(&mut self, need: usize) -> Result<FlushReport, EndpointError> {
-        let Backend::Pool(state) = &self.backend else { return Ok(FlushReport::default()) };
+        let Backend::Pool(state) = &self.backend else {
+            return Ok(FlushReport::default());
+        };
         // Enough slots for a batch of frames like this one, within a fair
         // share of the pool.
-        let fair_share = self.layout.geometry.slot_count as usize / (4 * self.layout.geometry.max_nodes as usize);
-        let want = (need.max(1) * BATCH).min(fair_share).max(need).max(BATCH.min(fair_share));
+        let fair_share = self.layout.geometry.slot_count as usize
+            / (4 * self.layout.geometry.max_nodes as usize);
+        let want = (need.max(1) * BATCH)
+            .min(fair_share)
+            .max(need)
+            .max(BATCH.min(fair_share));
         if state.staged.is_empty() && state.to_free.is_empty() && state.cache.len() >= need {
             return Ok(FlushReport::default());
         }
@@ -530,13 +608,18 @@ impl Endpoint {
             }
         };
         self.release(ticket)?;
-        Ok(FlushReport { wake: self.sleepers(report.wake), ..report })
+        Ok(FlushReport {
+            wake: self.sleepers(report.wake),
+            ..report
+        })
     }
 
     /// With the lock held: free, enqueue, refill. `wake` in the report
     /// holds the destinations published to (filtered by the caller).
     fn flush_pool_locked(&mut self, want: usize) -> Result<FlushReport, ProtocolError> {
-        let Backend::Pool(state) = &mut self.backend else { return Ok(FlushReport::default()) };
+        let Backend::Pool(state) = &mut self.backend else {
+            return Ok(FlushReport::default());
+        };
         let (region, layout, me) = (&*self.region, &self.layout, self.me);
         let pool = Pool { region, layout };
         let nodes = NodeTable { region, layout };
@@ -561,12 +644,20 @@ impl Endpoint {
                 let (head, tail) = pool.queue_indices(frame.dest);
                 let capacity = layout.geometry.queue_capacity;
                 if tail.wrapping_sub(head) > capacity {
-                    return Err(ProtocolError::QueueIndices { node: frame.dest, head, tail, capacity });
+                    return Err(ProtocolError::QueueIndices {
+                        node: frame.dest,
+                        head,
+                        tail,
+                        capacity,
+                    });
                 }
                 tails[frame.dest] = Some((head, tail, tail));
             }
             match tails[frame.dest] {
-                Some((head, found, tail)) if full & bit == 0 && tail.wrapping_sub(head) < layout.geometry.queue_capacity => {
+                Some((head, found, tail))
+                    if full & bit == 0
+                        && tail.wrapping_sub(head) < layout.geometry.queue_capacity =>
+                {
                     pool.enqueue_at(frame.dest, tail, chain);
                     tails[frame.dest] = Some((head, found, tail.wrapping_add(1)));
                     report.published += 1;
@@ -577,7 +668,10 @@ impl Endpoint {
                     // Keep order per destination: once one frame waits, the
                     // later ones to the same node wait too.
                     full |= bit;
-                    kept.push(Staged { start: kept_slots.len(), ..frame });
+                    kept.push(Staged {
+                        start: kept_slots.len(),
+                        ..frame
+                    });
                     kept_slots.extend_from_slice(chain);
                 }
             }
@@ -611,7 +705,9 @@ impl Endpoint {
         self.counters.protocol_errors += repair(region, layout, &mut || nodes.beat(me));
         if let Backend::Pool(state) = &mut self.backend {
             let pool = Pool { region, layout };
-            let ours = |slot: &u32| *slot < pool.slot_count() && pool.owner(*slot) == crate::pool::held_by(me);
+            let ours = |slot: &u32| {
+                *slot < pool.slot_count() && pool.owner(*slot) == crate::pool::held_by(me)
+            };
             state.cache.retain(ours);
             state.to_free.retain(ours);
             if !state.staged_slots.iter().all(ours) {
@@ -627,12 +723,20 @@ impl Endpoint {
     pub fn pending(&self) -> bool {
         match &self.backend {
             Backend::Pool(_) => {
-                let (head, tail) = Pool { region: &self.region, layout: &self.layout }.queue_indices(self.me);
+                let (head, tail) = Pool {
+                    region: &self.region,
+                    layout: &self.layout,
+                }
+                .queue_indices(self.me);
                 head != tail
             }
             Backend::Rings(state) => {
-                let rings = Rings { region: &self.region, layout: &self.layout };
-                (0..state.heads.len()).any(|src| src != self.me && rings.tail(src, self.me) != state.heads[src])
+                let rings = Rings {
+                    region: &self.region,
+                    layout: &self.layout,
+                };
+                (0..state.heads.len())
+                    .any(|src| src != self.me && rings.tail(src, self.me) != state.heads[src])
             }
         }
     }
@@ -646,7 +750,11 @@ impl Endpoint {
 
     /// Receives up to `max` frames, handing each to `deliver`. Returns how
     /// many were delivered.
-    pub fn recv(&mut self, max: usize, mut deliver: impl FnMut(&RxFrame<'_>)) -> Result<usize, EndpointError> {
+    pub fn recv(
+        &mut self,
+        max: usize,
+        mut deliver: impl FnMut(&RxFrame<'_>),
+    ) -> Result<usize, EndpointError> {
         self.check_usable()?;
         match self.backend {
             Backend::Pool(_) => self.recv_pool(max, &mut deliver),
@@ -654,8 +762,14 @@ impl Endpoint {
         }
     }
 
-    fn recv_pool(&mut self, max: usize, deliver: &mut dyn FnMut(&RxFrame<'_>)) -> Result<usize, EndpointError> {
-        let Backend::Pool(state) = &self.backend else { return Ok(0) };
+    fn recv_pool(
+        &mut self,
+        max: usize,
+        deliver: &mut dyn FnMut(&RxFrame<'_>),
+    ) -> Result<usize, EndpointError> {
+        let Backend::Pool(state) = &self.backend else {
+            return Ok(0);
+        };
         if state.to_free.is_empty() && !self.pending() {
             return Ok(0);
         }
@@ -665,9 +779,16 @@ impl Endpoint {
             self.repair_locked();
         }
         self.release(ticket)?;
-        let Backend::Pool(state) = &mut self.backend else { return Ok(0) };
+        let Backend::Pool(state) = &mut self.backend else {
+            return Ok(0);
+        };
         for &(len, source, start, end) in &state.rx {
-            deliver(&RxFrame { region: &self.region, segments: &state.rx_segments[start..end], len, source });
+            deliver(&RxFrame {
+                region: &self.region,
+                segments: &state.rx_segments[start..end],
+                len,
+                source,
+            });
             self.counters.rx_frames += 1;
             self.counters.rx_bytes += len as u64;
         }
@@ -676,7 +797,9 @@ impl Endpoint {
 
     /// With the lock held: free what we delivered last time, take a batch.
     fn dequeue_locked(&mut self, max: usize) -> Result<(), ProtocolError> {
-        let Backend::Pool(state) = &mut self.backend else { return Ok(()) };
+        let Backend::Pool(state) = &mut self.backend else {
+            return Ok(());
+        };
         let (region, layout, me) = (&*self.region, &self.layout, self.me);
         let pool = Pool { region, layout };
         self.counters.protocol_errors += pool.push_free(me, &state.to_free)?;
@@ -687,7 +810,12 @@ impl Endpoint {
         let capacity = layout.geometry.queue_capacity;
         let depth = tail.wrapping_sub(head);
         if depth > capacity {
-            return Err(ProtocolError::QueueIndices { node: me, head, tail, capacity });
+            return Err(ProtocolError::QueueIndices {
+                node: me,
+                head,
+                tail,
+                capacity,
+            });
         }
         let take = depth.min(max as u32);
         for i in 0..take {
@@ -707,8 +835,13 @@ impl Endpoint {
     }
 
     fn recv_rings(&mut self, max: usize, deliver: &mut dyn FnMut(&RxFrame<'_>)) -> usize {
-        let Backend::Rings(state) = &mut self.backend else { return 0 };
-        let rings = Rings { region: &self.region, layout: &self.layout };
+        let Backend::Rings(state) = &mut self.backend else {
+            return 0;
+        };
+        let rings = Rings {
+            region: &self.region,
+            layout: &self.layout,
+        };
         let peers = state.heads.len();
         let mut delivered = 0;
         for k in 0..peers {
@@ -731,7 +864,12 @@ impl Endpoint {
                 state.segments.clear();
                 match rings.read(src, self.me, head, avail, &mut state.segments) {
                     Ok((len, span)) => {
-                        deliver(&RxFrame { region: &self.region, segments: &state.segments, len, source: Some(src) });
+                        deliver(&RxFrame {
+                            region: &self.region,
+                            segments: &state.segments,
+                            len,
+                            source: Some(src),
+                        });
                         self.counters.rx_frames += 1;
                         self.counters.rx_bytes += len as u64;
                         delivered += 1;
@@ -759,21 +897,33 @@ impl Endpoint {
     /// The node that owns `frame`'s destination address, or every running
     /// peer for group and unknown addresses.
     pub fn route(&mut self, frame: &[u8]) -> Result<Dest, EndpointError> {
-        let Some(dst) = MacAddr::destination(frame) else { return Ok(Dest::AllPeers) };
+        let Some(dst) = MacAddr::destination(frame) else {
+            return Ok(Dest::AllPeers);
+        };
         if dst.is_group() {
             return Ok(Dest::AllPeers);
         }
-        let table = AddrTable { region: &self.region, layout: &self.layout };
+        let table = AddrTable {
+            region: &self.region,
+            layout: &self.layout,
+        };
         if table.version() != self.addr_version {
             let ticket = self.acquire()?;
-            let table = AddrTable { region: &self.region, layout: &self.layout };
+            let table = AddrTable {
+                region: &self.region,
+                layout: &self.layout,
+            };
             self.addr_version = table.version();
             let (entries, bad) = table.snapshot();
             self.addresses = entries;
             self.counters.protocol_errors += bad;
             self.release(ticket)?;
         }
-        Ok(self.addresses.iter().find(|e| e.0 == dst).map_or(Dest::AllPeers, |e| Dest::Node(e.1)))
+        Ok(self
+            .addresses
+            .iter()
+            .find(|e| e.0 == dst)
+            .map_or(Dest::AllPeers, |e| Dest::Node(e.1)))
     }
 
     /// Housekeeping, every few milliseconds: heartbeat, counters, checks
@@ -804,7 +954,10 @@ impl Endpoint {
     /// Fences peers whose heartbeat stood still for a lease and returns
     /// their buffers to the pool.
     fn reap(&mut self, now: Instant) -> Result<(), EndpointError> {
-        let nodes = NodeTable { region: &self.region, layout: &self.layout };
+        let nodes = NodeTable {
+            region: &self.region,
+            layout: &self.layout,
+        };
         let mut dead = Vec::new();
         for node in (0..nodes.count()).filter(|&n| n != self.me) {
             if nodes.state(node) != NodeState::Reset && self.liveness.is_dead(&nodes, node, now) {
@@ -836,10 +989,13 @@ impl Endpoint {
     /// killed; nothing else may be done with this endpoint.
     #[doc(hidden)]
     pub fn freeze_inside_lock(&mut self, dest: NodeId) -> Result<(), EndpointError> {
-        let ticket = self.acquire()?;
-        std::mem::forget(ticket);
+        // Never released: the caller dies holding the lock.
+        let _held = self.acquire()?;
         if let Backend::Pool(state) = &mut self.backend {
-            let pool = Pool { region: &self.region, layout: &self.layout };
+            let pool = Pool {
+                region: &self.region,
+                layout: &self.layout,
+            };
             let mut slots = Vec::new();
             // A partial pop still leaves a half-done state to recover from.
             let _ = pool.pop_free(self.me, 3 * BATCH, &mut slots);
@@ -903,7 +1059,11 @@ mod tests {
 
     fn drain(ep: &mut Endpoint) -> Vec<(Option<NodeId>, Vec<u8>)> {
         let mut out = Vec::new();
-        while ep.recv(BATCH, |f| out.push((f.source(), f.to_vec()))).unwrap() > 0 {}
+        while ep
+            .recv(BATCH, |f| out.push((f.source(), f.to_vec())))
+            .unwrap()
+            > 0
+        {}
         out
     }
 
@@ -931,7 +1091,10 @@ mod tests {
             }
             assert!(drain(&mut eps[2]).is_empty(), "node 2 got node 1's frames");
             assert_eq!(eps[1].counters().rx_frames, sizes.len() as u64);
-            assert_eq!(eps[0].counters().tx_bytes, sizes.iter().sum::<usize>() as u64);
+            assert_eq!(
+                eps[0].counters().tx_bytes,
+                sizes.iter().sum::<usize>() as u64
+            );
             for ep in eps {
                 ep.detach().unwrap();
             }
@@ -944,14 +1107,26 @@ mod tests {
         for config in CONFIGS {
             let (_region, mut eps) = lab(config, 4, 1000);
             eps[3].set_state(NodeState::Ready).unwrap();
-            let bcast = [&[0xffu8; 6][..], &[2, 0, 0, 0, 0, 9], &[0x88, 0xb5], b"hello all"].concat();
+            let bcast = [
+                &[0xffu8; 6][..],
+                &[2, 0, 0, 0, 0, 9],
+                &[0x88, 0xb5],
+                b"hello all",
+            ]
+            .concat();
             assert_eq!(eps[0].route(&bcast).unwrap(), Dest::AllPeers);
             eps[0].send(Dest::AllPeers, &bcast).unwrap();
             eps[0].flush().unwrap();
-            assert!(drain(&mut eps[0]).is_empty(), "{config:?}: the sender got its own broadcast");
+            assert!(
+                drain(&mut eps[0]).is_empty(),
+                "{config:?}: the sender got its own broadcast"
+            );
             assert_eq!(drain(&mut eps[1]), vec![(Some(0), bcast.clone())]);
             assert_eq!(drain(&mut eps[2]), vec![(Some(0), bcast.clone())]);
-            assert!(drain(&mut eps[3]).is_empty(), "{config:?}: a node not in Run got a frame");
+            assert!(
+                drain(&mut eps[3]).is_empty(),
+                "{config:?}: a node not in Run got a frame"
+            );
         }
     }
 
@@ -959,15 +1134,38 @@ mod tests {
     fn routes_by_destination_mac() {
         let (_region, mut eps) = lab(BufferConfig::SharedPool, 3, 1000);
         let to = |mac: MacAddr| [&mac.0[..], &MacAddr::for_node(0).0, &[0x08, 0x00]].concat();
-        assert_eq!(eps[0].route(&to(MacAddr::for_node(2))).unwrap(), Dest::Node(2));
-        assert_eq!(eps[0].route(&to(MacAddr::for_node(1))).unwrap(), Dest::Node(1));
-        assert_eq!(eps[0].route(&to("02:99:00:00:00:01".parse().unwrap())).unwrap(), Dest::AllPeers);
-        assert_eq!(eps[0].route(&to("33:33:00:00:00:01".parse().unwrap())).unwrap(), Dest::AllPeers);
-        assert_eq!(eps[0].route(&[1, 2]).unwrap(), Dest::AllPeers, "a runt frame floods");
+        assert_eq!(
+            eps[0].route(&to(MacAddr::for_node(2))).unwrap(),
+            Dest::Node(2)
+        );
+        assert_eq!(
+            eps[0].route(&to(MacAddr::for_node(1))).unwrap(),
+            Dest::Node(1)
+        );
+        assert_eq!(
+            eps[0]
+                .route(&to("02:99:00:00:00:01".parse().unwrap()))
+                .unwrap(),
+            Dest::AllPeers
+        );
+        assert_eq!(
+            eps[0]
+                .route(&to("33:33:00:00:00:01".parse().unwrap()))
+                .unwrap(),
+            Dest::AllPeers
+        );
+        assert_eq!(
+            eps[0].route(&[1, 2]).unwrap(),
+            Dest::AllPeers,
+            "a runt frame floods"
+        );
         // A node that leaves takes its address with it.
         let leaving = eps.remove(2);
         leaving.detach().unwrap();
-        assert_eq!(eps[0].route(&to(MacAddr::for_node(2))).unwrap(), Dest::AllPeers);
+        assert_eq!(
+            eps[0].route(&to(MacAddr::for_node(2))).unwrap(),
+            Dest::AllPeers
+        );
     }
 
     #[test]
@@ -975,12 +1173,27 @@ mod tests {
         for config in CONFIGS {
             let (_region, mut eps) = lab(config, 3, 1000);
             eps[2].set_state(NodeState::Ready).unwrap();
-            assert!(matches!(eps[0].send(Dest::Node(2), b"x"), Err(SendError::NoPeer(2))));
-            assert!(matches!(eps[0].send(Dest::Node(0), b"x"), Err(SendError::NoPeer(0))));
-            assert!(matches!(eps[0].send(Dest::Node(99), b"x"), Err(SendError::NoPeer(99))));
-            assert!(matches!(eps[0].send(Dest::Node(1), b""), Err(SendError::BadLength(0))));
+            assert!(matches!(
+                eps[0].send(Dest::Node(2), b"x"),
+                Err(SendError::NoPeer(2))
+            ));
+            assert!(matches!(
+                eps[0].send(Dest::Node(0), b"x"),
+                Err(SendError::NoPeer(0))
+            ));
+            assert!(matches!(
+                eps[0].send(Dest::Node(99), b"x"),
+                Err(SendError::NoPeer(99))
+            ));
+            assert!(matches!(
+                eps[0].send(Dest::Node(1), b""),
+                Err(SendError::BadLength(0))
+            ));
             let big = vec![0; MAX_FRAME + 1];
-            assert!(matches!(eps[0].send(Dest::Node(1), &big), Err(SendError::BadLength(_))));
+            assert!(matches!(
+                eps[0].send(Dest::Node(1), &big),
+                Err(SendError::BadLength(_))
+            ));
             assert_eq!(eps[0].counters().tx_dropped, 5);
         }
     }
@@ -1002,17 +1215,27 @@ mod tests {
                     Err(e) => panic!("{e}"),
                 }
             }
-            assert!(refused > 0, "{config:?}: 5000 frames of 4 KiB never filled the receiver");
+            assert!(
+                refused > 0,
+                "{config:?}: 5000 frames of 4 KiB never filled the receiver"
+            );
             let mut got = 0u32;
             while got < sent {
                 eps[0].flush().unwrap();
                 let n = eps[1]
                     .recv(BATCH, |f| {
-                        assert_eq!(f.to_vec(), frame(4096, got as u8), "{config:?}: frame {got} out of order");
+                        assert_eq!(
+                            f.to_vec(),
+                            frame(4096, got as u8),
+                            "{config:?}: frame {got} out of order"
+                        );
                         got += 1;
                     })
                     .unwrap();
-                assert!(n > 0 || got == sent, "{config:?}: stalled at {got} of {sent}");
+                assert!(
+                    n > 0 || got == sent,
+                    "{config:?}: stalled at {got} of {sent}"
+                );
             }
             for ep in eps {
                 ep.detach().unwrap();
@@ -1051,20 +1274,33 @@ mod tests {
         // Node 2 dies: no detach, no more heartbeats.
         let dead = eps.pop().unwrap();
         std::mem::forget(dead);
-        let held = inspect(&region).unwrap().nodes[2].slots_held + inspect(&region).unwrap().nodes[2].slots_queued;
+        let held = inspect(&region).unwrap().nodes[2].slots_held
+            + inspect(&region).unwrap().nodes[2].slots_queued;
         assert!(held > 0);
         let start = Instant::now();
         while inspect(&region).unwrap().nodes[2].state != Some(NodeState::Reset) {
-            assert!(start.elapsed() < Duration::from_secs(5), "node 2 never reaped");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "node 2 never reaped"
+            );
             for ep in &mut eps {
                 ep.tick().unwrap();
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(start.elapsed() >= Duration::from_millis(50), "reaped before the lease ran out");
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "reaped before the lease ran out"
+        );
         let report = inspect(&region).unwrap();
-        assert_eq!((report.nodes[2].slots_held, report.nodes[2].slots_queued), (0, 0));
-        assert!(matches!(eps[0].send(Dest::Node(2), b"x"), Err(SendError::NoPeer(2))));
+        assert_eq!(
+            (report.nodes[2].slots_held, report.nodes[2].slots_queued),
+            (0, 0)
+        );
+        assert!(matches!(
+            eps[0].send(Dest::Node(2), b"x"),
+            Err(SendError::NoPeer(2))
+        ));
         assert_eq!(eps.iter().map(|e| e.counters().recoveries).sum::<u64>(), 1);
         for ep in eps {
             ep.detach().unwrap();
@@ -1076,12 +1312,17 @@ mod tests {
     fn a_restarted_node_reattaches_but_a_live_one_is_busy() {
         let (region, mut eps) = lab(BufferConfig::SharedPool, 2, 50);
         // Node 1 crashes holding slots, then comes back with the same id.
-        eps[0].send(Dest::Node(1), b"queued for the old node 1").unwrap();
+        eps[0]
+            .send(Dest::Node(1), b"queued for the old node 1")
+            .unwrap();
         eps[0].flush().unwrap();
         std::mem::forget(eps.pop().unwrap());
         let mut node1 = Endpoint::attach(region.clone(), 1, MacAddr::for_node(1)).unwrap();
         node1.set_state(NodeState::Run).unwrap();
-        assert!(drain(&mut node1).is_empty(), "the new incarnation got the old one's frames");
+        assert!(
+            drain(&mut node1).is_empty(),
+            "the new incarnation got the old one's frames"
+        );
         eps[0].send(Dest::Node(1), b"fresh").unwrap();
         eps[0].flush().unwrap();
         assert_eq!(drain(&mut node1), vec![(Some(0), b"fresh".to_vec())]);
@@ -1105,7 +1346,10 @@ mod tests {
         // Node 0 did not tick during those two leases, so node 1 rightly
         // declared it dead and reclaimed its buffers.
         let node0 = eps.pop().unwrap();
-        assert!(matches!(node0.detach(), Err(EndpointError::Lock(LockError::Fenced))));
+        assert!(matches!(
+            node0.detach(),
+            Err(EndpointError::Lock(LockError::Fenced))
+        ));
         assert_all_slots_home(&region);
     }
 
@@ -1120,9 +1364,18 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let mut node1 = eps.pop().unwrap();
-        assert!(matches!(node1.tick(), Err(EndpointError::Lock(LockError::Fenced))));
-        assert!(matches!(node1.flush(), Err(EndpointError::Lock(LockError::Fenced))));
-        assert!(matches!(node1.send(Dest::Node(0), b"x"), Err(SendError::Endpoint(_))));
+        assert!(matches!(
+            node1.tick(),
+            Err(EndpointError::Lock(LockError::Fenced))
+        ));
+        assert!(matches!(
+            node1.flush(),
+            Err(EndpointError::Lock(LockError::Fenced))
+        ));
+        assert!(matches!(
+            node1.send(Dest::Node(0), b"x"),
+            Err(SendError::Endpoint(_))
+        ));
         let mut node1 = Endpoint::attach(region.clone(), 1, MacAddr::for_node(1)).unwrap();
         node1.set_state(NodeState::Run).unwrap();
         node1.send(Dest::Node(0), b"back").unwrap();
@@ -1149,7 +1402,11 @@ mod tests {
             eps[0].send(Dest::Node(1), b"a").unwrap();
             eps[0].send(Dest::Node(2), b"b").unwrap();
             assert_eq!(eps[0].flush().unwrap().wake, 0b100, "{config:?}");
-            assert_eq!(eps[0].flush().unwrap().wake, 0, "{config:?}: nothing new, no doorbell");
+            assert_eq!(
+                eps[0].flush().unwrap().wake,
+                0,
+                "{config:?}: nothing new, no doorbell"
+            );
             assert!(eps[2].pending());
         }
     }

@@ -36,14 +36,20 @@ impl MacAddr {
 
     /// Destination address of an Ethernet frame, if it is long enough.
     pub fn destination(frame: &[u8]) -> Option<Self> {
-        frame.get(..6).map(|d| MacAddr(d.try_into().expect("6 bytes")))
+        frame
+            .get(..6)
+            .map(|d| MacAddr(d.try_into().expect("6 bytes")))
     }
 }
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -98,7 +104,13 @@ mod tests {
         assert!(!mac.is_group());
         assert!(MacAddr::BROADCAST.is_group());
         assert!("01:00:5e:00:00:01".parse::<MacAddr>().unwrap().is_group());
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "2:00:00:00:00:00", "zz:00:00:00:00:00"] {
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "2:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

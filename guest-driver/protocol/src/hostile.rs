@@ -36,15 +36,28 @@ impl Scribbles {
             (layout.nodes, layout.lock - layout.nodes),
             (layout.lock, 64),
             (layout.addr, layout.pool - layout.addr),
-            (layout.pool, layout.descs.max(layout.pool + 64) - layout.pool),
-            (layout.descs, layout.queues.saturating_sub(layout.descs).max(64)),
-            (layout.queues, layout.slots.saturating_sub(layout.queues).max(64)),
-            (layout.slots, layout.total.saturating_sub(layout.slots).max(64)),
+            (
+                layout.pool,
+                layout.descs.max(layout.pool + 64) - layout.pool,
+            ),
+            (
+                layout.descs,
+                layout.queues.saturating_sub(layout.descs).max(64),
+            ),
+            (
+                layout.queues,
+                layout.slots.saturating_sub(layout.queues).max(64),
+            ),
+            (
+                layout.slots,
+                layout.total.saturating_sub(layout.slots).max(64),
+            ),
         ];
         let mut out = Vec::new();
         while data.len() >= 6 && out.len() < 64 {
             let (start, size) = sections[data[0] as usize % sections.len()];
-            let offset = start + u32::from_le_bytes([data[1], data[2], data[3], data[4]]) as usize % size;
+            let offset =
+                start + u32::from_le_bytes([data[1], data[2], data[3], data[4]]) as usize % size;
             let len = (data[5] as usize % 16).min(data.len() - 6);
             let bytes = data[6..6 + len].to_vec();
             data = &data[6 + len..];
@@ -90,17 +103,26 @@ fn traffic(endpoints: &mut Vec<Endpoint>, rounds: usize) {
     for round in 0..rounds {
         endpoints.retain_mut(|ep| {
             let me = ep.id();
-            let frame: Vec<u8> = (0..(round * 997 + me * 131) % 5000 + 1).map(|i| i as u8).collect();
-            let ok = ep.tick().is_ok()
-                && ep.recv(16, |f| {
-                    let n = f.copy_to(&mut buf);
-                    assert!(n <= f.len());
-                }).is_ok()
+            let frame: Vec<u8> = (0..(round * 997 + me * 131) % 5000 + 1)
+                .map(|i| i as u8)
+                .collect();
+            ep.tick().is_ok()
+                && ep
+                    .recv(16, |f| {
+                        let n = f.copy_to(&mut buf);
+                        assert!(n <= f.len());
+                    })
+                    .is_ok()
                 && ep.route(&frame).is_ok()
-                && !matches!(ep.send(Dest::Node((me + 1) % NODES), &frame), Err(crate::SendError::Endpoint(_)))
-                && !matches!(ep.send(Dest::AllPeers, &frame[..frame.len().min(64)]), Err(crate::SendError::Endpoint(_)))
-                && ep.flush().is_ok();
-            ok
+                && !matches!(
+                    ep.send(Dest::Node((me + 1) % NODES), &frame),
+                    Err(crate::SendError::Endpoint(_))
+                )
+                && !matches!(
+                    ep.send(Dest::AllPeers, &frame[..frame.len().min(64)]),
+                    Err(crate::SendError::Endpoint(_))
+                )
+                && ep.flush().is_ok()
         });
     }
 }
@@ -152,7 +174,9 @@ mod tests {
     fn decoded_scribbles_stay_inside_the_layout() {
         let (_region, endpoints) = lab(BufferConfig::SharedPool);
         let layout = *endpoints[0].layout();
-        let data: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..5000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         let s = Scribbles::decode(&layout, &data);
         assert!(!s.0.is_empty());
         assert!(s.0.iter().all(|w| w.offset + w.bytes.len() <= layout.total));

@@ -77,9 +77,20 @@ pub fn inspect(region: &Region) -> Result<RegionReport, LayoutError> {
                     u64::from(tail.wrapping_sub(head))
                 })
                 .collect();
-            let usage = pool.usage(count).into_iter().zip(depth).map(|((h, q), d)| (d, h, q)).collect::<Vec<_>>();
+            let usage = pool
+                .usage(count)
+                .into_iter()
+                .zip(depth)
+                .map(|((h, q), d)| (d, h, q))
+                .collect::<Vec<_>>();
             let free = u64::from(pool.free_top().min(g.slot_count));
-            (usage, PoolReport { slots: g.slot_count.into(), free })
+            (
+                usage,
+                PoolReport {
+                    slots: g.slot_count.into(),
+                    free,
+                },
+            )
         }
         BufferConfig::PerPair => {
             let rings = Rings { region, layout };
@@ -89,14 +100,23 @@ pub fn inspect(region: &Region) -> Result<RegionReport, LayoutError> {
                 .map(|dst| {
                     let used: u64 = (0..count)
                         .filter(|&src| src != dst)
-                        .map(|src| u64::from(rings.tail(src, dst).wrapping_sub(rings.head(src, dst))).min(cap))
+                        .map(|src| {
+                            u64::from(rings.tail(src, dst).wrapping_sub(rings.head(src, dst)))
+                                .min(cap)
+                        })
                         .sum();
                     used_total += used;
                     (used, 0, 0)
                 })
                 .collect::<Vec<_>>();
             let slots = cap * (count * (count - 1)) as u64;
-            (usage, PoolReport { slots, free: slots - used_total })
+            (
+                usage,
+                PoolReport {
+                    slots,
+                    free: slots - used_total,
+                },
+            )
         }
     };
     let nodes_report = (0..count)

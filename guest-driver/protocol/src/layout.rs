@@ -118,7 +118,9 @@ pub enum LayoutError {
         found: u64,
     },
     /// Formatted by an incompatible version of the protocol.
-    #[error("Region layout version {found} is not supported (this build speaks version {VERSION})")]
+    #[error(
+        "Region layout version {found} is not supported (this build speaks version {VERSION})"
+    )]
     UnsupportedVersion {
         /// The version found.
         found: u32,
@@ -192,7 +194,12 @@ impl Geometry {
 
     /// The largest geometry of `config` for `max_nodes` nodes and
     /// `slot_size`-byte slots that fits in `region_len` bytes.
-    pub fn fit(config: BufferConfig, region_len: usize, max_nodes: u32, slot_size: u32) -> Result<Self, LayoutError> {
+    pub fn fit(
+        config: BufferConfig,
+        region_len: usize,
+        max_nodes: u32,
+        slot_size: u32,
+    ) -> Result<Self, LayoutError> {
         let mut geometry = Geometry {
             config,
             max_nodes,
@@ -236,15 +243,29 @@ impl Geometry {
 
     /// Checks every field against its allowed range.
     pub fn validate(&self) -> Result<(), LayoutError> {
-        let bad = |field, value: u32, allowed| Err(LayoutError::BadGeometry { field, value: value.into(), allowed });
+        let bad = |field, value: u32, allowed| {
+            Err(LayoutError::BadGeometry {
+                field,
+                value: value.into(),
+                allowed,
+            })
+        };
         if !(2..=MAX_NODES as u32).contains(&self.max_nodes) {
             return bad("max_nodes", self.max_nodes, "2 to 64");
         }
         if !(64..=MAX_FRAME as u32).contains(&self.slot_size) || self.slot_size % 64 != 0 {
-            return bad("slot_size", self.slot_size, "a multiple of 64 from 64 to 65536");
+            return bad(
+                "slot_size",
+                self.slot_size,
+                "a multiple of 64 from 64 to 65536",
+            );
         }
         if !(self.max_nodes..=self.max_nodes * 64).contains(&self.mac_capacity) {
-            return bad("mac_capacity", self.mac_capacity, "max_nodes to 64 x max_nodes");
+            return bad(
+                "mac_capacity",
+                self.mac_capacity,
+                "max_nodes to 64 x max_nodes",
+            );
         }
         if !(10..=600_000).contains(&self.lease_ms) {
             return bad("lease_ms", self.lease_ms, "10 to 600000");
@@ -253,10 +274,20 @@ impl Geometry {
             BufferConfig::SharedPool => {
                 let min = self.max_chain() * 2;
                 if self.slot_count < min || self.slot_count as usize > Layout::MAX_POOL_SLOTS {
-                    return bad("slot_count", self.slot_count, "2 x slots of a 64 KiB frame to 2^24");
+                    return bad(
+                        "slot_count",
+                        self.slot_count,
+                        "2 x slots of a 64 KiB frame to 2^24",
+                    );
                 }
-                if !self.queue_capacity.is_power_of_two() || !(16..=65536).contains(&self.queue_capacity) {
-                    return bad("queue_capacity", self.queue_capacity, "a power of two from 16 to 65536");
+                if !self.queue_capacity.is_power_of_two()
+                    || !(16..=65536).contains(&self.queue_capacity)
+                {
+                    return bad(
+                        "queue_capacity",
+                        self.queue_capacity,
+                        "a power of two from 16 to 65536",
+                    );
                 }
             }
             BufferConfig::PerPair => {
@@ -264,10 +295,18 @@ impl Geometry {
                     || self.slot_count < self.max_chain()
                     || self.slot_count > 1 << 20
                 {
-                    return bad("slot_count", self.slot_count, "a power of two, at least the slots of a 64 KiB frame, at most 2^20");
+                    return bad(
+                        "slot_count",
+                        self.slot_count,
+                        "a power of two, at least the slots of a 64 KiB frame, at most 2^20",
+                    );
                 }
                 if self.queue_capacity != 0 {
-                    return bad("queue_capacity", self.queue_capacity, "0 with per-pair rings");
+                    return bad(
+                        "queue_capacity",
+                        self.queue_capacity,
+                        "0 with per-pair rings",
+                    );
                 }
             }
         }
@@ -313,7 +352,10 @@ impl Layout {
         geometry.validate()?;
         let layout = Self::compute_unchecked(geometry);
         if layout.total > region_len {
-            return Err(LayoutError::TooSmall { needed: layout.total as u64, available: region_len as u64 });
+            return Err(LayoutError::TooSmall {
+                needed: layout.total as u64,
+                available: region_len as u64,
+            });
         }
         Ok(layout)
     }
@@ -324,7 +366,10 @@ impl Layout {
         let nodes = HEADER_LEN;
         let lock = nodes + NODE_ENTRY_LEN * g.max_nodes as usize;
         let addr = lock + CACHE_LINE;
-        let pool = align_up(addr + CACHE_LINE + ADDR_ENTRY_LEN * g.mac_capacity as usize, CACHE_LINE);
+        let pool = align_up(
+            addr + CACHE_LINE + ADDR_ENTRY_LEN * g.mac_capacity as usize,
+            CACHE_LINE,
+        );
         let slot_count = g.slot_count as usize;
         let slot_size = g.slot_size as usize;
         match g.config {
@@ -333,10 +378,22 @@ impl Layout {
                 let descs = align_up(pool + CACHE_LINE + 4 * slot_count, CACHE_LINE);
                 let queues = align_up(descs + DESC_LEN * slot_count, CACHE_LINE);
                 // Head and tail on separate lines, then the entries.
-                let queue_stride = align_up(2 * CACHE_LINE + 4 * g.queue_capacity as usize, CACHE_LINE);
+                let queue_stride =
+                    align_up(2 * CACHE_LINE + 4 * g.queue_capacity as usize, CACHE_LINE);
                 let slots = align_up(queues + queue_stride * g.max_nodes as usize, 4096);
                 let total = slots + slot_size * slot_count;
-                Layout { geometry: *g, nodes, lock, addr, pool, descs, queues, queue_stride, slots, total }
+                Layout {
+                    geometry: *g,
+                    nodes,
+                    lock,
+                    addr,
+                    pool,
+                    descs,
+                    queues,
+                    queue_stride,
+                    slots,
+                    total,
+                }
             }
             BufferConfig::PerPair => {
                 // Tail and head on separate lines, descriptors, then data.
@@ -344,7 +401,18 @@ impl Layout {
                 let queue_stride = align_up(data + slot_size * slot_count, CACHE_LINE);
                 let rings = (g.max_nodes as usize).pow(2);
                 let total = pool + queue_stride * rings;
-                Layout { geometry: *g, nodes, lock, addr, pool, descs: pool, queues: pool, queue_stride, slots: total, total }
+                Layout {
+                    geometry: *g,
+                    nodes,
+                    lock,
+                    addr,
+                    pool,
+                    descs: pool,
+                    queues: pool,
+                    queue_stride,
+                    slots: total,
+                    total,
+                }
             }
         }
     }
@@ -411,7 +479,11 @@ impl Layout {
         let u64_at = |off: usize| u64::from_le_bytes(h[off..off + 8].try_into().expect("8 bytes"));
         let magic = u64_at(HDR_MAGIC);
         if magic != MAGIC {
-            return Err(if magic == 0 { LayoutError::NotFormatted } else { LayoutError::BadMagic { found: magic } });
+            return Err(if magic == 0 {
+                LayoutError::NotFormatted
+            } else {
+                LayoutError::BadMagic { found: magic }
+            });
         }
         let version = u32_at(8);
         if version != VERSION {
@@ -429,7 +501,11 @@ impl Layout {
         })?;
         let max_frame = u32_at(56);
         if max_frame as usize != MAX_FRAME {
-            return Err(LayoutError::BadGeometry { field: "max_frame", value: max_frame.into(), allowed: "65536" });
+            return Err(LayoutError::BadGeometry {
+                field: "max_frame",
+                value: max_frame.into(),
+                allowed: "65536",
+            });
         }
         let geometry = Geometry {
             config,
@@ -443,12 +519,20 @@ impl Layout {
         let layout = Layout::new(&geometry, region_len)?;
         let stored_total = u64_at(24);
         if stored_total != layout.total as u64 {
-            return Err(LayoutError::OffsetMismatch { section: "end", found: stored_total, expected: layout.total as u64 });
+            return Err(LayoutError::OffsetMismatch {
+                section: "end",
+                found: stored_total,
+                expected: layout.total as u64,
+            });
         }
         for (i, (section, expected)) in layout.section_offsets().into_iter().enumerate() {
             let found = u64_at(64 + 8 * i);
             if found != expected as u64 {
-                return Err(LayoutError::OffsetMismatch { section, found, expected: expected as u64 });
+                return Err(LayoutError::OffsetMismatch {
+                    section,
+                    found,
+                    expected: expected as u64,
+                });
             }
         }
         Ok((layout, u64_at(HDR_EPOCH)))
@@ -483,7 +567,9 @@ impl Layout {
 /// FNV-1a, 64 bit: detects a scribbled header, not an adversary (who could
 /// recompute it; the protocol's bounds checks are the real defence).
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -523,17 +609,29 @@ mod tests {
 
         let mut h = good;
         h[0] ^= 1;
-        assert!(matches!(Layout::parse(&h, 4 << 20), Err(LayoutError::BadMagic { .. })));
+        assert!(matches!(
+            Layout::parse(&h, 4 << 20),
+            Err(LayoutError::BadMagic { .. })
+        ));
 
         let mut h = good;
         h[8] = 9;
-        assert_eq!(Layout::parse(&h, 4 << 20), Err(LayoutError::UnsupportedVersion { found: 9 }));
+        assert_eq!(
+            Layout::parse(&h, 4 << 20),
+            Err(LayoutError::UnsupportedVersion { found: 9 })
+        );
 
         let mut h = good;
         h[40] ^= 0x10;
-        assert!(matches!(Layout::parse(&h, 4 << 20), Err(LayoutError::BadChecksum { .. })));
+        assert!(matches!(
+            Layout::parse(&h, 4 << 20),
+            Err(LayoutError::BadChecksum { .. })
+        ));
 
-        assert!(matches!(Layout::parse(&good, 1 << 20), Err(LayoutError::TooSmall { .. })));
+        assert!(matches!(
+            Layout::parse(&good, 1 << 20),
+            Err(LayoutError::TooSmall { .. })
+        ));
     }
 
     #[test]
@@ -545,20 +643,44 @@ mod tests {
         h[64 + 8 * 5..64 + 8 * 6].copy_from_slice(&0u64.to_le_bytes());
         let sum = checksum(&h[..HDR_CHECKSUM]);
         h[HDR_CHECKSUM..].copy_from_slice(&sum.to_le_bytes());
-        assert!(matches!(Layout::parse(&h, 4 << 20), Err(LayoutError::OffsetMismatch { section: "slots", .. })));
+        assert!(matches!(
+            Layout::parse(&h, 4 << 20),
+            Err(LayoutError::OffsetMismatch {
+                section: "slots",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn bad_geometry_names_the_field() {
         let mut g = pool_geometry();
         g.slot_size = 100;
-        assert!(matches!(g.validate(), Err(LayoutError::BadGeometry { field: "slot_size", .. })));
+        assert!(matches!(
+            g.validate(),
+            Err(LayoutError::BadGeometry {
+                field: "slot_size",
+                ..
+            })
+        ));
         let mut g = pool_geometry();
         g.max_nodes = 65;
-        assert!(matches!(g.validate(), Err(LayoutError::BadGeometry { field: "max_nodes", .. })));
+        assert!(matches!(
+            g.validate(),
+            Err(LayoutError::BadGeometry {
+                field: "max_nodes",
+                ..
+            })
+        ));
         let mut g = pool_geometry();
         g.queue_capacity = 1000;
-        assert!(matches!(g.validate(), Err(LayoutError::BadGeometry { field: "queue_capacity", .. })));
+        assert!(matches!(
+            g.validate(),
+            Err(LayoutError::BadGeometry {
+                field: "queue_capacity",
+                ..
+            })
+        ));
     }
 
     #[test]

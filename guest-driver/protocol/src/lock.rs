@@ -122,29 +122,48 @@ impl<'a> RegionLock<'a> {
     }
 
     fn nodes(&self) -> NodeTable<'a> {
-        NodeTable { region: self.region, layout: self.layout }
+        NodeTable {
+            region: self.region,
+            layout: self.layout,
+        }
     }
 
     /// Initial lock words; only the formatter calls this.
     pub(crate) fn init(&self) {
         let first = crate::layout::INITIAL_INDEX;
-        self.region.store_u32(self.off(NEXT_TICKET), first, Ordering::Relaxed);
-        self.region.store_u32(self.off(NOW_SERVING), first, Ordering::Relaxed);
+        self.region
+            .store_u32(self.off(NEXT_TICKET), first, Ordering::Relaxed);
+        self.region
+            .store_u32(self.off(NOW_SERVING), first, Ordering::Relaxed);
         // The ticket before the first, no node: the first starts unclaimed.
-        self.region.store_u64(self.off(HOLDER), u64::from(first.wrapping_sub(1)) << 32, Ordering::Relaxed);
-        self.region.store_u64(self.off(RECOVERIES), 0, Ordering::Relaxed);
+        self.region.store_u64(
+            self.off(HOLDER),
+            u64::from(first.wrapping_sub(1)) << 32,
+            Ordering::Relaxed,
+        );
+        self.region
+            .store_u64(self.off(RECOVERIES), 0, Ordering::Relaxed);
     }
 
     /// The lock words as they are now.
     pub(crate) fn status(&self) -> LockStatus {
-        let now_serving = self.region.load_u32(self.off(NOW_SERVING), Ordering::Acquire);
-        let holder = decode(self.region.load_u64(self.off(HOLDER), Ordering::Acquire), self.nodes().count());
+        let now_serving = self
+            .region
+            .load_u32(self.off(NOW_SERVING), Ordering::Acquire);
+        let holder = decode(
+            self.region.load_u64(self.off(HOLDER), Ordering::Acquire),
+            self.nodes().count(),
+        );
         LockStatus {
-            next_ticket: self.region.load_u32(self.off(NEXT_TICKET), Ordering::Acquire),
+            next_ticket: self
+                .region
+                .load_u32(self.off(NEXT_TICKET), Ordering::Acquire),
             now_serving,
             holder,
             held: holder.ticket == now_serving && holder.node.is_some(),
-            recoveries: self.region.load_u64(self.off(RECOVERIES), Ordering::Relaxed),
+            recoveries: self
+                .region
+                .load_u64(self.off(RECOVERIES), Ordering::Relaxed),
         }
     }
 
@@ -168,13 +187,23 @@ impl<'a> RegionLock<'a> {
         let mut spins = 0u32;
         let mut ticket = self.take_ticket(me);
         loop {
-            let serving = self.region.load_u32(self.off(NOW_SERVING), Ordering::Acquire);
+            let serving = self
+                .region
+                .load_u32(self.off(NOW_SERVING), Ordering::Acquire);
             let holder_word = self.region.load_u64(self.off(HOLDER), Ordering::Acquire);
             let holder = decode(holder_word, nodes.count());
             if serving == ticket && holder.ticket != ticket {
                 let mine = encode(ticket, me, generation);
-                if self.region.cas_u64(self.off(HOLDER), holder_word, mine, Ordering::AcqRel).is_ok() {
-                    self.region.store_u32(nodes.layout.node(me, NODE_WAITING), 0, Ordering::Relaxed);
+                if self
+                    .region
+                    .cas_u64(self.off(HOLDER), holder_word, mine, Ordering::AcqRel)
+                    .is_ok()
+                {
+                    self.region.store_u32(
+                        nodes.layout.node(me, NODE_WAITING),
+                        0,
+                        Ordering::Relaxed,
+                    );
                     if nodes.generation(me) != generation {
                         // Fenced while waiting; hand the turn on untouched.
                         self.pass(ticket);
@@ -185,9 +214,22 @@ impl<'a> RegionLock<'a> {
                 continue;
             }
             if (serving.wrapping_sub(ticket) as i32) >= 0 {
+                let next = self
+                    .region
+                    .load_u32(self.off(NEXT_TICKET), Ordering::Acquire);
+                if (serving.wrapping_sub(next) as i32) > 0 {
+                    // `now_serving` is past every ticket ever handed out:
+                    // the words were scribbled. Pull the turn back to ours.
+                    let _ = self.region.cas_u32(
+                        self.off(NOW_SERVING),
+                        serving,
+                        ticket,
+                        Ordering::AcqRel,
+                    );
+                    continue;
+                }
                 // Our turn was claimed by another node, or went by without
-                // us: either we were fenced, or the lock words were damaged
-                // and we queue again.
+                // us: either we were fenced, or we queue again.
                 ticket = self.requeue_or_fenced(me, generation)?;
             }
 
@@ -196,11 +238,19 @@ impl<'a> RegionLock<'a> {
                 nodes.beat(me);
                 let now = Instant::now();
                 if now >= deadline {
-                    self.region.store_u32(nodes.layout.node(me, NODE_WAITING), 0, Ordering::Relaxed);
+                    self.region.store_u32(
+                        nodes.layout.node(me, NODE_WAITING),
+                        0,
+                        Ordering::Relaxed,
+                    );
                     return Err(LockError::Timeout(lease * 30));
                 }
                 let claimed = holder.ticket == serving;
-                let candidate = if claimed { holder.node } else { self.waiter_with(serving) };
+                let candidate = if claimed {
+                    holder.node
+                } else {
+                    self.waiter_with(serving)
+                };
                 let dead = match candidate {
                     Some(node) if node != me => {
                         liveness.is_dead(&nodes, node, now)
@@ -210,7 +260,15 @@ impl<'a> RegionLock<'a> {
                     None => stall.stuck(u64::from(serving), now, lease),
                 };
                 if dead {
-                    self.recover(serving, holder_word, candidate, me, generation, liveness, repair);
+                    self.recover(
+                        serving,
+                        holder_word,
+                        candidate,
+                        me,
+                        generation,
+                        liveness,
+                        repair,
+                    );
                 }
             }
             backoff.wait();
@@ -221,26 +279,36 @@ impl<'a> RegionLock<'a> {
     /// fenced; otherwise we queue again with a new ticket.
     fn requeue_or_fenced(&self, me: NodeId, generation: u32) -> Result<u32, LockError> {
         if self.nodes().generation(me) != generation {
-            self.region.store_u32(self.layout.node(me, NODE_WAITING), 0, Ordering::Relaxed);
+            self.region
+                .store_u32(self.layout.node(me, NODE_WAITING), 0, Ordering::Relaxed);
             return Err(LockError::Fenced);
         }
         Ok(self.take_ticket(me))
     }
 
     fn take_ticket(&self, me: NodeId) -> u32 {
-        let ticket = self.region.fetch_add_u32(self.off(NEXT_TICKET), 1, Ordering::AcqRel);
+        let ticket = self
+            .region
+            .fetch_add_u32(self.off(NEXT_TICKET), 1, Ordering::AcqRel);
         // Ticket first, then the flag with Release: a reader that sees the
         // flag (Acquire) sees this ticket.
-        self.region.store_u32(self.layout.node(me, NODE_TICKET), ticket, Ordering::Relaxed);
-        self.region.store_u32(self.layout.node(me, NODE_WAITING), 1, Ordering::Release);
+        self.region
+            .store_u32(self.layout.node(me, NODE_TICKET), ticket, Ordering::Relaxed);
+        self.region
+            .store_u32(self.layout.node(me, NODE_WAITING), 1, Ordering::Release);
         ticket
     }
 
     /// The node that announced it waits for `ticket`, if any.
     fn waiter_with(&self, ticket: u32) -> Option<NodeId> {
         (0..self.nodes().count()).find(|&n| {
-            self.region.load_u32(self.layout.node(n, NODE_WAITING), Ordering::Acquire) == 1
-                && self.region.load_u32(self.layout.node(n, NODE_TICKET), Ordering::Relaxed) == ticket
+            self.region
+                .load_u32(self.layout.node(n, NODE_WAITING), Ordering::Acquire)
+                == 1
+                && self
+                    .region
+                    .load_u32(self.layout.node(n, NODE_TICKET), Ordering::Relaxed)
+                    == ticket
         })
     }
 
@@ -258,7 +326,11 @@ impl<'a> RegionLock<'a> {
         let nodes = self.nodes();
         let dead_generation = dead.map(|n| nodes.generation(n));
         let mine = encode(stuck, me, generation);
-        if self.region.cas_u64(self.off(HOLDER), holder_word, mine, Ordering::AcqRel).is_err() {
+        if self
+            .region
+            .cas_u64(self.off(HOLDER), holder_word, mine, Ordering::AcqRel)
+            .is_err()
+        {
             return; // the owner woke up, or another waiter recovers it
         }
         // The dead node's last writes were never released to us; it has
@@ -269,19 +341,59 @@ impl<'a> RegionLock<'a> {
             liveness.forget(node);
         }
         repair(dead);
-        self.region.fetch_add_u64(self.off(RECOVERIES), 1, Ordering::Relaxed);
-        self.pass(stuck);
+        self.region
+            .fetch_add_u64(self.off(RECOVERIES), 1, Ordering::Relaxed);
+        // A turn nobody announced may be one of many garbage tickets (a
+        // rogue moved `next_ticket`): jump to the nearest announced waiter
+        // instead of waiting a lease for each. A node that took a ticket in
+        // between but had not announced it yet finds it passed and queues
+        // again.
+        let next = match dead {
+            Some(_) => stuck.wrapping_add(1),
+            None => self
+                .nearest_waiter_after(stuck)
+                .unwrap_or(stuck.wrapping_add(1)),
+        };
+        let _ = self
+            .region
+            .cas_u32(self.off(NOW_SERVING), stuck, next, Ordering::Release);
+    }
+
+    /// The smallest announced ticket after `ticket`.
+    fn nearest_waiter_after(&self, ticket: u32) -> Option<u32> {
+        (0..self.nodes().count())
+            .filter(|&n| {
+                self.region
+                    .load_u32(self.layout.node(n, NODE_WAITING), Ordering::Acquire)
+                    == 1
+            })
+            .map(|n| {
+                self.region
+                    .load_u32(self.layout.node(n, NODE_TICKET), Ordering::Relaxed)
+            })
+            .filter(|&t| (t.wrapping_sub(ticket) as i32) > 0)
+            .min_by_key(|&t| t.wrapping_sub(ticket))
     }
 
     /// Passes the turn from `ticket` to the next one.
     fn pass(&self, ticket: u32) {
         // Release: the critical section's writes are visible to the next
         // holder, which loads `now_serving` with Acquire.
-        let _ = self.region.cas_u32(self.off(NOW_SERVING), ticket, ticket.wrapping_add(1), Ordering::Release);
+        let _ = self.region.cas_u32(
+            self.off(NOW_SERVING),
+            ticket,
+            ticket.wrapping_add(1),
+            Ordering::Release,
+        );
     }
 
     /// Releases the lock. Fails with `Fenced` when peers took it from us.
-    pub(crate) fn unlock(&self, ticket: Ticket, me: NodeId, generation: u32) -> Result<(), LockError> {
+    pub(crate) fn unlock(
+        &self,
+        ticket: Ticket,
+        me: NodeId,
+        generation: u32,
+    ) -> Result<(), LockError> {
         let holder = self.region.load_u64(self.off(HOLDER), Ordering::Acquire);
         if holder != encode(ticket.0, me, generation) {
             return Err(LockError::Fenced);
@@ -307,7 +419,11 @@ mod tests {
         let mut g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
         g.lease_ms = lease_ms;
         let layout = Layout::new(&g, 1 << 20).unwrap();
-        RegionLock { region: &region, layout: &layout }.init();
+        RegionLock {
+            region: &region,
+            layout: &layout,
+        }
+        .init();
         (region, layout)
     }
 
@@ -324,12 +440,23 @@ mod tests {
             .map(|me| {
                 let (region, inside, total) = (region.clone(), inside.clone(), total.clone());
                 std::thread::spawn(move || {
-                    let lock = RegionLock { region: &region, layout: &layout };
-                    let gen = NodeTable { region: &region, layout: &layout }.next_generation(me);
+                    let lock = RegionLock {
+                        region: &region,
+                        layout: &layout,
+                    };
+                    let gen = NodeTable {
+                        region: &region,
+                        layout: &layout,
+                    }
+                    .next_generation(me);
                     let mut live = Liveness::new(4, Duration::from_secs(1));
                     for _ in 0..2000 {
                         let t = lock.lock(me, gen, &mut live, &mut no_repair).unwrap();
-                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                        assert_eq!(
+                            inside.fetch_add(1, Ordering::SeqCst),
+                            0,
+                            "two holders at once"
+                        );
                         total.fetch_add(1, Ordering::Relaxed);
                         inside.fetch_sub(1, Ordering::SeqCst);
                         lock.unlock(t, me, gen).unwrap();
@@ -339,7 +466,11 @@ mod tests {
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         assert_eq!(total.load(Ordering::Relaxed), 8000);
-        let status = RegionLock { region: &region, layout: &layout }.status();
+        let status = RegionLock {
+            region: &region,
+            layout: &layout,
+        }
+        .status();
         let first = crate::layout::INITIAL_INDEX;
         assert_eq!(status.next_ticket, first.wrapping_add(8000));
         assert_eq!(status.now_serving, first.wrapping_add(8000));
@@ -349,8 +480,14 @@ mod tests {
     #[test]
     fn a_dead_holder_is_fenced_and_repaired() {
         let (region, layout) = setup(50);
-        let lock = RegionLock { region: &region, layout: &layout };
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let lock = RegionLock {
+            region: &region,
+            layout: &layout,
+        };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         let dead_gen = nodes.next_generation(1);
         nodes.set_state(1, NodeState::Run);
         let mut live = Liveness::new(4, Duration::from_millis(50));
@@ -359,8 +496,13 @@ mod tests {
         let gen = nodes.next_generation(0);
         let mut repaired = Vec::new();
         let started = Instant::now();
-        let t = lock.lock(0, gen, &mut live, &mut |dead| repaired.push(dead)).unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(50), "recovered before the lease ran out");
+        let t = lock
+            .lock(0, gen, &mut live, &mut |dead| repaired.push(dead))
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "recovered before the lease ran out"
+        );
         assert_eq!(repaired, vec![Some(1)]);
         assert_eq!(nodes.state(1), NodeState::Reset);
         lock.unlock(t, 0, gen).unwrap();
@@ -368,16 +510,26 @@ mod tests {
 
         // The dead node wakes up: it cannot release, nor take the lock again.
         assert_eq!(lock.unlock(Ticket(0), 1, dead_gen), Err(LockError::Fenced));
-        assert_eq!(lock.lock(1, dead_gen, &mut live, &mut no_repair).map(drop), Err(LockError::Fenced));
+        assert_eq!(
+            lock.lock(1, dead_gen, &mut live, &mut no_repair).map(drop),
+            Err(LockError::Fenced)
+        );
     }
 
     #[test]
     fn a_ticket_nobody_claims_is_skipped_after_a_lease() {
         let (region, layout) = setup(30);
-        let lock = RegionLock { region: &region, layout: &layout };
+        let lock = RegionLock {
+            region: &region,
+            layout: &layout,
+        };
         // A node took ticket 0 and died before announcing it.
         region.fetch_add_u32(layout.lock + NEXT_TICKET, 1, Ordering::AcqRel);
-        let gen = NodeTable { region: &region, layout: &layout }.next_generation(2);
+        let gen = NodeTable {
+            region: &region,
+            layout: &layout,
+        }
+        .next_generation(2);
         let mut live = Liveness::new(4, Duration::from_millis(30));
         let mut repairs = 0;
         let t = lock.lock(2, gen, &mut live, &mut |dead| {
@@ -389,9 +541,45 @@ mod tests {
     }
 
     #[test]
+    fn scribbled_lock_words_cost_at_most_a_lease() {
+        let (region, layout) = setup(30);
+        let lock = RegionLock {
+            region: &region,
+            layout: &layout,
+        };
+        let gen = NodeTable {
+            region: &region,
+            layout: &layout,
+        }
+        .next_generation(1);
+        let mut live = Liveness::new(4, Duration::from_millis(30));
+        let limit = Duration::from_millis(30 * 4);
+        for (next, serving) in [(1_000_000_000, 5), (5, 1_000_000_000), (7, 7)] {
+            region.store_u32(layout.lock + NEXT_TICKET, next, Ordering::Relaxed);
+            region.store_u32(layout.lock + NOW_SERVING, serving, Ordering::Relaxed);
+            let started = Instant::now();
+            let t = lock.lock(1, gen, &mut live, &mut |_| {}).unwrap();
+            lock.unlock(t, 1, gen).unwrap();
+            let took = started.elapsed();
+            assert!(took < limit, "next {next} serving {serving}: {took:?}");
+        }
+    }
+
+    #[test]
     fn holder_words_decode_defensively() {
-        assert_eq!(decode(encode(5, 3, 0x1_0007), 4), Holder { ticket: 5, node: Some(3), generation: 7 });
-        assert_eq!(decode(u64::MAX, 4).node, None, "node 0xffff is out of range");
+        assert_eq!(
+            decode(encode(5, 3, 0x1_0007), 4),
+            Holder {
+                ticket: 5,
+                node: Some(3),
+                generation: 7
+            }
+        );
+        assert_eq!(
+            decode(u64::MAX, 4).node,
+            None,
+            "node 0xffff is out of range"
+        );
         assert_eq!(decode(0, 4).node, None);
     }
 }

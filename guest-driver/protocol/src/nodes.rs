@@ -114,7 +114,8 @@ impl NodeTable<'_> {
 
     /// The raw state word, for readers that must tell garbage apart.
     pub(crate) fn state_word(&self, node: NodeId) -> u32 {
-        self.region.load_u32(self.layout.node(node, NODE_STATE), Ordering::Acquire)
+        self.region
+            .load_u32(self.layout.node(node, NODE_STATE), Ordering::Acquire)
     }
 
     /// The node's state; garbage reads as `Reset` (not a peer to talk to).
@@ -125,11 +126,16 @@ impl NodeTable<'_> {
     pub(crate) fn set_state(&self, node: NodeId, state: NodeState) {
         // Release: whatever the node set up before announcing the state
         // (its queue, its address entry) is visible to readers of the state.
-        self.region.store_u32(self.layout.node(node, NODE_STATE), state as u32, Ordering::Release)
+        self.region.store_u32(
+            self.layout.node(node, NODE_STATE),
+            state as u32,
+            Ordering::Release,
+        )
     }
 
     pub(crate) fn generation(&self, node: NodeId) -> u32 {
-        self.region.load_u32(self.layout.node(node, NODE_GENERATION), Ordering::Acquire)
+        self.region
+            .load_u32(self.layout.node(node, NODE_GENERATION), Ordering::Acquire)
     }
 
     /// Fences `node` if it is still in `generation`: its state goes to
@@ -138,58 +144,90 @@ impl NodeTable<'_> {
     /// did the fencing.
     pub(crate) fn fence(&self, node: NodeId, generation: u32) -> bool {
         let off = self.layout.node(node, NODE_GENERATION);
-        if self.region.cas_u32(off, generation, generation.wrapping_add(1), Ordering::AcqRel).is_err() {
+        if self
+            .region
+            .cas_u32(
+                off,
+                generation,
+                generation.wrapping_add(1),
+                Ordering::AcqRel,
+            )
+            .is_err()
+        {
             return false;
         }
         self.set_state(node, NodeState::Reset);
-        self.region.store_u32(self.layout.node(node, crate::layout::NODE_WAITING), 0, Ordering::Release);
+        self.region.store_u32(
+            self.layout.node(node, crate::layout::NODE_WAITING),
+            0,
+            Ordering::Release,
+        );
         true
     }
 
     /// Starts a new incarnation of `node`; returns its generation.
     pub(crate) fn next_generation(&self, node: NodeId) -> u32 {
         let off = self.layout.node(node, NODE_GENERATION);
-        self.region.fetch_add_u32(off, 1, Ordering::AcqRel).wrapping_add(1)
+        self.region
+            .fetch_add_u32(off, 1, Ordering::AcqRel)
+            .wrapping_add(1)
     }
 
     pub(crate) fn heartbeat(&self, node: NodeId) -> u64 {
-        self.region.load_u64(self.layout.node(node, NODE_HEARTBEAT), Ordering::Acquire)
+        self.region
+            .load_u64(self.layout.node(node, NODE_HEARTBEAT), Ordering::Acquire)
     }
 
     pub(crate) fn beat(&self, node: NodeId) {
-        self.region.fetch_add_u64(self.layout.node(node, NODE_HEARTBEAT), 1, Ordering::Release);
+        self.region
+            .fetch_add_u64(self.layout.node(node, NODE_HEARTBEAT), 1, Ordering::Release);
     }
 
     pub(crate) fn mac(&self, node: NodeId) -> u64 {
-        self.region.load_u64(self.layout.node(node, NODE_MAC), Ordering::Acquire)
+        self.region
+            .load_u64(self.layout.node(node, NODE_MAC), Ordering::Acquire)
     }
 
     pub(crate) fn set_mac(&self, node: NodeId, mac: u64) {
-        self.region.store_u64(self.layout.node(node, NODE_MAC), mac, Ordering::Release)
+        self.region
+            .store_u64(self.layout.node(node, NODE_MAC), mac, Ordering::Release)
     }
 
     pub(crate) fn sleeping(&self, node: NodeId) -> bool {
-        self.region.load_u32(self.layout.node(node, NODE_SLEEPING), Ordering::Acquire) != 0
+        self.region
+            .load_u32(self.layout.node(node, NODE_SLEEPING), Ordering::Acquire)
+            != 0
     }
 
     pub(crate) fn set_sleeping(&self, node: NodeId, sleeping: bool) {
         // SeqCst: pairs with the sender's SeqCst load after publishing a
         // frame, so either the sender sees "sleeping" and rings, or the
         // receiver's re-check after this store sees the frame (no lost wakeup).
-        self.region.store_u32(self.layout.node(node, NODE_SLEEPING), sleeping.into(), Ordering::SeqCst)
+        self.region.store_u32(
+            self.layout.node(node, NODE_SLEEPING),
+            sleeping.into(),
+            Ordering::SeqCst,
+        )
     }
 
     pub(crate) fn counters(&self, node: NodeId) -> Counters {
         let mut a = [0u64; Counters::FIELDS];
         for (i, v) in a.iter_mut().enumerate() {
-            *v = self.region.load_u64(self.layout.node(node, NODE_COUNTERS + 8 * i), Ordering::Relaxed);
+            *v = self.region.load_u64(
+                self.layout.node(node, NODE_COUNTERS + 8 * i),
+                Ordering::Relaxed,
+            );
         }
         Counters::from_array(a)
     }
 
     pub(crate) fn publish_counters(&self, node: NodeId, counters: &Counters) {
         for (i, v) in counters.to_array().into_iter().enumerate() {
-            self.region.store_u64(self.layout.node(node, NODE_COUNTERS + 8 * i), v, Ordering::Relaxed);
+            self.region.store_u64(
+                self.layout.node(node, NODE_COUNTERS + 8 * i),
+                v,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -221,7 +259,10 @@ pub struct Liveness {
 impl Liveness {
     /// A tracker for `nodes` nodes with the region's lease.
     pub fn new(nodes: usize, lease: Duration) -> Self {
-        Liveness { lease, watches: vec![None; nodes] }
+        Liveness {
+            lease,
+            watches: vec![None; nodes],
+        }
     }
 
     /// The lease after which a silent node is dead.
@@ -250,7 +291,12 @@ impl Liveness {
                 now.saturating_duration_since(w.since) >= lease
             }
             slot => {
-                *slot = Some(Watch { generation, heartbeat, since: now, looked: now });
+                *slot = Some(Watch {
+                    generation,
+                    heartbeat,
+                    since: now,
+                    looked: now,
+                });
                 false
             }
         }
@@ -292,7 +338,10 @@ mod tests {
         let region = Region::anonymous(1 << 20).unwrap();
         let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
         let layout = Layout::new(&g, 1 << 20).unwrap();
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         let mut live = Liveness::new(4, Duration::from_millis(100));
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
@@ -301,7 +350,10 @@ mod tests {
         assert!(!live.is_dead(&nodes, 1, at(80)));
         assert!(live.is_dead(&nodes, 1, at(100)));
         nodes.beat(1);
-        assert!(!live.is_dead(&nodes, 1, at(150)), "a beat restarts the lease");
+        assert!(
+            !live.is_dead(&nodes, 1, at(150)),
+            "a beat restarts the lease"
+        );
         assert!(!live.is_dead(&nodes, 1, at(200)));
         assert!(live.is_dead(&nodes, 1, at(250)));
     }
@@ -311,7 +363,10 @@ mod tests {
         let region = Region::anonymous(1 << 20).unwrap();
         let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
         let layout = Layout::new(&g, 1 << 20).unwrap();
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         let mut live = Liveness::new(4, Duration::from_millis(100));
         let t0 = Instant::now();
         assert!(!live.is_dead(&nodes, 1, t0));
@@ -329,11 +384,17 @@ mod tests {
         let region = Region::anonymous(1 << 20).unwrap();
         let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
         let layout = Layout::new(&g, 1 << 20).unwrap();
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         let gen = nodes.next_generation(2);
         nodes.set_state(2, NodeState::Run);
         assert!(nodes.fence(2, gen));
-        assert!(!nodes.fence(2, gen), "a second fencer of the same incarnation does nothing");
+        assert!(
+            !nodes.fence(2, gen),
+            "a second fencer of the same incarnation does nothing"
+        );
         assert_eq!(nodes.state(2), NodeState::Reset);
         assert_ne!(nodes.generation(2), gen);
     }
@@ -344,7 +405,10 @@ mod tests {
         let region = Region::anonymous(1 << 20).unwrap();
         let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
         let layout = Layout::new(&g, 1 << 20).unwrap();
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         region.store_u32(layout.node(3, NODE_STATE), 77, Ordering::Relaxed);
         assert_eq!(nodes.state(3), NodeState::Reset);
         nodes.set_state(1, NodeState::Run);

@@ -75,11 +75,13 @@ impl<'a> Pool<'a> {
     }
 
     pub(crate) fn owner(&self, slot: u32) -> u32 {
-        self.region.load_u32(self.desc(slot, D_OWNER), Ordering::Relaxed)
+        self.region
+            .load_u32(self.desc(slot, D_OWNER), Ordering::Relaxed)
     }
 
     fn set_owner(&self, slot: u32, owner: u32) {
-        self.region.store_u32(self.desc(slot, D_OWNER), owner, Ordering::Relaxed)
+        self.region
+            .store_u32(self.desc(slot, D_OWNER), owner, Ordering::Relaxed)
     }
 
     pub(crate) fn free_top(&self) -> u32 {
@@ -87,7 +89,8 @@ impl<'a> Pool<'a> {
     }
 
     fn set_free_top(&self, top: u32) {
-        self.region.store_u32(self.layout.pool, top, Ordering::Release)
+        self.region
+            .store_u32(self.layout.pool, top, Ordering::Release)
     }
 
     fn stack(&self, i: u32) -> usize {
@@ -109,7 +112,8 @@ impl<'a> Pool<'a> {
     }
 
     pub(crate) fn set_head(&self, node: NodeId, head: u32) {
-        self.region.store_u32(self.queue(node), head, Ordering::Release)
+        self.region
+            .store_u32(self.queue(node), head, Ordering::Release)
     }
 
     /// Publishes entries below `tail` to `node`.
@@ -119,11 +123,13 @@ impl<'a> Pool<'a> {
 
     /// Queue entry `index` of `node`: the first slot of a frame (unvalidated).
     pub(crate) fn entry(&self, node: NodeId, index: u32) -> u32 {
-        self.region.load_u32(self.entry_off(node, index), Ordering::Relaxed)
+        self.region
+            .load_u32(self.entry_off(node, index), Ordering::Relaxed)
     }
 
     fn set_tail(&self, node: NodeId, tail: u32) {
-        self.region.store_u32(self.queue(node) + CACHE_LINE, tail, Ordering::Release)
+        self.region
+            .store_u32(self.queue(node) + CACHE_LINE, tail, Ordering::Release)
     }
 
     fn entry_off(&self, node: NodeId, index: u32) -> usize {
@@ -135,7 +141,11 @@ impl<'a> Pool<'a> {
         for slot in 0..self.slot_count() {
             self.set_owner(slot, OWNER_FREE);
             // Highest id at the bottom: slot 0 is handed out first.
-            self.region.store_u32(self.stack(slot), self.slot_count() - 1 - slot, Ordering::Relaxed);
+            self.region.store_u32(
+                self.stack(slot),
+                self.slot_count() - 1 - slot,
+                Ordering::Relaxed,
+            );
         }
         self.set_free_top(self.slot_count());
         for node in 0..self.layout.geometry.max_nodes as usize {
@@ -145,7 +155,12 @@ impl<'a> Pool<'a> {
     }
 
     /// Pops up to `n` free slots into `out`, marking them held by `me`.
-    pub(crate) fn pop_free(&self, me: NodeId, n: usize, out: &mut Vec<u32>) -> Result<(), ProtocolError> {
+    pub(crate) fn pop_free(
+        &self,
+        me: NodeId,
+        n: usize,
+        out: &mut Vec<u32>,
+    ) -> Result<(), ProtocolError> {
         let count = self.slot_count();
         let mut top = self.free_top();
         if top > count {
@@ -161,7 +176,11 @@ impl<'a> Pool<'a> {
             let owner = self.owner(slot);
             if owner != OWNER_FREE {
                 self.set_free_top(top);
-                return Err(ProtocolError::WrongOwner { slot, owner, expected: OWNER_FREE });
+                return Err(ProtocolError::WrongOwner {
+                    slot,
+                    owner,
+                    expected: OWNER_FREE,
+                });
             }
             self.set_owner(slot, held(me));
             out.push(slot);
@@ -188,7 +207,8 @@ impl<'a> Pool<'a> {
                 return Err(ProtocolError::FreeStack { top, count });
             }
             self.set_owner(slot, OWNER_FREE);
-            self.region.store_u32(self.stack(top), slot, Ordering::Relaxed);
+            self.region
+                .store_u32(self.stack(top), slot, Ordering::Relaxed);
             top += 1;
         }
         self.set_free_top(top);
@@ -202,11 +222,17 @@ impl<'a> Pool<'a> {
         for (i, (&slot, chunk)) in chain.iter().zip(frame.chunks(slot_size)).enumerate() {
             self.region.write_bytes(self.layout.slot(slot), chunk);
             let next = chain.get(i + 1).copied().unwrap_or(NO_SLOT);
-            self.region.store_u32(self.desc(slot, D_NEXT), next, Ordering::Relaxed);
-            self.region.store_u32(self.desc(slot, D_LEN), chunk.len() as u32, Ordering::Relaxed);
+            self.region
+                .store_u32(self.desc(slot, D_NEXT), next, Ordering::Relaxed);
+            self.region.store_u32(
+                self.desc(slot, D_LEN),
+                chunk.len() as u32,
+                Ordering::Relaxed,
+            );
         }
         let meta = frame.len() as u32 | (me as u32) << 24;
-        self.region.store_u32(self.desc(chain[0], D_META), meta, Ordering::Relaxed);
+        self.region
+            .store_u32(self.desc(chain[0], D_META), meta, Ordering::Relaxed);
     }
 
     /// Appends `chain` (held by `me`) to `dest`'s queue at index `tail`.
@@ -215,7 +241,8 @@ impl<'a> Pool<'a> {
         for &slot in chain {
             self.set_owner(slot, queued(dest));
         }
-        self.region.store_u32(self.entry_off(dest, tail), chain[0], Ordering::Relaxed);
+        self.region
+            .store_u32(self.entry_off(dest, tail), chain[0], Ordering::Relaxed);
     }
 
     /// Validates the chain starting at `first` in `me`'s queue, marking each
@@ -238,10 +265,15 @@ impl<'a> Pool<'a> {
             if first >= count {
                 return Err(ProtocolError::SlotOutOfRange { slot: first, count });
             }
-            let meta = self.region.load_u32(self.desc(first, D_META), Ordering::Relaxed);
+            let meta = self
+                .region
+                .load_u32(self.desc(first, D_META), Ordering::Relaxed);
             let frame_len = meta & META_LEN_MASK;
             if frame_len == 0 || frame_len as usize > MAX_FRAME {
-                return Err(ProtocolError::BadLength { len: frame_len, reason: "outside 1..=65536" });
+                return Err(ProtocolError::BadLength {
+                    len: frame_len,
+                    reason: "outside 1..=65536",
+                });
             }
             let sender = (meta >> 24) as usize;
             let mut slot = first;
@@ -249,25 +281,46 @@ impl<'a> Pool<'a> {
             for _ in 0..max_chain {
                 let owner = self.owner(slot);
                 if owner != queued(me) {
-                    return Err(ProtocolError::WrongOwner { slot, owner, expected: queued(me) });
+                    return Err(ProtocolError::WrongOwner {
+                        slot,
+                        owner,
+                        expected: queued(me),
+                    });
                 }
                 self.set_owner(slot, held(me));
                 claimed.push(slot);
-                let len = self.region.load_u32(self.desc(slot, D_LEN), Ordering::Relaxed);
+                let len = self
+                    .region
+                    .load_u32(self.desc(slot, D_LEN), Ordering::Relaxed);
                 if len == 0 || len > slot_size {
-                    return Err(ProtocolError::BadLength { len, reason: "segment empty or larger than a slot" });
+                    return Err(ProtocolError::BadLength {
+                        len,
+                        reason: "segment empty or larger than a slot",
+                    });
                 }
                 total += len;
                 if total > frame_len {
-                    return Err(ProtocolError::BadLength { len: frame_len, reason: "segments longer than the frame" });
+                    return Err(ProtocolError::BadLength {
+                        len: frame_len,
+                        reason: "segments longer than the frame",
+                    });
                 }
-                segments.push(Segment { offset: self.layout.slot(slot), len: len as usize });
-                let next = self.region.load_u32(self.desc(slot, D_NEXT), Ordering::Relaxed);
+                segments.push(Segment {
+                    offset: self.layout.slot(slot),
+                    len: len as usize,
+                });
+                let next = self
+                    .region
+                    .load_u32(self.desc(slot, D_NEXT), Ordering::Relaxed);
                 if next == NO_SLOT {
                     if total != frame_len {
-                        return Err(ProtocolError::BadLength { len: frame_len, reason: "segments shorter than the frame" });
+                        return Err(ProtocolError::BadLength {
+                            len: frame_len,
+                            reason: "segments shorter than the frame",
+                        });
                     }
-                    let sender = (sender < self.layout.geometry.max_nodes as usize).then_some(sender);
+                    let sender =
+                        (sender < self.layout.geometry.max_nodes as usize).then_some(sender);
                     return Ok((frame_len as usize, sender));
                 }
                 if next >= count {
@@ -342,7 +395,9 @@ pub(crate) fn rebuild(
         // seen nowhere else; compact the queue over the others.
         let mut write = head;
         for index in (0..tail.wrapping_sub(head)).map(|i| head.wrapping_add(i)) {
-            let first = pool.region.load_u32(pool.entry_off(node, index), Ordering::Relaxed);
+            let first = pool
+                .region
+                .load_u32(pool.entry_off(node, index), Ordering::Relaxed);
             let mut chain = Vec::new();
             let mut slot = first;
             let intact = loop {
@@ -354,13 +409,16 @@ pub(crate) fn rebuild(
                 }
                 chain.push(slot);
                 status[slot as usize] = KEEP;
-                slot = pool.region.load_u32(pool.desc(slot, D_NEXT), Ordering::Relaxed);
+                slot = pool
+                    .region
+                    .load_u32(pool.desc(slot, D_NEXT), Ordering::Relaxed);
                 if slot == NO_SLOT {
                     break true;
                 }
             };
             if intact {
-                pool.region.store_u32(pool.entry_off(node, write), first, Ordering::Relaxed);
+                pool.region
+                    .store_u32(pool.entry_off(node, write), first, Ordering::Relaxed);
                 write = write.wrapping_add(1);
             } else {
                 chain.iter().for_each(|&s| status[s as usize] = 0);
@@ -383,7 +441,8 @@ pub(crate) fn rebuild(
             continue;
         }
         pool.set_owner(slot, OWNER_FREE);
-        pool.region.store_u32(pool.stack(top), slot, Ordering::Relaxed);
+        pool.region
+            .store_u32(pool.stack(top), slot, Ordering::Relaxed);
         top += 1;
         if slot % 4096 == 0 {
             beat();
@@ -408,15 +467,25 @@ mod tests {
         let region = Region::anonymous(1 << 20).unwrap();
         let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
         let layout = Layout::new(&g, 1 << 20).unwrap();
-        Pool { region: &region, layout: &layout }.init();
+        Pool {
+            region: &region,
+            layout: &layout,
+        }
+        .init();
         (region, layout)
     }
 
     #[test]
     fn chain_round_trip_and_free() {
         let (region, layout) = setup();
-        let pool = Pool { region: &region, layout: &layout };
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let pool = Pool {
+            region: &region,
+            layout: &layout,
+        };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         nodes.set_state(1, NodeState::Run);
         let frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let mut chain = Vec::new();
@@ -427,10 +496,20 @@ mod tests {
 
         let mut segments = Vec::new();
         let mut claimed = Vec::new();
-        let (len, src) = pool.take_chain(1, chain[0], &mut segments, &mut claimed).unwrap();
+        let (len, src) = pool
+            .take_chain(1, chain[0], &mut segments, &mut claimed)
+            .unwrap();
         assert_eq!((len, src), (5000, Some(0)));
-        assert_eq!(segments.iter().map(|s| s.len).collect::<Vec<_>>(), vec![2048, 2048, 904]);
-        let rx = crate::frame::RxFrame { region: &region, segments: &segments, len, source: src };
+        assert_eq!(
+            segments.iter().map(|s| s.len).collect::<Vec<_>>(),
+            vec![2048, 2048, 904]
+        );
+        let rx = crate::frame::RxFrame {
+            region: &region,
+            segments: &segments,
+            len,
+            source: src,
+        };
         assert_eq!(rx.to_vec(), frame);
         assert_eq!(pool.push_free(1, &claimed).unwrap(), 0);
         assert_eq!(pool.free_top(), pool.slot_count());
@@ -442,7 +521,10 @@ mod tests {
     #[test]
     fn loops_and_wild_links_are_caught() {
         let (region, layout) = setup();
-        let pool = Pool { region: &region, layout: &layout };
+        let pool = Pool {
+            region: &region,
+            layout: &layout,
+        };
         let mut chain = Vec::new();
         pool.pop_free(0, 2, &mut chain).unwrap();
         pool.fill(0, &chain, &[7u8; 3000]);
@@ -450,21 +532,41 @@ mod tests {
         // Link the second slot back to the first: a loop.
         region.store_u32(pool.desc(chain[1], D_NEXT), chain[0], Ordering::Relaxed);
         let (mut seg, mut claimed) = (Vec::new(), Vec::new());
-        let err = pool.take_chain(1, chain[0], &mut seg, &mut claimed).unwrap_err();
-        assert!(matches!(err, ProtocolError::WrongOwner { .. } | ProtocolError::BadLength { .. }), "{err}");
+        let err = pool
+            .take_chain(1, chain[0], &mut seg, &mut claimed)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::WrongOwner { .. } | ProtocolError::BadLength { .. }
+            ),
+            "{err}"
+        );
         assert!(seg.is_empty());
-        assert_eq!(claimed.len(), 2, "the slots validated so far are ours to free");
+        assert_eq!(
+            claimed.len(),
+            2,
+            "the slots validated so far are ours to free"
+        );
 
         let (mut seg, mut claimed) = (Vec::new(), Vec::new());
-        let err = pool.take_chain(1, 1 << 30, &mut seg, &mut claimed).unwrap_err();
+        let err = pool
+            .take_chain(1, 1 << 30, &mut seg, &mut claimed)
+            .unwrap_err();
         assert!(matches!(err, ProtocolError::SlotOutOfRange { .. }));
     }
 
     #[test]
     fn rebuild_returns_a_dead_nodes_slots_and_keeps_the_living() {
         let (region, layout) = setup();
-        let pool = Pool { region: &region, layout: &layout };
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let pool = Pool {
+            region: &region,
+            layout: &layout,
+        };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         for n in 0..3 {
             nodes.set_state(n, NodeState::Run);
         }
@@ -485,17 +587,30 @@ mod tests {
         nodes.set_state(2, NodeState::Reset);
 
         let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
-        assert_eq!(pool.queue_indices(1), (BASE, BASE.wrapping_add(2)), "delivered frames stay queued, once");
+        assert_eq!(
+            pool.queue_indices(1),
+            (BASE, BASE.wrapping_add(2)),
+            "delivered frames stay queued, once"
+        );
         assert_eq!(pool.free_top(), pool.slot_count() - 5 - 2);
-        assert_eq!(report.reclaimed, 5, "node 2's four held slots and its half-enqueued one");
+        assert_eq!(
+            report.reclaimed, 5,
+            "node 2's four held slots and its half-enqueued one"
+        );
         assert!(cache0.iter().all(|&s| pool.owner(s) == held(0)));
     }
 
     #[test]
     fn rebuild_keeps_queues_whose_indices_wrapped() {
         let (region, layout) = setup();
-        let pool = Pool { region: &region, layout: &layout };
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let pool = Pool {
+            region: &region,
+            layout: &layout,
+        };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         nodes.set_state(0, NodeState::Run);
         nodes.set_state(1, NodeState::Run);
         let start = u32::MAX - 1;
@@ -516,8 +631,14 @@ mod tests {
     #[test]
     fn rebuild_drops_duplicate_and_garbage_entries() {
         let (region, layout) = setup();
-        let pool = Pool { region: &region, layout: &layout };
-        let nodes = NodeTable { region: &region, layout: &layout };
+        let pool = Pool {
+            region: &region,
+            layout: &layout,
+        };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
         nodes.set_state(0, NodeState::Run);
         nodes.set_state(1, NodeState::Run);
         let mut c = Vec::new();
@@ -525,8 +646,16 @@ mod tests {
         pool.fill(0, &c, b"x");
         pool.enqueue_at(1, BASE.wrapping_add(0), &c);
         // A rogue duplicates the entry and adds a wild one.
-        region.store_u32(pool.entry_off(1, BASE.wrapping_add(1)), c[0], Ordering::Relaxed);
-        region.store_u32(pool.entry_off(1, BASE.wrapping_add(2)), 0xdead_beef, Ordering::Relaxed);
+        region.store_u32(
+            pool.entry_off(1, BASE.wrapping_add(1)),
+            c[0],
+            Ordering::Relaxed,
+        );
+        region.store_u32(
+            pool.entry_off(1, BASE.wrapping_add(2)),
+            0xdead_beef,
+            Ordering::Relaxed,
+        );
         pool.publish_tail(1, BASE.wrapping_add(3));
         let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
         assert_eq!(pool.queue_indices(1), (BASE, BASE.wrapping_add(1)));

@@ -74,13 +74,19 @@ impl Region {
             .offset(offset)
             .len(len)
             .map_raw(file)
-            .map_err(|source| RegionError::Map { path: name.to_owned(), source })?;
+            .map_err(|source| RegionError::Map {
+                path: name.to_owned(),
+                source,
+            })?;
         Self::from_map(map)
     }
 
     /// Creates (or truncates) `path` with `len` bytes and maps it shared.
     pub fn create(path: &Path, len: usize) -> Result<Self, RegionError> {
-        let err = |source| RegionError::Map { path: path.display().to_string(), source };
+        let err = |source| RegionError::Map {
+            path: path.display().to_string(),
+            source,
+        };
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -94,11 +100,20 @@ impl Region {
 
     /// Opens an existing region file and maps all of it shared.
     pub fn open(path: &Path) -> Result<Self, RegionError> {
-        let err = |source| RegionError::Map { path: path.display().to_string(), source };
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(err)?;
+        let err = |source| RegionError::Map {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(err)?;
         let len = file.metadata().map_err(err)?.len();
-        let len = usize::try_from(len)
-            .map_err(|_| RegionError::Unusable { len: usize::MAX, reason: "larger than the address space" })?;
+        let len = usize::try_from(len).map_err(|_| RegionError::Unusable {
+            len: usize::MAX,
+            reason: "larger than the address space",
+        })?;
         Self::map_file(&file, 0, len, &path.display().to_string())
     }
 
@@ -107,21 +122,36 @@ impl Region {
         let map = MmapOptions::new()
             .len(len)
             .map_anon()
-            .map_err(|source| RegionError::Map { path: "<anonymous>".into(), source })?;
+            .map_err(|source| RegionError::Map {
+                path: "<anonymous>".into(),
+                source,
+            })?;
         Self::from_map(map.into())
     }
 
     fn from_map(map: MmapRaw) -> Result<Self, RegionError> {
         let len = map.len();
         if len < Self::MIN_LEN {
-            return Err(RegionError::Unusable { len, reason: "smaller than 64 KiB" });
+            return Err(RegionError::Unusable {
+                len,
+                reason: "smaller than 64 KiB",
+            });
         }
-        let base = NonNull::new(map.as_mut_ptr())
-            .ok_or(RegionError::Unusable { len, reason: "mapped at address 0" })?;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or(RegionError::Unusable {
+            len,
+            reason: "mapped at address 0",
+        })?;
         if base.as_ptr() as usize % 64 != 0 {
-            return Err(RegionError::Unusable { len, reason: "not 64-byte aligned" });
+            return Err(RegionError::Unusable {
+                len,
+                reason: "not 64-byte aligned",
+            });
         }
-        Ok(Self { _map: map, base, len })
+        Ok(Self {
+            _map: map,
+            base,
+            len,
+        })
     }
 
     /// Size of the mapping in bytes.
@@ -150,6 +180,10 @@ impl Region {
     }
 
     #[inline]
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "`ptr` checks the 4-byte alignment"
+    )]
     fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         let ptr = self.ptr(off, 4, 4).cast::<u32>();
         // SAFETY: `ptr` is in bounds and 4-byte aligned (checked by `ptr`),
@@ -160,6 +194,10 @@ impl Region {
     }
 
     #[inline]
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "`ptr` checks the 8-byte alignment"
+    )]
     fn atomic_u64(&self, off: usize) -> &AtomicU64 {
         let ptr = self.ptr(off, 8, 8).cast::<u64>();
         // SAFETY: as in `atomic_u32`, with 8-byte alignment checked.
@@ -182,7 +220,8 @@ impl Region {
     /// found, `Ok` when it was `current` and is now `new`.
     #[inline]
     pub fn cas_u32(&self, off: usize, current: u32, new: u32, order: Ordering) -> Result<u32, u32> {
-        self.atomic_u32(off).compare_exchange(current, new, order, Ordering::Acquire)
+        self.atomic_u32(off)
+            .compare_exchange(current, new, order, Ordering::Acquire)
     }
 
     /// Atomic fetch-add of the `u32` at `off` (wrapping).
@@ -206,7 +245,8 @@ impl Region {
     /// Atomic compare-and-exchange of the `u64` at `off`.
     #[inline]
     pub fn cas_u64(&self, off: usize, current: u64, new: u64, order: Ordering) -> Result<u64, u64> {
-        self.atomic_u64(off).compare_exchange(current, new, order, Ordering::Acquire)
+        self.atomic_u64(off)
+            .compare_exchange(current, new, order, Ordering::Acquire)
     }
 
     /// Atomic fetch-add of the `u64` at `off` (wrapping).
@@ -300,6 +340,9 @@ mod tests {
 
     #[test]
     fn tiny_mappings_are_refused() {
-        assert!(matches!(Region::anonymous(4096), Err(RegionError::Unusable { .. })));
+        assert!(matches!(
+            Region::anonymous(4096),
+            Err(RegionError::Unusable { .. })
+        ));
     }
 }

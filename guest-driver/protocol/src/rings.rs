@@ -56,23 +56,27 @@ impl Rings<'_> {
 
     pub(crate) fn tail(&self, src: NodeId, dst: NodeId) -> u32 {
         // Acquire pairs with the sender's Release in `publish`.
-        self.region.load_u32(self.tail_off(src, dst), Ordering::Acquire)
+        self.region
+            .load_u32(self.tail_off(src, dst), Ordering::Acquire)
     }
 
     pub(crate) fn head(&self, src: NodeId, dst: NodeId) -> u32 {
         // Acquire pairs with the receiver's Release in `consume`: the
         // entries below the head are no longer read.
-        self.region.load_u32(self.head_off(src, dst), Ordering::Acquire)
+        self.region
+            .load_u32(self.head_off(src, dst), Ordering::Acquire)
     }
 
     /// Sender side: makes entries up to `tail` visible.
     pub(crate) fn publish(&self, src: NodeId, dst: NodeId, tail: u32) {
-        self.region.store_u32(self.tail_off(src, dst), tail, Ordering::Release)
+        self.region
+            .store_u32(self.tail_off(src, dst), tail, Ordering::Release)
     }
 
     /// Receiver side: hands entries below `head` back to the sender.
     pub(crate) fn consume(&self, src: NodeId, dst: NodeId, head: u32) {
-        self.region.store_u32(self.head_off(src, dst), head, Ordering::Release)
+        self.region
+            .store_u32(self.head_off(src, dst), head, Ordering::Release)
     }
 
     /// Formats every ring empty.
@@ -96,11 +100,14 @@ impl Rings<'_> {
     pub(crate) fn write(&self, src: NodeId, dst: NodeId, tail: u32, frame: &[u8]) {
         let slot_size = self.layout.geometry.slot_size as usize;
         for (i, chunk) in frame.chunks(slot_size).enumerate() {
-            self.region.write_bytes(self.data_off(src, dst, tail.wrapping_add(i as u32)), chunk);
+            self.region
+                .write_bytes(self.data_off(src, dst, tail.wrapping_add(i as u32)), chunk);
         }
         let desc = self.desc_off(src, dst, tail);
-        self.region.store_u32(desc, frame.len() as u32, Ordering::Relaxed);
-        self.region.store_u32(desc + 4, self.span(frame.len()), Ordering::Relaxed);
+        self.region
+            .store_u32(desc, frame.len() as u32, Ordering::Relaxed);
+        self.region
+            .store_u32(desc + 4, self.span(frame.len()), Ordering::Relaxed);
     }
 
     /// Reads and validates the descriptor at `head`, given `avail` published
@@ -118,29 +125,51 @@ impl Rings<'_> {
         let len = self.region.load_u32(desc, Ordering::Relaxed);
         let span = self.region.load_u32(desc + 4, Ordering::Relaxed);
         if len == 0 || len as usize > MAX_FRAME {
-            return Err(ProtocolError::BadLength { len, reason: "outside 1..=65536" });
+            return Err(ProtocolError::BadLength {
+                len,
+                reason: "outside 1..=65536",
+            });
         }
         if span != len.div_ceil(slot_size) {
-            return Err(ProtocolError::BadLength { len, reason: "does not match its span of entries" });
+            return Err(ProtocolError::BadLength {
+                len,
+                reason: "does not match its span of entries",
+            });
         }
         if span > avail {
-            return Err(ProtocolError::BadLength { len, reason: "spans entries not yet published" });
+            return Err(ProtocolError::BadLength {
+                len,
+                reason: "spans entries not yet published",
+            });
         }
         let mut left = len as usize;
         for i in 0..span {
             let n = left.min(slot_size as usize);
-            segments.push(Segment { offset: self.data_off(src, dst, head.wrapping_add(i)), len: n });
+            segments.push(Segment {
+                offset: self.data_off(src, dst, head.wrapping_add(i)),
+                len: n,
+            });
             left -= n;
         }
         Ok((len as usize, span))
     }
 
     /// Validated distance between `head` and the published tail.
-    pub(crate) fn available(&self, src: NodeId, dst: NodeId, head: u32) -> Result<u32, ProtocolError> {
+    pub(crate) fn available(
+        &self,
+        src: NodeId,
+        dst: NodeId,
+        head: u32,
+    ) -> Result<u32, ProtocolError> {
         let tail = self.tail(src, dst);
         let avail = tail.wrapping_sub(head);
         if avail > self.capacity() {
-            return Err(ProtocolError::QueueIndices { node: dst, head, tail, capacity: self.capacity() });
+            return Err(ProtocolError::QueueIndices {
+                node: dst,
+                head,
+                tail,
+                capacity: self.capacity(),
+            });
         }
         Ok(avail)
     }
@@ -156,7 +185,10 @@ mod tests {
         let region = Region::anonymous(4 << 20).unwrap();
         let g = Geometry::fit(BufferConfig::PerPair, 4 << 20, 2, 2048).unwrap();
         let layout = Layout::new(&g, 4 << 20).unwrap();
-        let rings = Rings { region: &region, layout: &layout };
+        let rings = Rings {
+            region: &region,
+            layout: &layout,
+        };
         let cap = rings.capacity();
         // Start near the end so a 3-entry frame wraps.
         let start = cap - 1;
@@ -167,7 +199,12 @@ mod tests {
         let mut seg = Vec::new();
         let (len, span) = rings.read(0, 1, start, avail, &mut seg).unwrap();
         assert_eq!((len, span), (5000, 3));
-        let rx = crate::frame::RxFrame { region: &region, segments: &seg, len, source: Some(0) };
+        let rx = crate::frame::RxFrame {
+            region: &region,
+            segments: &seg,
+            len,
+            source: Some(0),
+        };
         assert_eq!(rx.to_vec(), frame);
     }
 
@@ -176,16 +213,25 @@ mod tests {
         let region = Region::anonymous(4 << 20).unwrap();
         let g = Geometry::fit(BufferConfig::PerPair, 4 << 20, 2, 2048).unwrap();
         let layout = Layout::new(&g, 4 << 20).unwrap();
-        let rings = Rings { region: &region, layout: &layout };
+        let rings = Rings {
+            region: &region,
+            layout: &layout,
+        };
         let desc = rings.desc_off(0, 1, 0);
         let mut seg = Vec::new();
         for (len, span) in [(0, 0), (70_000, 35), (5000, 2), (5000, 3)] {
             region.store_u32(desc, len, Ordering::Relaxed);
             region.store_u32(desc + 4, span, Ordering::Relaxed);
-            assert!(rings.read(0, 1, 0, 2, &mut seg).is_err(), "len {len} span {span}");
+            assert!(
+                rings.read(0, 1, 0, 2, &mut seg).is_err(),
+                "len {len} span {span}"
+            );
         }
         assert!(seg.is_empty());
         rings.publish(0, 1, rings.capacity() + 1);
-        assert!(matches!(rings.available(0, 1, 0), Err(ProtocolError::QueueIndices { .. })));
+        assert!(matches!(
+            rings.available(0, 1, 0),
+            Err(ProtocolError::QueueIndices { .. })
+        ));
     }
 }

@@ -17,10 +17,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::{format, inspect, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region, RegionReport, SendError};
+use crate::{
+    format, inspect, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region,
+    RegionReport, SendError,
+};
 
 /// Who sends to whom.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Pattern {
     /// Every node sends to every other node.
     AllToAll,
@@ -40,7 +45,9 @@ impl Pattern {
 
     /// The nodes that send to `node`.
     pub fn sources(self, node: usize, nodes: usize) -> Vec<usize> {
-        (0..nodes).filter(|&src| self.targets(src, nodes).contains(&node)).collect()
+        (0..nodes)
+            .filter(|&src| self.targets(src, nodes).contains(&node))
+            .collect()
     }
 }
 
@@ -151,16 +158,26 @@ pub fn run_worker(plan: &WorkerPlan) -> anyhow::Result<WorkerReport> {
     let region = Arc::new(Region::open(&plan.region)?);
     let mut ep = Endpoint::attach(region, plan.node, MacAddr::for_node(plan.node))?;
     ep.set_state(NodeState::Run)?;
-    let all: u64 = (0..plan.nodes).filter(|&n| n != plan.node).fold(0, |s, n| s | 1 << n);
+    let all: u64 = (0..plan.nodes)
+        .filter(|&n| n != plan.node)
+        .fold(0, |s, n| s | 1 << n);
     let barrier = Instant::now();
     while ep.running_peers() & all != all {
         if barrier.elapsed() > BARRIER_TIMEOUT {
-            bail!("node {}: peers never came up (running {:#b})", plan.node, ep.running_peers());
+            bail!(
+                "node {}: peers never came up (running {:#b})",
+                plan.node,
+                ep.running_peers()
+            );
         }
         ep.tick()?;
         std::thread::sleep(Duration::from_millis(1));
     }
-    let report = if plan.frames_per_pair > 0 { stress_loop(&mut ep, plan)? } else { bench_loop(&mut ep, plan)? };
+    let report = if plan.frames_per_pair > 0 {
+        stress_loop(&mut ep, plan)?
+    } else {
+        bench_loop(&mut ep, plan)?
+    };
     // Wait for the others to finish receiving before leaving: a detached
     // node is no longer a peer to send to.
     let done_at = Instant::now();
@@ -172,7 +189,10 @@ pub fn run_worker(plan: &WorkerPlan) -> anyhow::Result<WorkerReport> {
     }
     let errors = ep.counters().protocol_errors;
     ep.detach()?;
-    Ok(WorkerReport { protocol_errors: errors, ..report })
+    Ok(WorkerReport {
+        protocol_errors: errors,
+        ..report
+    })
 }
 
 fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerReport> {
@@ -182,7 +202,10 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
     let mut next_seq = vec![0u64; plan.nodes];
     let mut expect_seq = vec![0u64; plan.nodes];
     let expected_total = plan.frames_per_pair * sources.len() as u64;
-    let mut report = WorkerReport { node: me, ..Default::default() };
+    let mut report = WorkerReport {
+        node: me,
+        ..Default::default()
+    };
     let mut buf = vec![0u8; crate::MAX_FRAME];
     let mut want = vec![0u8; crate::MAX_FRAME];
     let start = Instant::now();
@@ -195,7 +218,9 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
         let got = ep.recv(crate::BATCH, |frame| {
             let Some(src) = frame.source().filter(|s| sources.contains(s)) else {
                 report.misordered += 1;
-                report.problem.get_or_insert_with(|| format!("frame from unexpected sender {:?}", frame.source()));
+                report.problem.get_or_insert_with(|| {
+                    format!("frame from unexpected sender {:?}", frame.source())
+                });
                 return;
             };
             let seq = expect_seq[src];
@@ -206,7 +231,10 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
             if frame.len() != len {
                 report.misordered += 1;
                 report.problem.get_or_insert_with(|| {
-                    format!("from {src}: frame {seq} has {} bytes, expected {len} (lost or reordered)", frame.len())
+                    format!(
+                        "from {src}: frame {seq} has {} bytes, expected {len} (lost or reordered)",
+                        frame.len()
+                    )
                 });
                 return;
             }
@@ -214,7 +242,9 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
             fill_frame(&mut want[..len], plan.seed, src, me, seq);
             if buf[..len] != want[..len] {
                 report.corrupt += 1;
-                report.problem.get_or_insert_with(|| format!("from {src}: frame {seq} ({len} bytes) is corrupt"));
+                report.problem.get_or_insert_with(|| {
+                    format!("from {src}: frame {seq} ({len} bytes) is corrupt")
+                });
             }
         })?;
         progress |= got > 0;
@@ -251,7 +281,8 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
             last_tick = now;
             ep.tick()?;
         }
-        let all_sent = targets.iter().all(|&d| next_seq[d] == plan.frames_per_pair) && deferred == 0;
+        let all_sent =
+            targets.iter().all(|&d| next_seq[d] == plan.frames_per_pair) && deferred == 0;
         if all_sent && report.received >= expected_total {
             break;
         }
@@ -278,7 +309,10 @@ fn bench_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRepo
     let mut frame = vec![0u8; len];
     fill_frame(&mut frame, plan.seed, me, 0, 0);
     let mut sink = vec![0u8; crate::MAX_FRAME];
-    let mut report = WorkerReport { node: me, ..Default::default() };
+    let mut report = WorkerReport {
+        node: me,
+        ..Default::default()
+    };
     let duration = Duration::from_millis(plan.duration_ms);
     let start = Instant::now();
     let mut last_tick = start;
@@ -344,21 +378,39 @@ impl RunReport {
                 out.push(format!("node {}: {p}", w.node));
             }
             if w.protocol_errors > 0 {
-                out.push(format!("node {}: {} protocol errors", w.node, w.protocol_errors));
+                out.push(format!(
+                    "node {}: {} protocol errors",
+                    w.node, w.protocol_errors
+                ));
             }
             if plan.frames_per_pair > 0 {
-                let want = plan.frames_per_pair * plan.pattern.sources(w.node, plan.nodes).len() as u64;
+                let want =
+                    plan.frames_per_pair * plan.pattern.sources(w.node, plan.nodes).len() as u64;
                 if w.received != want {
-                    out.push(format!("node {}: received {} frames, expected {want}", w.node, w.received));
+                    out.push(format!(
+                        "node {}: received {} frames, expected {want}",
+                        w.node, w.received
+                    ));
                 }
             }
         }
         let r = &self.region_after;
         if r.pool.free != r.pool.slots {
-            out.push(format!("{} of {} slots are not back in the pool", r.pool.slots - r.pool.free, r.pool.slots));
+            out.push(format!(
+                "{} of {} slots are not back in the pool",
+                r.pool.slots - r.pool.free,
+                r.pool.slots
+            ));
         }
-        for n in r.nodes.iter().filter(|n| n.state != Some(NodeState::Reset) || n.queue_depth != 0) {
-            out.push(format!("node {} left in state {:?} with {} frames queued", n.id, n.state, n.queue_depth));
+        for n in r
+            .nodes
+            .iter()
+            .filter(|n| n.state != Some(NodeState::Reset) || n.queue_depth != 0)
+        {
+            out.push(format!(
+                "node {} left in state {:?} with {} frames queued",
+                n.id, n.state, n.queue_depth
+            ));
         }
         if r.lock.held {
             out.push(format!("the lock is still held by {:?}", r.lock.holder));
@@ -391,8 +443,13 @@ impl Drop for RegionFile {
 /// A fresh path for a region file in /dev/shm (or the temp dir).
 pub fn region_path(tag: &str) -> PathBuf {
     let dir = Path::new("/dev/shm");
-    let dir = if dir.is_dir() { dir.to_path_buf() } else { std::env::temp_dir() };
-    let nonce = splitmix(Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()));
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let nonce =
+        splitmix(Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()));
     dir.join(format!("vni-{tag}-{}-{nonce:x}", std::process::id()))
 }
 
@@ -414,7 +471,11 @@ pub fn run(
     format(&region, &geometry)?;
     let mut workers = Workers(Vec::new());
     for node in 0..plan.nodes {
-        let plan = WorkerPlan { region: path.clone(), node, ..plan.clone() };
+        let plan = WorkerPlan {
+            region: path.clone(),
+            node,
+            ..plan.clone()
+        };
         let child = Command::new(exe)
             .arg("worker")
             .arg(serde_json::to_string(&plan)?)
@@ -448,5 +509,8 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    Ok(RunReport { workers: reports, region_after: inspect(&region)? })
+    Ok(RunReport {
+        workers: reports,
+        region_after: inspect(&region)?,
+    })
 }

@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vni_protocol::{format, inspect, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region};
+use vni_protocol::{
+    format, inspect, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region,
+};
 
 const LEASE: Duration = Duration::from_millis(300);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,7 +40,10 @@ fn attach_running(region: &Arc<Region>, node: usize) -> Endpoint {
 #[test]
 fn killing_the_lock_holder_loses_no_slot() {
     let path = vni_protocol::sim::region_path("crash");
-    let mut cleanup = Cleanup { child: None, path: path.clone() };
+    let mut cleanup = Cleanup {
+        child: None,
+        path: path.clone(),
+    };
     let len = 16 << 20;
     let region = Arc::new(Region::create(&path, len).unwrap());
     let mut geometry = Geometry::fit(BufferConfig::SharedPool, len, 3, 2048).unwrap();
@@ -71,13 +76,23 @@ fn killing_the_lock_holder_loses_no_slot() {
         if let Ok(line) = rx.try_recv() {
             break line;
         }
-        assert!(started.elapsed() < READY_TIMEOUT, "hold-lock never took the lock");
+        assert!(
+            started.elapsed() < READY_TIMEOUT,
+            "hold-lock never took the lock"
+        );
         std::thread::sleep(Duration::from_millis(2));
     };
     assert_eq!(line.trim(), "HOLDING");
     let before = inspect(&region).unwrap();
-    assert!(before.lock.held && before.lock.holder.node == Some(2), "{:?}", before.lock);
-    assert!(before.nodes[2].slots_held > 0, "node 2 should hold slots when it dies");
+    assert!(
+        before.lock.held && before.lock.holder.node == Some(2),
+        "{:?}",
+        before.lock
+    );
+    assert!(
+        before.nodes[2].slots_held > 0,
+        "node 2 should hold slots when it dies"
+    );
 
     let mut child = cleanup.child.take().unwrap();
     child.kill().unwrap();
@@ -86,7 +101,13 @@ fn killing_the_lock_holder_loses_no_slot() {
 
     // Traffic between the survivors: the first flush waits out the lease,
     // recovers the lock and repairs the pool.
-    let frames: Vec<Vec<u8>> = (0..200u32).map(|i| (0..(i as usize * 97) % 9000 + 1).map(|b| (b as u32 ^ i) as u8).collect()).collect();
+    let frames: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| {
+            (0..(i as usize * 97) % 9000 + 1)
+                .map(|b| (b as u32 ^ i) as u8)
+                .collect()
+        })
+        .collect();
     let mut received = Vec::new();
     for f in &frames {
         loop {
@@ -103,22 +124,45 @@ fn killing_the_lock_holder_loses_no_slot() {
     node0.flush().unwrap();
     let recovered_after = killed.elapsed();
     while node1.recv(64, |r| received.push(r.to_vec())).unwrap() > 0 {}
-    assert_eq!(received, frames, "frames lost or corrupted across the recovery");
-    assert!(recovered_after >= LEASE / 2, "recovered in {recovered_after:?}, before the lease");
-    assert!(recovered_after < LEASE * 20, "recovery took {recovered_after:?}");
+    assert_eq!(
+        received, frames,
+        "frames lost or corrupted across the recovery"
+    );
+    assert!(
+        recovered_after >= LEASE / 2,
+        "recovered in {recovered_after:?}, before the lease"
+    );
+    assert!(
+        recovered_after < LEASE * 20,
+        "recovery took {recovered_after:?}"
+    );
 
     let after = inspect(&region).unwrap();
     assert_eq!(after.lock.recoveries, 1);
-    assert_eq!(after.nodes[2].state, Some(NodeState::Reset), "the dead node was not fenced");
-    assert_eq!((after.nodes[2].slots_held, after.nodes[2].slots_queued), (0, 0));
+    assert_eq!(
+        after.nodes[2].state,
+        Some(NodeState::Reset),
+        "the dead node was not fenced"
+    );
+    assert_eq!(
+        (after.nodes[2].slots_held, after.nodes[2].slots_queued),
+        (0, 0)
+    );
     // The half-done enqueue to node 0 was dropped, not delivered as garbage.
     let mut stray = 0;
     node0.recv(1000, |_| stray += 1).unwrap();
-    assert_eq!(stray, 0, "half-enqueued frames of the dead node were delivered");
+    assert_eq!(
+        stray, 0,
+        "half-enqueued frames of the dead node were delivered"
+    );
 
     node0.detach().unwrap();
     node1.detach().unwrap();
     let end = inspect(&region).unwrap();
-    assert_eq!(end.pool.free, end.pool.slots, "slots lost: {:#?}", end.nodes);
+    assert_eq!(
+        end.pool.free, end.pool.slots,
+        "slots lost: {:#?}",
+        end.nodes
+    );
     assert!(!end.lock.held);
 }

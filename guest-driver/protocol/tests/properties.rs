@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use vni_protocol::hostile::{attach_hostile, run_hostile};
-use vni_protocol::{format, inspect, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region};
+use vni_protocol::{
+    format, inspect, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region,
+};
 
 const NODES: usize = 3;
 
@@ -20,7 +22,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let node = 0..NODES;
-    let len = prop_oneof![1..64usize, 64..2100usize, 2100..70_000usize].prop_map(|l| l.min(vni_protocol::MAX_FRAME));
+    let len = prop_oneof![1..64usize, 64..2100usize, 2100..70_000usize]
+        .prop_map(|l| l.min(vni_protocol::MAX_FRAME));
     prop_oneof![
         4 => (node.clone(), 1..NODES, len.clone()).prop_map(|(from, d, len)| Op::Send { from, to: (from + d) % NODES, len }),
         1 => (node.clone(), len.prop_map(|l| l.min(3000))).prop_map(|(from, len)| Op::Broadcast { from, len }),
@@ -63,7 +66,7 @@ proptest! {
         // expected[dst][src]: frames in flight from src to dst, in order.
         let mut expected = vec![vec![VecDeque::new(); NODES]; NODES];
         let mut next = 0u64;
-        let mut check = |eps: &mut Vec<Endpoint>, node: usize, max: usize, expected: &mut Vec<Vec<VecDeque<Vec<u8>>>>| {
+        let check = |eps: &mut Vec<Endpoint>, node: usize, max: usize, expected: &mut Vec<Vec<VecDeque<Vec<u8>>>>| {
             let mut got = Vec::new();
             eps[node].recv(max, |f| got.push((f.source().unwrap(), f.to_vec()))).unwrap();
             for (src, bytes) in got {
@@ -99,8 +102,8 @@ proptest! {
         }
         for node in 0..NODES {
             check(&mut eps, node, usize::MAX, &mut expected)?;
-            for src in 0..NODES {
-                prop_assert!(expected[node][src].is_empty(), "node {} lost frames from {}", node, src);
+            for (src, in_flight) in expected[node].iter().enumerate() {
+                prop_assert!(in_flight.is_empty(), "node {} lost frames from {}", node, src);
             }
         }
         for ep in eps {
@@ -146,7 +149,12 @@ fn bit_flips_in_a_valid_header_are_caught() {
                 Err(_) => refused += 1,
                 Ok((layout, _)) => {
                     // Only reserved bytes or the epoch may change unnoticed.
-                    assert!((16..24).contains(&byte) || (60..64).contains(&byte) || (112..120).contains(&byte), "byte {byte}");
+                    assert!(
+                        (16..24).contains(&byte)
+                            || (60..64).contains(&byte)
+                            || (112..120).contains(&byte),
+                        "byte {byte}"
+                    );
                     assert_eq!(layout.geometry, geometry);
                 }
             }

@@ -30,15 +30,33 @@ fn stress(config: BufferConfig, nodes: usize) {
         seed: 0x5eed + nodes as u64,
     };
     let exe = Path::new(env!("CARGO_BIN_EXE_vni-sim"));
-    let report = sim::run(exe, config, 64 << 20, Geometry::DEFAULT_SLOT_SIZE, &plan, RUN_TIMEOUT).unwrap();
+    let report = sim::run(
+        exe,
+        config,
+        64 << 20,
+        Geometry::DEFAULT_SLOT_SIZE,
+        &plan,
+        RUN_TIMEOUT,
+    )
+    .unwrap();
     let problems = report.problems(&plan);
-    assert!(problems.is_empty(), "config {config}, {nodes} nodes: {problems:#?}");
+    assert!(
+        problems.is_empty(),
+        "config {config}, {nodes} nodes: {problems:#?}"
+    );
     let received: u64 = report.workers.iter().map(|w| w.received).sum();
     assert_eq!(received, plan.frames_per_pair * pairs);
     let bytes: u64 = report.workers.iter().map(|w| w.received_bytes).sum();
     // Random sizes really spanned small and large frames.
-    assert!(bytes / received > 2000, "mean frame {} bytes", bytes / received);
-    eprintln!("config {config}, {nodes} nodes: {received} frames, {:.2} GB, all slots home", bytes as f64 / 1e9);
+    assert!(
+        bytes / received > 2000,
+        "mean frame {} bytes",
+        bytes / received
+    );
+    eprintln!(
+        "config {config}, {nodes} nodes: {received} frames, {:.2} GB, all slots home",
+        bytes as f64 / 1e9
+    );
 }
 
 #[test]

@@ -108,10 +108,16 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         .collect();
     println!("memcpy, one core (same run):");
     for m in &memcpy {
-        println!("  {:>6} B blocks: {:>6.2} GB/s in cache, {:>6.2} GB/s over {} MiB", m.block, m.hot_gb_s, m.large_gb_s, args.region_mib);
+        println!(
+            "  {:>6} B blocks: {:>6.2} GB/s in cache, {:>6.2} GB/s over {} MiB",
+            m.block, m.hot_gb_s, m.large_gb_s, args.region_mib
+        );
     }
     println!();
-    println!("{:>6} {:>5} {:>7} {:>14} {:>14} {:>9} {:>9} {:>9}", "config", "nodes", "frame", "Mframes/s", "per pair", "GB/s", "per pair", "memcpy %");
+    println!(
+        "{:>6} {:>5} {:>7} {:>14} {:>14} {:>9} {:>9} {:>9}",
+        "config", "nodes", "frame", "Mframes/s", "per pair", "GB/s", "per pair", "memcpy %"
+    );
     let mut cases = Vec::new();
     for &config_number in &args.configs {
         let config = BufferConfig::from_number(config_number).context("configs are 1 or 2")?;
@@ -128,9 +134,20 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                     seed: 7,
                 };
                 let timeout = Duration::from_secs_f64(args.seconds + 120.0);
-                let report = sim::run(&exe, config, args.region_mib << 20, args.slot_size, &plan, timeout)
-                    .with_context(|| format!("config {config_number}, {nodes} nodes, {frame_bytes} B"))?;
-                let pairs: usize = (0..nodes).map(|n| args.pattern.targets(n, nodes).len()).sum();
+                let report = sim::run(
+                    &exe,
+                    config,
+                    args.region_mib << 20,
+                    args.slot_size,
+                    &plan,
+                    timeout,
+                )
+                .with_context(|| {
+                    format!("config {config_number}, {nodes} nodes, {frame_bytes} B")
+                })?;
+                let pairs: usize = (0..nodes)
+                    .map(|n| args.pattern.targets(n, nodes).len())
+                    .sum();
                 let frames: u64 = report.workers.iter().map(|w| w.received).sum();
                 let bytes: u64 = report.workers.iter().map(|w| w.received_bytes).sum();
                 let seconds = report.workers.iter().map(|w| w.seconds).fold(0.0, f64::max);
@@ -172,7 +189,13 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         }
     }
     println!("(memcpy %: per-pair GB/s over memcpy GB/s of the same block size, in cache / over the region size)");
-    let results = Results { pattern: args.pattern, region_mib: args.region_mib, slot_size: args.slot_size, memcpy, cases };
+    let results = Results {
+        pattern: args.pattern,
+        region_mib: args.region_mib,
+        slot_size: args.slot_size,
+        memcpy,
+        cases,
+    };
     if let Some(dir) = args.json.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -191,7 +214,10 @@ fn print_targets(results: &Results) {
         if case.frame_bytes == 64 {
             let m = case.frames_per_s_per_pair / 1e6;
             let verdict = if m >= 10.0 { "met" } else { "NOT met" };
-            println!("  config {}: 64 B frames at {m:.2} Mframes/s per pair (target >= 10): {verdict}", case.config);
+            println!(
+                "  config {}: 64 B frames at {m:.2} Mframes/s per pair (target >= 10): {verdict}",
+                case.config
+            );
         }
         if case.frame_bytes == 65536 {
             println!(

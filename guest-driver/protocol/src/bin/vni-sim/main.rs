@@ -22,7 +22,11 @@ use vni_protocol::{BufferConfig, Endpoint, MacAddr, NodeState, Region};
 mod bench;
 
 #[derive(Parser, Debug)]
-#[command(name = "vni-sim", version, about = "Runs VNI nodes as processes on one shared region: stress test and benchmark")]
+#[command(
+    name = "vni-sim",
+    version,
+    about = "Runs VNI nodes as processes on one shared region: stress test and benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,11 +95,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Worker { plan } => {
             let plan: WorkerPlan = serde_json::from_str(&plan).context("bad worker plan")?;
-            let report = sim::run_worker(&plan).with_context(|| format!("worker for node {}", plan.node))?;
+            let report =
+                sim::run_worker(&plan).with_context(|| format!("worker for node {}", plan.node))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stress { nodes, config, frames_per_pair, region_mib, slot_size, seed, pattern, timeout_secs } => {
+        Command::Stress {
+            nodes,
+            config,
+            frames_per_pair,
+            region_mib,
+            slot_size,
+            seed,
+            pattern,
+            timeout_secs,
+        } => {
             let config = BufferConfig::from_number(config).context("config must be 1 or 2")?;
             let plan = WorkerPlan {
                 region: PathBuf::new(),
@@ -108,7 +122,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seed,
             };
             let exe = std::env::current_exe()?;
-            let report = sim::run(&exe, config, region_mib << 20, slot_size, &plan, Duration::from_secs(timeout_secs))?;
+            let report = sim::run(
+                &exe,
+                config,
+                region_mib << 20,
+                slot_size,
+                &plan,
+                Duration::from_secs(timeout_secs),
+            )?;
             let frames: u64 = report.workers.iter().map(|w| w.received).sum();
             let bytes: u64 = report.workers.iter().map(|w| w.received_bytes).sum();
             let secs = report.workers.iter().map(|w| w.seconds).fold(0.0, f64::max);
@@ -122,7 +143,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for p in &problems {
                 println!("  problem: {p}");
             }
-            Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Bench(args) => bench::run(&args),
         Command::HoldLock { region, node, dest } => {
