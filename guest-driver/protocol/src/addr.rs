@@ -171,12 +171,10 @@ impl AddrTable<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{BufferConfig, Geometry};
+    use crate::layout::{scratch, BufferConfig};
 
     fn table() -> (Region, Layout) {
-        let region = Region::anonymous(1 << 20).unwrap();
-        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
-        (region, Layout::new(&g, 1 << 20).unwrap())
+        scratch(BufferConfig::SharedPool, 1 << 20, 4)
     }
 
     #[test]

@@ -564,6 +564,16 @@ impl Layout {
     }
 }
 
+/// An unformatted region of `len` bytes and the layout of the largest
+/// `config` geometry for `nodes` nodes with 2 KiB slots (unit tests).
+#[cfg(test)]
+pub(crate) fn scratch(config: BufferConfig, len: usize, nodes: u32) -> (Region, Layout) {
+    let region = Region::anonymous(len).expect("anonymous mapping");
+    let geometry = Geometry::fit(config, len, nodes, 2048).expect("geometry fits");
+    let layout = Layout::new(&geometry, len).expect("layout fits");
+    (region, layout)
+}
+
 /// FNV-1a, 64 bit: detects a scribbled header, not an adversary (who could
 /// recompute it; the protocol's bounds checks are the real defence).
 fn checksum(bytes: &[u8]) -> u64 {

@@ -331,13 +331,11 @@ impl Stall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{BufferConfig, Geometry};
+    use crate::layout::{scratch, BufferConfig};
 
     #[test]
     fn liveness_needs_a_full_lease_of_silence() {
-        let region = Region::anonymous(1 << 20).unwrap();
-        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
-        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let (region, layout) = scratch(BufferConfig::SharedPool, 1 << 20, 4);
         let nodes = NodeTable {
             region: &region,
             layout: &layout,
@@ -360,9 +358,7 @@ mod tests {
 
     #[test]
     fn an_observer_that_slept_does_not_judge() {
-        let region = Region::anonymous(1 << 20).unwrap();
-        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
-        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let (region, layout) = scratch(BufferConfig::SharedPool, 1 << 20, 4);
         let nodes = NodeTable {
             region: &region,
             layout: &layout,
@@ -381,9 +377,7 @@ mod tests {
 
     #[test]
     fn fencing_happens_once_per_generation() {
-        let region = Region::anonymous(1 << 20).unwrap();
-        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
-        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let (region, layout) = scratch(BufferConfig::SharedPool, 1 << 20, 4);
         let nodes = NodeTable {
             region: &region,
             layout: &layout,
@@ -402,9 +396,7 @@ mod tests {
     #[test]
     fn garbage_state_words_are_not_running() {
         assert_eq!(NodeState::from_word(77), None);
-        let region = Region::anonymous(1 << 20).unwrap();
-        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
-        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let (region, layout) = scratch(BufferConfig::SharedPool, 1 << 20, 4);
         let nodes = NodeTable {
             region: &region,
             layout: &layout,

@@ -461,12 +461,10 @@ pub(crate) fn attached<'a>(nodes: &'a NodeTable<'a>) -> impl Fn(NodeId) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{BufferConfig, Geometry, INITIAL_INDEX as BASE};
+    use crate::layout::{scratch, BufferConfig, INITIAL_INDEX as BASE};
 
     fn setup() -> (Region, Layout) {
-        let region = Region::anonymous(1 << 20).unwrap();
-        let g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
-        let layout = Layout::new(&g, 1 << 20).unwrap();
+        let (region, layout) = scratch(BufferConfig::SharedPool, 1 << 20, 4);
         Pool {
             region: &region,
             layout: &layout,

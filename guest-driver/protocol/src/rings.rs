@@ -178,13 +178,11 @@ impl Rings<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{BufferConfig, Geometry};
+    use crate::layout::{scratch, BufferConfig};
 
     #[test]
     fn frames_wrap_around_the_ring() {
-        let region = Region::anonymous(4 << 20).unwrap();
-        let g = Geometry::fit(BufferConfig::PerPair, 4 << 20, 2, 2048).unwrap();
-        let layout = Layout::new(&g, 4 << 20).unwrap();
+        let (region, layout) = scratch(BufferConfig::PerPair, 4 << 20, 2);
         let rings = Rings {
             region: &region,
             layout: &layout,
@@ -210,9 +208,7 @@ mod tests {
 
     #[test]
     fn hostile_descriptors_are_refused() {
-        let region = Region::anonymous(4 << 20).unwrap();
-        let g = Geometry::fit(BufferConfig::PerPair, 4 << 20, 2, 2048).unwrap();
-        let layout = Layout::new(&g, 4 << 20).unwrap();
+        let (region, layout) = scratch(BufferConfig::PerPair, 4 << 20, 2);
         let rings = Rings {
             region: &region,
             layout: &layout,

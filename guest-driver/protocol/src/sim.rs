@@ -153,6 +153,36 @@ pub struct WorkerReport {
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(60);
 const TICK_EVERY: Duration = Duration::from_millis(5);
 
+/// Keeps a busy worker's endpoint ticking, and backs off while it is idle.
+struct Pacer {
+    last_tick: Instant,
+    idle: crate::Backoff,
+}
+
+impl Pacer {
+    fn new() -> Self {
+        Pacer {
+            last_tick: Instant::now(),
+            idle: crate::Backoff::default(),
+        }
+    }
+
+    /// Call once per loop iteration; `progress` says whether it did work.
+    fn pace(&mut self, ep: &mut Endpoint, progress: bool) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if now.duration_since(self.last_tick) >= TICK_EVERY {
+            self.last_tick = now;
+            ep.tick()?;
+        }
+        if progress {
+            self.idle = crate::Backoff::default();
+        } else {
+            self.idle.wait();
+        }
+        Ok(())
+    }
+}
+
 /// Runs one worker to completion.
 pub fn run_worker(plan: &WorkerPlan) -> anyhow::Result<WorkerReport> {
     let region = Arc::new(Region::open(&plan.region)?);
@@ -209,9 +239,8 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
     let mut buf = vec![0u8; crate::MAX_FRAME];
     let mut want = vec![0u8; crate::MAX_FRAME];
     let start = Instant::now();
-    let mut last_tick = start;
+    let mut pacer = Pacer::new();
     let mut deferred = 0;
-    let mut idle = crate::Backoff::default();
     let mut rr = 0;
     loop {
         let mut progress = false;
@@ -276,11 +305,6 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
             deferred = ep.flush()?.deferred;
         }
 
-        let now = Instant::now();
-        if now.duration_since(last_tick) >= TICK_EVERY {
-            last_tick = now;
-            ep.tick()?;
-        }
         let all_sent =
             targets.iter().all(|&d| next_seq[d] == plan.frames_per_pair) && deferred == 0;
         if all_sent && report.received >= expected_total {
@@ -289,11 +313,7 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
         if report.problem.is_some() && report.corrupt + report.misordered > 100 {
             break;
         }
-        if progress {
-            idle = Default::default();
-        } else {
-            idle.wait();
-        }
+        pacer.pace(ep, progress)?;
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -315,8 +335,7 @@ fn bench_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRepo
     };
     let duration = Duration::from_millis(plan.duration_ms);
     let start = Instant::now();
-    let mut last_tick = start;
-    let mut idle = crate::Backoff::default();
+    let mut pacer = Pacer::new();
     'run: loop {
         let now = Instant::now();
         if now.duration_since(start) >= duration {
@@ -344,15 +363,7 @@ fn bench_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRepo
             }
             ep.flush()?;
         }
-        if now.duration_since(last_tick) >= TICK_EVERY {
-            last_tick = now;
-            ep.tick()?;
-        }
-        if progress {
-            idle = Default::default();
-        } else {
-            idle.wait();
-        }
+        pacer.pace(ep, progress)?;
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
