@@ -20,6 +20,38 @@
 //! validated, and a violation is a [`ProtocolError`] and a counter, never a
 //! panic or an out-of-bounds access. No Rust reference points into the
 //! region; [`Region`] hands out atomics and copies only.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vni_protocol::{format, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Any shared mapping will do; a lab maps the ivshmem BAR or /dev/shm.
+//! let region = Arc::new(Region::anonymous(8 << 20)?);
+//! format(&region, &Geometry::fit(BufferConfig::SharedPool, 8 << 20, 4, 2048)?)?;
+//!
+//! let mut node0 = Endpoint::attach(region.clone(), 0, MacAddr::for_node(0))?;
+//! let mut node1 = Endpoint::attach(region.clone(), 1, MacAddr::for_node(1))?;
+//! node0.set_state(NodeState::Run)?;
+//! node1.set_state(NodeState::Run)?;
+//!
+//! // An Ethernet frame for node 1: destination, source, EtherType, payload.
+//! let frame = [&MacAddr::for_node(1).0[..], &MacAddr::for_node(0).0, &[0x88, 0xb5], b"hello"].concat();
+//! let dest = node0.route(&frame)?; // by destination MAC
+//! assert_eq!(dest, Dest::Node(1));
+//! node0.send(dest, &frame)?; // staged
+//! node0.flush()?; // handed over: one lock round per batch
+//!
+//! let mut got = Vec::new();
+//! node1.recv(64, |f| got.push((f.source(), f.to_vec())))?;
+//! assert_eq!(got, vec![(Some(0), frame)]);
+//!
+//! node0.tick()?; // every few ms: heartbeat, counters, reaping dead peers
+//! node0.detach()?; // slots back to the pool, address removed
+//! node1.detach()?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod addr;
 mod endpoint;
