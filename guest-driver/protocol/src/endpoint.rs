@@ -626,8 +626,31 @@ impl Endpoint {
         let skipped = pool.push_free(me, &state.to_free)?;
         state.to_free.clear();
         let mut report = FlushReport::default();
-        // Per destination: (head, tail as found, tail after our entries).
+        // First read and validate every destination's queue, so that a
+        // violation is found before anything changes. Per destination:
+        // (head, tail as found, tail after our entries); `None` for a node
+        // not running (its frames are dropped).
         let mut tails: Vec<Option<(u32, u32, u32)>> = vec![None; nodes.count()];
+        let mut seen = 0u64;
+        let capacity = layout.geometry.queue_capacity;
+        for dest in state.staged.iter().map(|f| f.dest) {
+            if seen & 1 << dest != 0 {
+                continue;
+            }
+            seen |= 1 << dest;
+            if nodes.state(dest) == NodeState::Run {
+                let (head, tail) = pool.queue_indices(dest);
+                if tail.wrapping_sub(head) > capacity {
+                    return Err(ProtocolError::QueueIndices {
+                        node: dest,
+                        head,
+                        tail,
+                        capacity,
+                    });
+                }
+                tails[dest] = Some((head, tail, tail));
+            }
+        }
         let mut full = 0u64;
         let mut kept = Vec::new();
         let mut kept_slots = Vec::new();
@@ -635,28 +658,13 @@ impl Endpoint {
         for frame in state.staged.drain(..) {
             let chain = &state.staged_slots[frame.start..frame.start + frame.count];
             let bit = 1u64 << frame.dest;
-            if full & bit == 0 && tails[frame.dest].is_none() {
-                if nodes.state(frame.dest) != NodeState::Run {
+            match tails[frame.dest] {
+                None => {
                     dropped_slots.extend_from_slice(chain);
                     report.dropped += 1;
-                    continue;
                 }
-                let (head, tail) = pool.queue_indices(frame.dest);
-                let capacity = layout.geometry.queue_capacity;
-                if tail.wrapping_sub(head) > capacity {
-                    return Err(ProtocolError::QueueIndices {
-                        node: frame.dest,
-                        head,
-                        tail,
-                        capacity,
-                    });
-                }
-                tails[frame.dest] = Some((head, tail, tail));
-            }
-            match tails[frame.dest] {
                 Some((head, found, tail))
-                    if full & bit == 0
-                        && tail.wrapping_sub(head) < layout.geometry.queue_capacity =>
+                    if full & bit == 0 && tail.wrapping_sub(head) < capacity =>
                 {
                     pool.enqueue_at(frame.dest, tail, chain);
                     tails[frame.dest] = Some((head, found, tail.wrapping_add(1)));
@@ -664,7 +672,7 @@ impl Endpoint {
                     self.counters.tx_frames += 1;
                     self.counters.tx_bytes += frame.len as u64;
                 }
-                _ => {
+                Some(_) => {
                     // Keep order per destination: once one frame waits, the
                     // later ones to the same node wait too.
                     full |= bit;
@@ -710,12 +718,13 @@ impl Endpoint {
             };
             state.cache.retain(ours);
             state.to_free.retain(ours);
-            if !state.staged_slots.iter().all(ours) {
-                self.counters.tx_dropped += state.staged.len() as u64;
-                state.staged.clear();
-                state.staged_slots.retain(ours);
-                state.cache.append(&mut state.staged_slots);
-            }
+            // A flush may have stopped half way through the staged frames
+            // (some written into a queue whose tail was never published):
+            // drop them all, and keep the slots still ours.
+            self.counters.tx_dropped += state.staged.len() as u64;
+            state.staged.clear();
+            state.staged_slots.retain(ours);
+            state.cache.append(&mut state.staged_slots);
         }
     }
 
@@ -1381,6 +1390,30 @@ mod tests {
         node1.send(Dest::Node(0), b"back").unwrap();
         node1.flush().unwrap();
         assert_eq!(drain(&mut eps[0]), vec![(Some(1), b"back".to_vec())]);
+    }
+
+    #[test]
+    fn a_violation_found_mid_flush_leaks_no_slot() {
+        let (region, mut eps) = lab(BufferConfig::SharedPool, 2, 1000);
+        for i in 0..5 {
+            eps[0].send(Dest::Node(1), &frame(3000, i)).unwrap();
+        }
+        // A rogue sets node 1's queue indices impossibly far apart.
+        let layout = *eps[0].layout();
+        let queue1 = layout.queues + layout.queue_stride;
+        region.store_u32(queue1, 7, Ordering::Relaxed);
+        region.store_u32(queue1 + 64, 7 + 100_000, Ordering::Relaxed);
+        eps[0].flush().unwrap();
+        assert!(eps[0].counters().protocol_errors > 0);
+        assert_eq!(eps[0].counters().tx_dropped, 5);
+        // The repaired queue works again.
+        eps[0].send(Dest::Node(1), b"after").unwrap();
+        eps[0].flush().unwrap();
+        assert_eq!(drain(&mut eps[1]), vec![(Some(0), b"after".to_vec())]);
+        for ep in eps {
+            ep.detach().unwrap();
+        }
+        assert_all_slots_home(&region);
     }
 
     #[test]
