@@ -147,21 +147,52 @@ pub fn run_hostile(config: BufferConfig, data: &[u8]) {
     }
 }
 
-/// Attaches to a region whose first bytes (header, node table, lock) are
-/// `data`: the header must be refused or yield a usable layout.
+/// Attaches to a damaged region. `data[0]` picks the case: bit 0 raw
+/// bytes over the header, node table and lock (almost always refused by
+/// the checksum), otherwise a valid region (bit 1: config 1) whose header,
+/// node table or lock a rogue edited, re-sealing the checksum when bit 2 is
+/// set. Attach must refuse, or work; nothing may panic.
 pub fn attach_hostile(data: &[u8]) {
-    let region = Arc::new(Region::anonymous(1 << 20).expect("anonymous mapping"));
-    region.write_bytes(0, &data[..data.len().min(region.len())]);
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let region = if mode & 1 == 1 {
+        let region = Arc::new(Region::anonymous(4 << 20).expect("anonymous mapping"));
+        region.write_bytes(0, &rest[..rest.len().min(region.len())]);
+        region
+    } else {
+        let config = if mode & 2 == 0 {
+            BufferConfig::SharedPool
+        } else {
+            BufferConfig::PerPair
+        };
+        let (region, endpoints) = lab(config);
+        let layout = *endpoints[0].layout();
+        drop(endpoints); // nodes 0..3 stay attached, silent: as if crashed
+        let mut edits = Scribbles::decode(&layout, rest);
+        // Aim at the header, node table and lock only.
+        edits.0.retain(|s| s.offset < layout.addr);
+        edits.apply(&region);
+        if mode & 4 != 0 {
+            crate::layout::reseal_header(&region);
+        }
+        region
+    };
     if let Ok((layout, _)) = Layout::read(&region) {
         assert!(layout.total <= region.len());
-        assert!(Duration::from_millis(layout.geometry.lease_ms.into()) <= Duration::from_secs(600));
     }
     let _ = crate::inspect(&region);
-    // Attaching may wait out a lease the header claims (up to 10 minutes),
-    // so only short-lease headers are attached to.
+    // Attaching waits out a lease the header claims (up to 10 minutes) when
+    // the node's entry looks alive, so only short-lease headers are tried.
     if Layout::read(&region).is_ok_and(|(l, _)| l.geometry.lease_ms <= 50) {
-        if let Ok(ep) = Endpoint::attach(region.clone(), 0, MacAddr::for_node(0)) {
-            let _ = ep.detach();
+        for node in [NODES, 0] {
+            if let Ok(mut ep) = Endpoint::attach(region.clone(), node, MacAddr::for_node(node)) {
+                let _ = ep.set_state(NodeState::Run);
+                let _ = ep.tick();
+                let _ = ep.send(Dest::AllPeers, b"hello after attach");
+                let _ = ep.flush();
+                let _ = ep.detach();
+            }
         }
     }
 }

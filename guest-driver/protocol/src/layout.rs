@@ -574,6 +574,15 @@ pub(crate) fn scratch(config: BufferConfig, len: usize, nodes: u32) -> (Region, 
     (region, layout)
 }
 
+/// Recomputes the header checksum over the header as it is in `region`:
+/// what a rogue that wants its edits accepted does (hostile tests).
+pub(crate) fn reseal_header(region: &Region) {
+    let mut h = [0u8; HEADER_LEN];
+    region.read_bytes(0, &mut h);
+    let sum = checksum(&h[..HDR_CHECKSUM]);
+    region.write_bytes(HDR_CHECKSUM, &sum.to_le_bytes());
+}
+
 /// FNV-1a, 64 bit: detects a scribbled header, not an adversary (who could
 /// recompute it; the protocol's bounds checks are the real defence).
 fn checksum(bytes: &[u8]) -> u64 {
