@@ -9,7 +9,6 @@
 //! errors are fine.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::layout::{Layout, HEADER_LEN};
 use crate::{format, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region};
