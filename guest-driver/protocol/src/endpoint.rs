@@ -594,8 +594,31 @@ impl Endpoint {
             .min(fair_share)
             .max(need)
             .max(BATCH.min(fair_share));
-        if state.staged.is_empty() && state.to_free.is_empty() && state.cache.len() >= need {
-            return Ok(FlushReport::default());
+        if state.to_free.is_empty() && state.cache.len() >= need {
+            if state.staged.is_empty() {
+                return Ok(FlushReport::default());
+            }
+            // When every destination's queue is full, taking the lock only
+            // to find that out would delay the receivers, the only nodes
+            // that can make room. A lock-free look decides: the tail is
+            // read before the head, which only grows, so an honest queue
+            // never looks fuller than it is. Impossible indices (more than
+            // full) go through the lock, where they are repaired.
+            let pool = Pool {
+                region: &self.region,
+                layout: &self.layout,
+            };
+            let capacity = self.layout.geometry.queue_capacity;
+            let all_full = state.staged.iter().all(|f| {
+                let (head, tail) = pool.queue_indices(f.dest);
+                tail.wrapping_sub(head) == capacity
+            });
+            if all_full {
+                return Ok(FlushReport {
+                    deferred: state.staged.len(),
+                    ..FlushReport::default()
+                });
+            }
         }
         let ticket = self.acquire()?;
         let result = self.flush_pool_locked(want);
