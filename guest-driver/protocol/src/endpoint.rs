@@ -1440,6 +1440,30 @@ mod tests {
     }
 
     #[test]
+    fn the_lock_is_taken_once_per_batch_not_per_frame() {
+        let (region, mut eps) = lab(BufferConfig::SharedPool, 2, 1000);
+        let tickets = || crate::inspect(&region).unwrap().lock.next_ticket;
+        let before = tickets();
+        let frames = 20 * BATCH;
+        for i in 0..frames {
+            eps[0].send(Dest::Node(1), &frame(64, i as u8)).unwrap();
+            if i % BATCH == BATCH - 1 {
+                let mut got = 0;
+                eps[1].recv(BATCH, |_| got += 1).unwrap();
+            }
+        }
+        eps[0].flush().unwrap();
+        while eps[1].recv(BATCH, |_| {}).unwrap() > 0 {}
+        let rounds = tickets().wrapping_sub(before) as usize;
+        // One round per batch on each side, plus cache refills.
+        assert!(
+            rounds <= 3 * frames / BATCH,
+            "{rounds} lock rounds for {frames} frames"
+        );
+        assert_eq!(eps[1].counters().rx_frames, frames as u64);
+    }
+
+    #[test]
     fn a_reformat_is_noticed() {
         let (region, mut eps) = lab(BufferConfig::PerPair, 2, 1000);
         let g = *eps[0].layout();
