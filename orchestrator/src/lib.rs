@@ -1,0 +1,8 @@
+//! vni-lab: boots Mint-like labs of QEMU guests that share one memory
+//! region, and drives the VNI across them.
+//!
+//! Today this holds the lab file format ([`topology`]); the lab lifecycle
+//! (`up`, `down`, …) arrives with the guest image and QEMU control.
+
+pub mod spans;
+pub mod topology;

@@ -1,0 +1,963 @@
+//! The lab file: which OS nodes a lab has and how they share memory.
+//!
+//! Parsed in two phases, as ripgrep parses its flags: [`RawTopology`] is
+//! the file as written (serde, unknown keys refused); [`Topology::parse`]
+//! turns it into a validated [`Topology`] that cannot hold an invalid lab,
+//! collecting every problem with its file, line, field and what is allowed.
+//!
+//! The smallest useful file:
+//!
+//! ```yaml
+//! name: two-node
+//! nodes:
+//!   - name: node0
+//!     ip: 10.10.0.1/24
+//!   - name: node1
+//!     ip: 10.10.0.2/24
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use vni_protocol::{BufferConfig, Geometry, Layout, MacAddr, MAX_NODES};
+
+use crate::spans::{Pos, Spans};
+
+/// Default guest memory: 8 nodes fit in 24 GiB with room to spare.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+const _: () = assert!(
+    8 * DEFAULT_MEMORY < 20 << 30,
+    "8 default nodes must fit a 24 GiB host"
+);
+/// Default size of the shared region.
+pub const DEFAULT_SHARED_MEMORY: u64 = 64 << 20;
+/// Default boot timeout (TCG on a small host is slow).
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default timeout of one command run in a guest.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest MTU: a frame with its Ethernet and virtio-net headers fits 64 KiB.
+pub const MAX_MTU: u32 = 65_500;
+
+/// A byte size: a number of bytes, or a number with K, M, G or T (binary
+/// units: `512M` is 512 MiB; `KiB`, `MiB`, `GiB`, `TiB` also accepted).
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SizeSpec {
+    /// Bytes.
+    Bytes(u64),
+    /// With a unit, e.g. `512M`, `1G`, `64MiB`.
+    Text(String),
+}
+
+/// A duration: a number of seconds, or a number with `ms`, `s`, `m` or `h`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DurationSpec {
+    /// Seconds.
+    Seconds(u64),
+    /// With a unit, e.g. `90s`, `2m`, `500ms`.
+    Text(String),
+}
+
+/// Host CPUs: a list of CPU numbers, or a string like `0-3,6`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CpuSpec {
+    /// CPU numbers.
+    List(Vec<u32>),
+    /// Ranges, e.g. `0-3,6`.
+    Text(String),
+}
+
+/// A lab file as written.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "vni-lab topology")]
+pub struct RawTopology {
+    /// Lab name: lowercase letters, digits and '-', 1 to 32 characters,
+    /// starting with a letter or digit.
+    pub name: String,
+    /// The OS nodes (one QEMU guest each), 2 to 64.
+    pub nodes: Vec<RawNode>,
+    /// Settings every node gets unless it sets its own.
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    /// Size of the memory region all nodes share (ivshmem): a power of two
+    /// from 1M to 4G. Default 64M.
+    #[serde(default)]
+    pub shared_memory: Option<SizeSpec>,
+    /// The virtual network interface.
+    #[serde(default)]
+    pub vni: RawVni,
+    /// Accelerator: `auto` (KVM where it really works, else TCG), `kvm`, `tcg`.
+    #[serde(default)]
+    pub accel: Accel,
+    /// Guest kernel and image (bring your own for kernel CI).
+    #[serde(default)]
+    pub guest: RawGuest,
+    /// How long to wait.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+/// One node as written.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// Node name: lowercase letters, digits and '-', 1 to 32 characters.
+    pub name: String,
+    /// IPv4 address with prefix length on the VNI, e.g. `10.10.0.1/24`. All
+    /// nodes share one subnet (the VNI is one Ethernet segment).
+    pub ip: String,
+    /// MAC address of the VNI interface; derived from the lab and node
+    /// names when absent (stable across runs).
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Virtual CPUs, 1 to 64. Default 1.
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Guest memory, at least 128M. Default 512M.
+    #[serde(default)]
+    pub memory: Option<SizeSpec>,
+    /// Host CPUs this node's vCPUs are pinned to (Mint gives each node its
+    /// own cores). Default: not pinned.
+    #[serde(default)]
+    pub host_cpus: Option<CpuSpec>,
+}
+
+/// Defaults for every node.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// Virtual CPUs per node.
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Memory per node.
+    #[serde(default)]
+    pub memory: Option<SizeSpec>,
+}
+
+/// VNI settings as written.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawVni {
+    /// Buffer configuration: 2 (one pool shared by all frames, the study's
+    /// choice; default) or 1 (one ring per sender-receiver pair).
+    #[serde(default)]
+    pub buffers: Option<u32>,
+    /// Bytes per slot: a multiple of 64 from 64 to 65536. Default 2048.
+    #[serde(default)]
+    pub slot_size: Option<u32>,
+    /// Slots (config 2: in the pool; config 1: per ring, a power of two).
+    /// Default: as many as the shared memory holds.
+    #[serde(default)]
+    pub slot_count: Option<u32>,
+    /// MTU of the VNI interface, 68 to 65500. Default 1500.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// How a receiver learns of frames: `interrupt` (doorbell; default) or
+    /// `polling`.
+    #[serde(default)]
+    pub notification: Option<Notification>,
+}
+
+/// Guest settings as written.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuest {
+    /// `bookworm` (Debian 12, kernel 6.1; default), `trixie` (Debian 13,
+    /// kernel 6.12), or the path of a kernel image (bzImage) to boot.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Directory of modules for a kernel given by path (lib/modules/VERSION).
+    #[serde(default)]
+    pub modules: Option<PathBuf>,
+    /// Root filesystem image to use instead of the built one.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+}
+
+/// Timeouts as written.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Until a node answers through its guest agent. Default 120s.
+    #[serde(default)]
+    pub boot: Option<DurationSpec>,
+    /// For one command run in a guest. Default 60s.
+    #[serde(default)]
+    pub command: Option<DurationSpec>,
+}
+
+/// How a receiving node learns that frames wait.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Notification {
+    /// Doorbell (MSI-X through ivshmem) when the receiver sleeps.
+    #[default]
+    Interrupt,
+    /// The receiver polls, backing off while idle.
+    Polling,
+}
+
+/// Which accelerator runs the guests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where it really works, TCG otherwise.
+    #[default]
+    Auto,
+    /// KVM, or fail.
+    Kvm,
+    /// TCG (software emulation).
+    Tcg,
+}
+
+/// The kernel a lab boots.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Kernel {
+    /// Debian 12's distribution kernel (6.1).
+    Bookworm,
+    /// Debian 13's distribution kernel (6.12).
+    Trixie,
+    /// A kernel image of the user's.
+    Path(PathBuf),
+}
+
+/// A validated node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Node {
+    /// Index: the node's id in the shared region.
+    pub id: usize,
+    /// Name.
+    pub name: String,
+    /// Address and prefix on the VNI.
+    pub ip: Ipv4Net,
+    /// MAC address of the VNI interface.
+    pub mac: MacAddr,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// Host CPUs to pin to (empty: not pinned).
+    pub host_cpus: Vec<u32>,
+}
+
+/// Validated VNI settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Vni {
+    /// Region geometry, buffer configuration included.
+    pub geometry: Geometry,
+    /// MTU of the interface.
+    pub mtu: u32,
+    /// Interrupts or polling.
+    pub notification: Notification,
+}
+
+/// A lab that can be started: every field checked.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Topology {
+    /// Lab name.
+    pub name: String,
+    /// Nodes, in file order (their ids).
+    pub nodes: Vec<Node>,
+    /// Bytes of shared memory.
+    pub shared_memory: u64,
+    /// VNI settings.
+    pub vni: Vni,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Kernel to boot.
+    pub kernel: Kernel,
+    /// Modules for a kernel given by path.
+    pub modules: Option<PathBuf>,
+    /// Root filesystem override.
+    pub image: Option<PathBuf>,
+    /// Boot timeout.
+    pub boot_timeout: Duration,
+    /// Command timeout.
+    pub command_timeout: Duration,
+}
+
+/// One thing wrong with a lab file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the file, when known.
+    pub pos: Option<Pos>,
+    /// The field, as a path (`nodes[1].ip`).
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// Why a lab file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file cannot be read.
+    #[error("Cannot read topology {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file has problems; all of them are listed.
+    #[error("{}", list(.path, .problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| p.render(path)).collect();
+    lines.join("\n")
+}
+
+impl Problem {
+    /// `file:line:col: field: message`.
+    pub fn render(&self, path: &Path) -> String {
+        let at = match self.pos {
+            Some(pos) => format!("{}:{}:{}", path.display(), pos.line, pos.col),
+            None => path.display().to_string(),
+        };
+        if self.field.is_empty() {
+            format!("{at}: {}", self.message)
+        } else {
+            format!("{at}: {}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Collects problems, each located by its field path.
+struct Checker<'a> {
+    spans: &'a Spans,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, field: impl Into<String>, message: impl fmt::Display) {
+        let field = field.into();
+        self.problems.push(Problem {
+            pos: self.spans.find(&field),
+            field,
+            message: message.to_string(),
+        });
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+}
+
+/// Parses `512M`, `1G`, `64MiB`, `4096`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512M or 1G"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use K, M, G or T (binary units)"
+            ))
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses `90s`, `2m`, `500ms`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s or 2m"))?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+            ))
+        }
+    })
+}
+
+/// Parses `0-3,6` into CPU numbers.
+pub fn parse_cpus(text: &str) -> Result<Vec<u32>, String> {
+    let bad = || format!("{text:?} is not a CPU list like 0-3,6");
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let (first, last): (u32, u32) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
+            None => {
+                let cpu = part.parse().map_err(|_| bad())?;
+                (cpu, cpu)
+            }
+        };
+        if first > last || last >= 4096 {
+            return Err(bad());
+        }
+        cpus.extend(first..=last);
+    }
+    Ok(cpus)
+}
+
+/// A stable, locally administered unicast MAC for `node` of `lab`.
+pub fn derived_mac(lab: &str, node: &str) -> MacAddr {
+    let hash = format!("{lab}/{node}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let b = hash.to_le_bytes();
+    MacAddr([0x02, b[0], b[1], b[2], b[3], b[4]])
+}
+
+impl Topology {
+    /// Reads and validates the lab file at `path`.
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let source = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&source, path)
+    }
+
+    /// Validates `source`, the contents of the lab file `path` (relative
+    /// paths in it are taken from the file's directory).
+    pub fn parse(source: &str, path: &Path) -> Result<Self, TopologyError> {
+        let invalid = |problems| TopologyError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let raw: RawTopology =
+            serde_yaml::from_str(source).map_err(|e| invalid(vec![yaml_problem(&e)]))?;
+        let spans = Spans::of(source);
+        let mut check = Checker {
+            spans: &spans,
+            problems: Vec::new(),
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let topology = Self::check(raw, base, &mut check);
+        match topology {
+            Some(t) if check.problems.is_empty() => Ok(t),
+            _ => Err(invalid(check.problems)),
+        }
+    }
+
+    fn check(raw: RawTopology, base: &Path, check: &mut Checker<'_>) -> Option<Self> {
+        if !valid_name(&raw.name) {
+            check.report("name", format!("{:?} is not allowed: use 1 to 32 lowercase letters, digits or '-', not starting with '-'", raw.name));
+        }
+        if !(2..=MAX_NODES).contains(&raw.nodes.len()) {
+            check.report(
+                "nodes",
+                format!(
+                    "{} nodes given; a lab has 2 to {MAX_NODES}",
+                    raw.nodes.len()
+                ),
+            );
+        }
+        let size = |check: &mut Checker<'_>, field: &str, spec: &Option<SizeSpec>, default: u64| {
+            match spec {
+                None => default,
+                Some(SizeSpec::Bytes(n)) => *n,
+                Some(SizeSpec::Text(t)) => parse_size(t).unwrap_or_else(|e| {
+                    check.report(field, e);
+                    default
+                }),
+            }
+        };
+        let duration = |check: &mut Checker<'_>,
+                        field: &str,
+                        spec: &Option<DurationSpec>,
+                        default: Duration| {
+            let d = match spec {
+                None => return default,
+                Some(DurationSpec::Seconds(s)) => Duration::from_secs(*s),
+                Some(DurationSpec::Text(t)) => parse_duration(t).unwrap_or_else(|e| {
+                    check.report(field, e);
+                    default
+                }),
+            };
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                check.report(field, format!("{d:?} is outside 1ms to 1h"));
+            }
+            d
+        };
+
+        let default_vcpus = raw.defaults.vcpus.unwrap_or(1);
+        let default_memory = size(
+            check,
+            "defaults.memory",
+            &raw.defaults.memory,
+            DEFAULT_MEMORY,
+        );
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut addresses: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut macs: HashMap<MacAddr, usize> = HashMap::new();
+        let mut pinned: HashMap<u32, usize> = HashMap::new();
+        let mut subnet: Option<Ipv4Net> = None;
+        let mut nodes = Vec::new();
+        for (id, n) in raw.nodes.iter().enumerate() {
+            let at = |field: &str| format!("nodes[{id}].{field}");
+            let mut duplicate_name = false;
+            if !valid_name(&n.name) {
+                check.report(at("name"), format!("{:?} is not allowed: use 1 to 32 lowercase letters, digits or '-', not starting with '-'", n.name));
+            } else if let Some(first) = names.insert(n.name.clone(), id) {
+                duplicate_name = true;
+                check.report(
+                    at("name"),
+                    format!(
+                        "{:?} is also the name of nodes[{first}]; names must be unique",
+                        n.name
+                    ),
+                );
+            }
+            let ip = match n.ip.parse::<Ipv4Net>() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    check.report(
+                        at("ip"),
+                        format!(
+                            "{:?} is not an IPv4 address with prefix length, like 10.10.0.1/24",
+                            n.ip
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if ip.prefix_len() < 31 && (ip.addr() == ip.network() || ip.addr() == ip.broadcast()) {
+                check.report(
+                    at("ip"),
+                    format!("{ip} is the network or broadcast address of {}", ip.trunc()),
+                );
+            }
+            if let Some(first) = addresses.insert(ip.addr(), id) {
+                check.report(
+                    at("ip"),
+                    format!(
+                        "{} is also the address of nodes[{first}]; addresses must be unique",
+                        ip.addr()
+                    ),
+                );
+            }
+            match subnet {
+                None => subnet = Some(ip.trunc()),
+                Some(s) if s != ip.trunc() => check.report(
+                    at("ip"),
+                    format!("{ip} is not in {s}, the subnet of nodes[0]; the VNI is one Ethernet segment, so all nodes share one subnet"),
+                ),
+                Some(_) => {}
+            }
+            let mac = match &n.mac {
+                None => derived_mac(&raw.name, &n.name),
+                Some(text) => {
+                    match text.parse::<MacAddr>() {
+                        Ok(mac) if mac.is_group() || mac == MacAddr::default() => {
+                            check.report(at("mac"), format!("{mac} is a group or zero address; a node needs a unicast address"));
+                            mac
+                        }
+                        Ok(mac) => mac,
+                        Err(e) => {
+                            check.report(
+                                at("mac"),
+                                e.to_string().trim_start_matches("Invalid MAC address "),
+                            );
+                            MacAddr::default()
+                        }
+                    }
+                }
+            };
+            // A MAC derived from a duplicate name repeats that problem.
+            let derived_from_duplicate = n.mac.is_none() && duplicate_name;
+            if let Some(first) = macs.insert(mac, id).filter(|_| !derived_from_duplicate) {
+                check.report(
+                    at("mac"),
+                    format!(
+                        "{mac} is also the MAC address of nodes[{first}]; set distinct addresses"
+                    ),
+                );
+            }
+            let vcpus = n.vcpus.unwrap_or(default_vcpus);
+            if !(1..=64).contains(&vcpus) {
+                check.report(
+                    if n.vcpus.is_some() {
+                        at("vcpus")
+                    } else {
+                        "defaults.vcpus".into()
+                    },
+                    format!("{vcpus} is outside 1 to 64"),
+                );
+            }
+            let memory = size(check, &at("memory"), &n.memory, default_memory);
+            if memory < 128 << 20 {
+                check.report(
+                    at("memory"),
+                    format!(
+                        "{} MiB is too little: a guest needs at least 128M",
+                        memory >> 20
+                    ),
+                );
+            }
+            let host_cpus = match &n.host_cpus {
+                None => Vec::new(),
+                Some(CpuSpec::List(list)) => list.clone(),
+                Some(CpuSpec::Text(text)) => parse_cpus(text).unwrap_or_else(|e| {
+                    check.report(at("host_cpus"), e);
+                    Vec::new()
+                }),
+            };
+            for &cpu in &host_cpus {
+                if let Some(other) = pinned.insert(cpu, id).filter(|&other| other != id) {
+                    check.report(at("host_cpus"), format!("host CPU {cpu} is also given to nodes[{other}]; Mint gives each node its own cores"));
+                }
+            }
+            nodes.push(Node {
+                id,
+                name: n.name.clone(),
+                ip,
+                mac,
+                vcpus,
+                memory,
+                host_cpus,
+            });
+        }
+
+        let shared_memory = size(
+            check,
+            "shared_memory",
+            &raw.shared_memory,
+            DEFAULT_SHARED_MEMORY,
+        );
+        if !shared_memory.is_power_of_two() || !(1 << 20..=4 << 30).contains(&shared_memory) {
+            check.report(
+                "shared_memory",
+                format!("{shared_memory} bytes: must be a power of two from 1M to 4G (ivshmem)"),
+            );
+        }
+        let config = match raw.vni.buffers.unwrap_or(2) {
+            1 => BufferConfig::PerPair,
+            2 => BufferConfig::SharedPool,
+            other => {
+                check.report(
+                    "vni.buffers",
+                    format!(
+                        "{other}: use 1 (one ring per sender-receiver pair) or 2 (one shared pool)"
+                    ),
+                );
+                BufferConfig::SharedPool
+            }
+        };
+        let slot_size = raw.vni.slot_size.unwrap_or(Geometry::DEFAULT_SLOT_SIZE);
+        let mtu = raw.vni.mtu.unwrap_or(1500);
+        if !(68..=MAX_MTU).contains(&mtu) {
+            check.report("vni.mtu", format!("{mtu} is outside 68 to {MAX_MTU}"));
+        }
+        let geometry = Self::geometry(
+            check,
+            config,
+            shared_memory,
+            raw.nodes.len(),
+            slot_size,
+            raw.vni.slot_count,
+        );
+
+        let kernel = match raw.guest.kernel.as_deref() {
+            None | Some("bookworm") => Kernel::Bookworm,
+            Some("trixie") => Kernel::Trixie,
+            Some(path) => {
+                Kernel::Path(Self::existing(check, base, "guest.kernel", Path::new(path)))
+            }
+        };
+        let modules = raw
+            .guest
+            .modules
+            .as_deref()
+            .map(|p| Self::existing(check, base, "guest.modules", p));
+        if modules.is_some() && !matches!(kernel, Kernel::Path(_)) {
+            check.report("guest.modules", "modules go with a kernel given by path");
+        }
+        let image = raw
+            .guest
+            .image
+            .as_deref()
+            .map(|p| Self::existing(check, base, "guest.image", p));
+        let boot_timeout = duration(
+            check,
+            "timeouts.boot",
+            &raw.timeouts.boot,
+            DEFAULT_BOOT_TIMEOUT,
+        );
+        let command_timeout = duration(
+            check,
+            "timeouts.command",
+            &raw.timeouts.command,
+            DEFAULT_COMMAND_TIMEOUT,
+        );
+
+        Some(Topology {
+            name: raw.name,
+            nodes,
+            shared_memory,
+            vni: Vni {
+                geometry: geometry?,
+                mtu,
+                notification: raw.vni.notification.unwrap_or_default(),
+            },
+            accel: raw.accel,
+            kernel,
+            modules,
+            image,
+            boot_timeout,
+            command_timeout,
+        })
+    }
+
+    /// The region geometry for these settings, or the reason it does not fit.
+    fn geometry(
+        check: &mut Checker<'_>,
+        config: BufferConfig,
+        shared_memory: u64,
+        nodes: usize,
+        slot_size: u32,
+        slot_count: Option<u32>,
+    ) -> Option<Geometry> {
+        let len = usize::try_from(shared_memory).ok()?;
+        let nodes = u32::try_from(nodes.clamp(2, MAX_NODES)).ok()?;
+        let mut geometry = match Geometry::fit(config, len, nodes, slot_size) {
+            Ok(g) => g,
+            Err(e) => {
+                let field = if slot_size % 64 != 0 || !(64..=65536).contains(&slot_size) {
+                    "vni.slot_size"
+                } else {
+                    "shared_memory"
+                };
+                check.report(field, format!("{} MiB cannot hold {nodes} nodes with buffers {} and {slot_size}-byte slots: {e}", shared_memory >> 20, config.number()));
+                return None;
+            }
+        };
+        if let Some(count) = slot_count {
+            let most = geometry.slot_count;
+            geometry.slot_count = count;
+            if let Err(e) = Layout::new(&geometry, len) {
+                check.report(
+                    "vni.slot_count",
+                    format!(
+                        "{count}: {e} (at most {most} fit in {} MiB)",
+                        shared_memory >> 20
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(geometry)
+    }
+
+    fn existing(check: &mut Checker<'_>, base: &Path, field: &str, path: &Path) -> PathBuf {
+        let full = base.join(path);
+        if !full.exists() {
+            check.report(field, format!("{} does not exist", full.display()));
+        }
+        full
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// A serde_yaml error as a located problem.
+fn yaml_problem(e: &serde_yaml::Error) -> Problem {
+    let message = e.to_string();
+    // serde_yaml appends " at line L column C"; the location is printed
+    // in front instead.
+    let message = match message.rfind(" at line ") {
+        Some(cut) => message[..cut].to_owned(),
+        None => message,
+    };
+    // It also prefixes the field path ("nodes[0]: unknown field ...").
+    let (field, message) = match message.split_once(": ") {
+        Some((field, rest)) if !field.contains(' ') => (field.to_owned(), rest.to_owned()),
+        _ => (String::new(), message),
+    };
+    let pos = e.location().map(|l| Pos {
+        line: l.line(),
+        col: l.column(),
+    });
+    Problem {
+        pos,
+        field,
+        message,
+    }
+}
+
+/// The JSON Schema of the lab file format, for editors.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RawTopology)).expect("a schema is JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Topology, Vec<Problem>> {
+        Topology::parse(src, Path::new("lab.yaml")).map_err(|e| match e {
+            TopologyError::Invalid { problems, .. } => problems,
+            other => panic!("{other}"),
+        })
+    }
+
+    const MINIMAL: &str = "name: two-node\nnodes:\n  - name: node0\n    ip: 10.10.0.1/24\n  - name: node1\n    ip: 10.10.0.2/24\n";
+
+    #[test]
+    fn the_minimal_file_gets_sensible_defaults() {
+        let t = parse(MINIMAL).unwrap();
+        assert_eq!(t.nodes.len(), 2);
+        assert_eq!(t.nodes[1].ip.to_string(), "10.10.0.2/24");
+        assert_eq!((t.nodes[0].vcpus, t.nodes[0].memory), (1, DEFAULT_MEMORY));
+        assert_eq!(t.shared_memory, DEFAULT_SHARED_MEMORY);
+        assert_eq!(t.vni.geometry.config, BufferConfig::SharedPool);
+        assert_eq!(t.vni.mtu, 1500);
+        assert_eq!(t.vni.notification, Notification::Interrupt);
+        assert_eq!((t.accel, &t.kernel), (Accel::Auto, &Kernel::Bookworm));
+        assert_eq!(t.nodes[0].mac, derived_mac("two-node", "node0"));
+        assert_ne!(t.nodes[0].mac, t.nodes[1].mac);
+        assert!(!t.nodes[0].mac.is_group());
+        assert_eq!(parse(MINIMAL).unwrap(), t, "derivation is stable");
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let src = "name: full
+defaults: {vcpus: 2, memory: 1G}
+shared_memory: 128M
+accel: tcg
+vni: {buffers: 1, slot_size: 4096, mtu: 9000, notification: polling}
+timeouts: {boot: 3m, command: 500ms}
+nodes:
+  - {name: a, ip: 192.168.7.1/24, mac: '02:00:00:00:00:0a', host_cpus: '0-1', memory: 768M}
+  - {name: b, ip: 192.168.7.2/24, vcpus: 1, host_cpus: [2, 3]}
+";
+        let t = parse(src).unwrap();
+        assert_eq!(t.nodes[0].mac.to_string(), "02:00:00:00:00:0a");
+        assert_eq!((t.nodes[0].vcpus, t.nodes[0].memory), (2, 768 << 20));
+        assert_eq!((t.nodes[1].vcpus, t.nodes[1].memory), (1, 1 << 30));
+        assert_eq!(
+            (t.nodes[0].host_cpus.clone(), t.nodes[1].host_cpus.clone()),
+            (vec![0, 1], vec![2, 3])
+        );
+        assert_eq!(t.shared_memory, 128 << 20);
+        assert_eq!(t.vni.geometry.config, BufferConfig::PerPair);
+        assert_eq!(t.vni.geometry.slot_size, 4096);
+        assert_eq!(
+            (t.vni.mtu, t.vni.notification, t.accel),
+            (9000, Notification::Polling, Accel::Tcg)
+        );
+        assert_eq!(
+            (t.boot_timeout, t.command_timeout),
+            (Duration::from_secs(180), Duration::from_millis(500))
+        );
+    }
+
+    /// Each bad file: the problem's line and a piece of its message.
+    #[test]
+    fn bad_files_are_refused_with_line_field_and_reason() {
+        let cases: &[(&str, usize, &str, &str)] = &[
+            ("name: x\nnodes:\n  - name: a\n    ipp: 10.0.0.1/24\n", 4, "nodes[0]", "unknown field `ipp`"),
+            ("name: x\nnodes:\n  - name: a\n    ip: 10.0.0.1/24\n  - name: a\n    ip: 10.0.0.2/24\n", 5, "nodes[1].name", "also the name of nodes[0]"),
+            ("name: x\nnodes:\n  - name: a\n    ip: 10.0.0.1/24\n  - name: b\n    ip: 10.0.0.1/24\n", 6, "nodes[1].ip", "also the address"),
+            ("name: x\nnodes:\n  - name: a\n    ip: 10.0.0.1/33\n  - name: b\n    ip: 10.0.0.2/24\n", 4, "nodes[0].ip", "not an IPv4 address with prefix"),
+            ("name: x\nnodes:\n  - name: a\n    ip: 10.0.0.1/24\n  - name: b\n    ip: 10.0.1.2/24\n", 6, "nodes[1].ip", "not in 10.0.0.0/24"),
+            ("name: x\nnodes:\n  - name: a\n    ip: 10.0.0.0/24\n  - name: b\n    ip: 10.0.0.2/24\n", 4, "nodes[0].ip", "network or broadcast"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, mac: '02:00:00:00:00:01'}\n  - {name: b, ip: 10.0.0.2/24, mac: '02:00:00:00:00:01'}\n", 4, "nodes[1].mac", "also the MAC address"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, mac: '01:00:5e:00:00:01'}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].mac", "group or zero"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, mac: 'zz'}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].mac", "six hex octets"),
+            ("name: Bad_Name\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 1, "name", "lowercase letters"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n", 2, "nodes", "2 to 64"),
+            ("name: x\nshared_memory: 3M\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "shared_memory", "power of two"),
+            ("name: x\nshared_memory: 1M\nvni: {buffers: 1}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n  - {name: c, ip: 10.0.0.3/24}\n  - {name: d, ip: 10.0.0.4/24}\n", 2, "shared_memory", "cannot hold 4 nodes"),
+            ("name: x\nvni:\n  buffers: 3\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.buffers", "use 1"),
+            ("name: x\nvni:\n  mtu: 70000\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.mtu", "68 to 65500"),
+            ("name: x\nvni:\n  slot_size: 100\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.slot_size", "multiple of 64"),
+            ("name: x\nvni:\n  slot_count: 99999999\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.slot_count", "at most"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, memory: 64M}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].memory", "at least 128M"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, memory: 5X}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].memory", "unknown unit"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, vcpus: 0}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].vcpus", "outside 1 to 64"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, host_cpus: '0-1'}\n  - {name: b, ip: 10.0.0.2/24, host_cpus: [1]}\n", 4, "nodes[1].host_cpus", "its own cores"),
+            ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, host_cpus: '3-1'}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].host_cpus", "CPU list"),
+            ("name: x\naccel: hvf\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "accel", "unknown variant `hvf`"),
+            ("name: x\nguest: {kernel: /no/such/bzImage}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "guest.kernel", "does not exist"),
+            ("name: x\ntimeouts: {boot: 0s}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "timeouts.boot", "outside 1ms to 1h"),
+            ("name: x\nnodes: [\n", 3, "", "did not find expected"),
+        ];
+        for &(src, line, field, needle) in cases {
+            let problems = parse(src).expect_err(src);
+            let hit = problems.iter().find(|p| p.message.contains(needle));
+            let Some(p) = hit else {
+                panic!("{src}\nno problem mentions {needle:?}: {problems:#?}")
+            };
+            assert_eq!(p.pos.map(|p| p.line), Some(line), "{src}\n{p:?}");
+            assert_eq!(p.field, field, "{src}\n{p:?}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let src = "name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, vcpus: 0}\n  - {name: a, ip: 10.0.0.1/24}\n";
+        let problems = parse(src).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        let rendered = problems[0].render(Path::new("lab.yaml"));
+        assert!(rendered.starts_with("lab.yaml:3:"), "{rendered}");
+    }
+
+    #[test]
+    fn units_parse() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_cpus("0-2,5"), Ok(vec![0, 1, 2, 5]));
+        assert!(parse_cpus("x").is_err());
+    }
+}
