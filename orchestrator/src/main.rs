@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use vni_lab::host::HostFacts;
 use vni_lab::topology::{self, Topology, TopologyError};
 
 #[derive(Parser, Debug)]
@@ -33,7 +34,21 @@ enum Command {
     },
     /// Prints the JSON Schema of lab files (for editors).
     Schema,
+    /// Checks the host: QEMU, the accelerator labs will use (and why),
+    /// shared memory. Exits 0 when labs can run, 1 when something is
+    /// missing.
+    Doctor {
+        /// Install missing host packages with apt-get (needs root).
+        #[arg(long)]
+        install: bool,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// Host packages labs need, by the command that proves them present.
+const HOST_PACKAGES: &[(&str, &str)] = &[("qemu-system-x86_64", "qemu-system-x86")];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,7 +82,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&topology::schema())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor { install, json } => doctor(install, json),
     }
+}
+
+fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let mut host = HostFacts::probe();
+    if install && host.qemu.is_none() {
+        anyhow::ensure!(
+            host.root,
+            "installing host packages needs root (apt-get); run as root or install qemu-system-x86"
+        );
+        let packages: Vec<&str> = HOST_PACKAGES.iter().map(|p| p.1).collect();
+        eprintln!("vni-lab: installing {}", packages.join(" "));
+        let ok =
+            |cmd: &mut std::process::Command| cmd.status().map(|s| s.success()).unwrap_or(false);
+        anyhow::ensure!(
+            ok(std::process::Command::new("apt-get").args(["update", "-q"])),
+            "apt-get update failed"
+        );
+        let mut apt = std::process::Command::new("apt-get");
+        apt.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages);
+        anyhow::ensure!(
+            ok(&mut apt),
+            "apt-get install {} failed",
+            packages.join(" ")
+        );
+        host = HostFacts::probe();
+    }
+    let accel = host
+        .accel(topology::Accel::Auto)
+        .context("choosing an accelerator")?;
+    let ready = host.qemu.is_some();
+    if json {
+        let report = serde_json::json!({ "ready": ready, "host": host, "accel": accel });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let mark = |ok: bool| if ok { "ok     " } else { "MISSING" };
+        match &host.qemu {
+            Some(version) => println!("{} QEMU: {version}", mark(true)),
+            None => println!("{} QEMU: qemu-system-x86_64 not found (vni-lab doctor --install, or apt-get install qemu-system-x86)", mark(false)),
+        }
+        println!("ok      accelerator: {} ({})", accel.accel, accel.reason);
+        match host.shm_free {
+            Some(free) => println!(
+                "ok      /dev/shm: {} MiB free (a default lab region is 64 MiB)",
+                free >> 20
+            ),
+            None => println!(
+                "note    /dev/shm: not found; lab regions will live in the temporary directory"
+            ),
+        }
+        println!(
+            "note    user: {}",
+            if host.root {
+                "root"
+            } else {
+                "not root (installing packages needs root)"
+            }
+        );
+    }
+    Ok(if ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_summary(file: &std::path::Path, lab: &Topology) {
