@@ -135,6 +135,17 @@ impl HostFacts {
     }
 }
 
+/// True when `tool` is an executable file in a `PATH` directory.
+pub fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 fn free_bytes(path: &Path) -> Option<u64> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
@@ -194,6 +205,12 @@ mod tests {
         assert_eq!(cpu_flags("flags\t\t: fpu svm hypervisor\n"), (true, true));
         assert_eq!(cpu_flags("flags\t\t: fpu hypervisor vmxx\n"), (false, true));
         assert_eq!(cpu_flags(""), (false, false));
+    }
+
+    #[test]
+    fn path_lookup_finds_real_tools_only() {
+        assert!(on_path("sh"));
+        assert!(!on_path("no-such-tool-vni-lab"));
     }
 
     #[test]

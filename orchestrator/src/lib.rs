@@ -5,6 +5,7 @@
 //! (`up`, `down`, …) arrives with the guest image and QEMU control.
 
 pub mod host;
+pub mod image;
 pub mod ivshmem_server;
 pub mod spans;
 pub mod topology;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vni_lab::host::HostFacts;
+use vni_lab::host::{on_path, HostFacts};
 use vni_lab::topology::{self, Topology, TopologyError};
 
 #[derive(Parser, Debug)]
@@ -34,6 +34,11 @@ enum Command {
     },
     /// Prints the JSON Schema of lab files (for editors).
     Schema,
+    /// Guest images.
+    Image {
+        #[command(subcommand)]
+        action: ImageCommand,
+    },
     /// Checks the host: QEMU, the accelerator labs will use (and why),
     /// shared memory. Exits 0 when labs can run, 1 when something is
     /// missing.
@@ -47,8 +52,31 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Builds the guest image (Debian kernel and a small root filesystem)
+    /// unless an image of the same recipe and kernel is cached. Needs root
+    /// (debootstrap). Prints the image directory.
+    Build {
+        /// Debian suite of the guests.
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Build even when a cached image matches.
+        #[arg(long)]
+        force: bool,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
 /// Host packages labs need, by the command that proves them present.
-const HOST_PACKAGES: &[(&str, &str)] = &[("qemu-system-x86_64", "qemu-system-x86")];
+const HOST_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("debootstrap", "debootstrap"),
+    ("cpio", "cpio"),
+    ("depmod", "kmod"),
+];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -83,17 +111,82 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { install, json } => doctor(install, json),
+        Command::Image {
+            action:
+                ImageCommand::Build {
+                    suite,
+                    force,
+                    quiet,
+                },
+        } => {
+            let mut progress = Progress::new(quiet);
+            let image =
+                vni_lab::image::ensure(&suite, &vni_lab::image::cache_dir(), force, &mut |s| {
+                    progress.step(s)
+                })
+                .context("cannot build the guest image")?;
+            progress.done();
+            println!(
+                "{} (kernel {}, initramfs {} MiB)",
+                image.dir.display(),
+                image.manifest.kernel_release,
+                image.manifest.initrd_bytes >> 20
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Progress of long work: a spinner on a terminal, plain lines otherwise,
+/// nothing with --quiet.
+enum Progress {
+    Quiet,
+    Lines,
+    Spinner(indicatif::ProgressBar),
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        if quiet {
+            Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            Progress::Spinner(bar)
+        } else {
+            Progress::Lines
+        }
+    }
+
+    fn step(&mut self, what: &str) {
+        match self {
+            Progress::Quiet => {}
+            Progress::Lines => eprintln!("vni-lab: {what}"),
+            Progress::Spinner(bar) => bar.set_message(what.to_owned()),
+        }
+    }
+
+    fn done(&mut self) {
+        if let Progress::Spinner(bar) = self {
+            bar.finish_and_clear();
+        }
     }
 }
 
 fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let missing = || -> Vec<(&str, &str)> {
+        HOST_PACKAGES
+            .iter()
+            .copied()
+            .filter(|(tool, _)| !on_path(tool))
+            .collect()
+    };
     let mut host = HostFacts::probe();
-    if install && host.qemu.is_none() {
-        anyhow::ensure!(
-            host.root,
-            "installing host packages needs root (apt-get); run as root or install qemu-system-x86"
-        );
-        let packages: Vec<&str> = HOST_PACKAGES.iter().map(|p| p.1).collect();
+    if install && !missing().is_empty() {
+        anyhow::ensure!(host.root, "installing host packages needs root (apt-get)");
+        let mut packages: Vec<&str> = missing().iter().map(|m| m.1).collect();
+        packages.dedup();
         eprintln!("vni-lab: installing {}", packages.join(" "));
         let ok =
             |cmd: &mut std::process::Command| cmd.status().map(|s| s.success()).unwrap_or(false);
@@ -115,15 +208,27 @@ fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
     let accel = host
         .accel(topology::Accel::Auto)
         .context("choosing an accelerator")?;
-    let ready = host.qemu.is_some();
+    let missing = missing();
+    let ready = missing.is_empty();
     if json {
-        let report = serde_json::json!({ "ready": ready, "host": host, "accel": accel });
+        let tools: serde_json::Map<String, serde_json::Value> = HOST_PACKAGES
+            .iter()
+            .map(|(tool, _)| ((*tool).to_owned(), on_path(tool).into()))
+            .collect();
+        let report =
+            serde_json::json!({ "ready": ready, "host": host, "accel": accel, "tools": tools });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let mark = |ok: bool| if ok { "ok     " } else { "MISSING" };
         match &host.qemu {
-            Some(version) => println!("{} QEMU: {version}", mark(true)),
-            None => println!("{} QEMU: qemu-system-x86_64 not found (vni-lab doctor --install, or apt-get install qemu-system-x86)", mark(false)),
+            Some(version) => println!("ok      QEMU: {version}"),
+            None => println!("MISSING QEMU: qemu-system-x86_64 not found"),
+        }
+        for (tool, package) in HOST_PACKAGES
+            .iter()
+            .filter(|(tool, _)| *tool != "qemu-system-x86_64")
+        {
+            let state = if on_path(tool) { "ok     " } else { "MISSING" };
+            println!("{state} {tool} (package {package}; builds the guest image)");
         }
         println!("ok      accelerator: {} ({})", accel.accel, accel.reason);
         match host.shm_free {
@@ -140,9 +245,12 @@ fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
             if host.root {
                 "root"
             } else {
-                "not root (installing packages needs root)"
+                "not root (building the image and installing packages need root)"
             }
         );
+        if !ready {
+            println!("\nInstall what is missing: vni-lab doctor --install (as root)");
+        }
     }
     Ok(if ready {
         ExitCode::SUCCESS

@@ -1,0 +1,521 @@
+//! The guest image: Debian's distribution kernel and a small root
+//! filesystem, built from Debian packages only and cached by its inputs.
+//!
+//! The recipe is in `images/` (the guest's `/init`, its package list and the
+//! kernel modules it needs). A build:
+//!
+//! 1. resolves the kernel package behind `linux-image-amd64` with apt and
+//!    unpacks it (`apt-get download`, `dpkg-deb -x`);
+//! 2. builds the root filesystem with `debootstrap --variant=minbase` from
+//!    the mirror apt is configured with, plus the recipe's packages;
+//! 3. copies in the listed modules with their dependencies
+//!    (`modprobe --show-depends`) and runs `depmod`;
+//! 4. drops documentation, manual pages, locales and apt's caches, adds
+//!    `/init`, and packs everything as a gzip'd initramfs (the guest runs
+//!    from RAM: no disk, and every node boots the same file).
+//!
+//! The result lands in `<cache>/images/<suite>-<hash>/` with a manifest;
+//! the hash covers the recipe, the suite and the exact kernel package, so a
+//! new kernel or a changed recipe builds a new image and an unchanged one
+//! is reused. A failed build leaves nothing behind.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Bumped when the image layout changes in ways the recipe does not show.
+const FORMAT: u32 = 1;
+const INIT: &str = include_str!("../../images/init");
+const PACKAGES: &str = include_str!("../../images/packages");
+const MODULES: &str = include_str!("../../images/modules");
+
+/// Errors of the image build.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// debootstrap needs root.
+    #[error(
+        "Building the guest image needs root: debootstrap creates device nodes and runs a chroot. \
+         Run `vni-lab image build` once as root; labs then use the cached image"
+    )]
+    NeedsRoot,
+    /// A host tool is missing.
+    #[error("Host tool `{tool}` is missing: install the Debian package {package} (or run `vni-lab doctor --install`)")]
+    MissingTool {
+        /// The command.
+        tool: &'static str,
+        /// The package that provides it.
+        package: &'static str,
+    },
+    /// apt has no Debian mirror configured.
+    #[error("No Debian mirror found in apt's sources (/etc/apt/sources.list.d/*.sources or /etc/apt/sources.list)")]
+    NoMirror,
+    /// Only bookworm for now.
+    #[error("Guest suite {0:?} is not supported yet: use bookworm")]
+    Suite(String),
+    /// A build step failed.
+    #[error("Image build step \"{step}\" failed: `{command}` exited with {status}\n{tail}")]
+    Step {
+        /// What was being done.
+        step: &'static str,
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its output.
+        tail: String,
+    },
+    /// A file operation failed.
+    #[error("Image build: cannot {what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
+    let what = what.into();
+    move |source| ImageError::Io { what, source }
+}
+
+/// What an image was built from, stored next to it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// Image layout version.
+    pub format: u32,
+    /// Debian suite.
+    pub suite: String,
+    /// The kernel package (e.g. linux-image-6.1.0-56-amd64).
+    pub kernel_package: String,
+    /// The kernel release the guests report (`uname -r`).
+    pub kernel_release: String,
+    /// Hash of the recipe and the above.
+    pub key: String,
+    /// Bytes of the packed initramfs.
+    pub initrd_bytes: u64,
+    /// When it was built (Unix seconds).
+    pub built_at: u64,
+}
+
+/// A built image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The kernel (bzImage).
+    pub kernel: PathBuf,
+    /// The initramfs with the whole root filesystem.
+    pub initrd: PathBuf,
+    /// What it was built from.
+    pub manifest: Manifest,
+}
+
+/// Where images are cached: `$VNI_LAB_CACHE`, else `$XDG_CACHE_HOME/vni-lab`,
+/// else `~/.cache/vni-lab`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("VNI_LAB_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("vni-lab");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache").join("vni-lab")
+}
+
+/// Lines of a recipe list, without comments and blanks.
+fn entries(list: &str) -> Vec<&str> {
+    list.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The cache key of an image: recipe, suite and kernel package.
+pub fn key(suite: &str, kernel_package: &str) -> String {
+    let input = format!("{FORMAT}\0{suite}\0{kernel_package}\0{INIT}\0{PACKAGES}\0{MODULES}");
+    let hash = input.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// The first Debian mirror in apt's sources (deb822 or one-line format).
+pub fn mirror_from_apt_sources(deb822: &[String], one_line: &str) -> Option<String> {
+    for source in deb822 {
+        // A stanza for the main archive: URIs plus a plain suite name.
+        for stanza in source.split("\n\n") {
+            let field = |name: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else {
+                continue;
+            };
+            let enabled = field("Enabled:").is_none_or(|v| v != "no");
+            if enabled
+                && suites.split_whitespace().any(|s| !s.contains('-'))
+                && !uris.contains("security")
+            {
+                return uris.split_whitespace().next().map(str::to_owned);
+            }
+        }
+    }
+    one_line
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("deb "))
+        .find_map(|l| {
+            let words: Vec<&str> = l
+                .split_whitespace()
+                .filter(|w| !w.starts_with('['))
+                .collect();
+            let (uri, suite) = (words.get(1)?, words.get(2)?);
+            (!suite.contains('-') && !uri.contains("security")).then(|| (*uri).to_owned())
+        })
+}
+
+fn apt_mirror() -> Result<String, ImageError> {
+    let mut deb822 = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "sources"))
+        {
+            deb822.push(std::fs::read_to_string(path).unwrap_or_default());
+        }
+    }
+    let one_line = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    mirror_from_apt_sources(&deb822, &one_line).ok_or(ImageError::NoMirror)
+}
+
+/// Runs one build step; on failure the error carries the end of its output.
+fn run(step: &'static str, cmd: &mut Command) -> Result<Output, ImageError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(io_err(format!("run {command}")))?;
+    if out.status.success() {
+        return Ok(out);
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+    Err(ImageError::Step {
+        step,
+        command,
+        status: out.status.to_string(),
+        tail,
+    })
+}
+
+/// The kernel package `linux-image-amd64` depends on, per apt.
+fn kernel_package() -> Result<String, ImageError> {
+    let out = run(
+        "resolve the kernel package",
+        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
+    )?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Depends: ")
+                .filter(|p| p.starts_with("linux-image-"))
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| ImageError::Step {
+            step: "resolve the kernel package",
+            command: "apt-cache depends linux-image-amd64".into(),
+            status: "no linux-image dependency".into(),
+            tail: "run apt-get update".into(),
+        })
+}
+
+/// Removes a directory tree when dropped (a failed build's leftovers).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Returns the cached image for `suite`, building it first when it is
+/// missing, its recipe or kernel changed, or `force` is set. `step` is told
+/// what happens (for progress output).
+pub fn ensure(
+    suite: &str,
+    cache: &Path,
+    force: bool,
+    step: &mut dyn FnMut(&str),
+) -> Result<Image, ImageError> {
+    if suite != "bookworm" {
+        return Err(ImageError::Suite(suite.to_owned()));
+    }
+    step("resolving the kernel package");
+    let kernel_package = kernel_package()?;
+    let key = key(suite, &kernel_package);
+    let dir = cache.join("images").join(format!("{suite}-{key}"));
+    if !force {
+        if let Some(image) = load(&dir) {
+            step("using the cached image");
+            return Ok(image);
+        }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ImageError::NeedsRoot);
+    }
+    for (tool, package) in [
+        ("debootstrap", "debootstrap"),
+        ("cpio", "cpio"),
+        ("depmod", "kmod"),
+        ("modprobe", "kmod"),
+        ("dpkg-deb", "dpkg"),
+        ("gzip", "gzip"),
+    ] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            return Err(ImageError::MissingTool { tool, package });
+        }
+    }
+    let mirror = apt_mirror()?;
+    let build = cache
+        .join("images")
+        .join(format!(".build-{key}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&build);
+    let scratch = Scratch(build.clone());
+    let (kdir, rootfs) = (build.join("kernel"), build.join("rootfs"));
+    std::fs::create_dir_all(&kdir).map_err(io_err(format!("create {}", kdir.display())))?;
+
+    step(&format!("downloading {kernel_package}"));
+    run(
+        "download the kernel",
+        Command::new("apt-get")
+            .args(["download", "-q", &kernel_package])
+            .current_dir(&build),
+    )?;
+    let deb = std::fs::read_dir(&build)
+        .map_err(io_err("list the download"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| ImageError::Io {
+            what: "find the kernel package".into(),
+            source: io::ErrorKind::NotFound.into(),
+        })?;
+    run(
+        "unpack the kernel",
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kdir),
+    )?;
+    let release = std::fs::read_dir(kdir.join("lib/modules"))
+        .map_err(io_err("read the kernel's modules"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .ok_or_else(|| ImageError::Io {
+            what: "find the kernel release".into(),
+            source: io::ErrorKind::NotFound.into(),
+        })?;
+
+    step(&format!(
+        "building the root filesystem (debootstrap {suite}, about 30 s)"
+    ));
+    let include = entries(PACKAGES).join(",");
+    run(
+        "debootstrap",
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={include}"), suite])
+            .arg(&rootfs)
+            .arg(&mirror),
+    )?;
+
+    step("adding kernel modules");
+    run(
+        "depmod the kernel",
+        Command::new("depmod").arg("-b").arg(&kdir).arg(&release),
+    )?;
+    let mut files = Vec::new();
+    for module in entries(MODULES) {
+        let out = run(
+            "resolve module dependencies",
+            Command::new("modprobe").arg("-d").arg(&kdir).args([
+                "-S",
+                &release,
+                "--show-depends",
+                module,
+            ]),
+        )?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(path) = line
+                .strip_prefix("insmod ")
+                .and_then(|l| l.split_whitespace().next())
+            {
+                files.push(PathBuf::from(path));
+            }
+        }
+    }
+    for file in files {
+        let relative = file.strip_prefix(&kdir).map_err(|_| ImageError::Io {
+            what: format!("place module {}", file.display()),
+            source: io::ErrorKind::InvalidData.into(),
+        })?;
+        let target = rootfs.join(relative);
+        std::fs::create_dir_all(target.parent().unwrap_or(&rootfs))
+            .map_err(io_err("create module directories"))?;
+        std::fs::copy(&file, &target).map_err(io_err(format!("copy {}", file.display())))?;
+    }
+    for extra in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        let from = kdir.join("lib/modules").join(&release).join(extra);
+        if from.exists() {
+            std::fs::copy(&from, rootfs.join("lib/modules").join(&release).join(extra))
+                .map_err(io_err(format!("copy {extra}")))?;
+        }
+    }
+    run(
+        "depmod the guest",
+        Command::new("depmod").arg("-b").arg(&rootfs).arg(&release),
+    )?;
+
+    step("trimming and packing the initramfs");
+    for waste in [
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/locale",
+        "usr/share/info",
+        "var/cache/apt",
+        "var/lib/apt/lists",
+    ] {
+        let _ = std::fs::remove_dir_all(rootfs.join(waste));
+    }
+    let init = rootfs.join("init");
+    std::fs::write(&init, INIT).map_err(io_err("write /init"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("make /init executable"))?;
+    let initrd = build.join("initrd.gz");
+    run(
+        "pack the initramfs",
+        Command::new("bash")
+            .args([
+                "-o",
+                "pipefail",
+                "-c",
+                "cd \"$1\" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > \"$2\"",
+                "pack",
+            ])
+            .arg(&rootfs)
+            .arg(&initrd),
+    )?;
+    let kernel_file = kdir.join("boot").join(format!("vmlinuz-{release}"));
+
+    // Move the results into a fresh directory and publish it by rename.
+    let staged = build.join("image");
+    std::fs::create_dir_all(&staged).map_err(io_err("create the image directory"))?;
+    std::fs::rename(&initrd, staged.join("initrd.gz")).map_err(io_err("move the initramfs"))?;
+    std::fs::copy(&kernel_file, staged.join("vmlinuz")).map_err(io_err("copy the kernel"))?;
+    let manifest = Manifest {
+        format: FORMAT,
+        suite: suite.to_owned(),
+        kernel_package,
+        kernel_release: release,
+        key,
+        initrd_bytes: std::fs::metadata(staged.join("initrd.gz"))
+            .map_err(io_err("stat the initramfs"))?
+            .len(),
+        built_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let json = serde_json::to_string_pretty(&manifest).map_err(|e| ImageError::Io {
+        what: "write the manifest".into(),
+        source: e.into(),
+    })?;
+    std::fs::write(staged.join("manifest.json"), json).map_err(io_err("write the manifest"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&staged, &dir).map_err(io_err(format!("publish {}", dir.display())))?;
+    drop(scratch);
+    step("image ready");
+    load(&dir).ok_or_else(|| ImageError::Io {
+        what: "read back the image".into(),
+        source: io::ErrorKind::NotFound.into(),
+    })
+}
+
+/// The image in `dir`, if complete.
+fn load(dir: &Path) -> Option<Image> {
+    let manifest: Manifest =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).ok()?).ok()?;
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
+    (manifest.format == FORMAT && kernel.is_file() && initrd.is_file()).then(|| Image {
+        dir: dir.to_owned(),
+        kernel,
+        initrd,
+        manifest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_comes_from_apt_sources() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n";
+        let other = "Types: deb\nURIs: https://elsewhere.example/x\nSuites: bookworm-extras\nComponents: main\n";
+        assert_eq!(
+            mirror_from_apt_sources(&[other.into(), deb822.into()], ""),
+            Some("http://mirror.example/debian".into())
+        );
+        let one_line = "# comment\ndeb [arch=amd64] http://m.example/debian bookworm main\ndeb http://m.example/debian-security bookworm-security main\n";
+        assert_eq!(
+            mirror_from_apt_sources(&[], one_line),
+            Some("http://m.example/debian".into())
+        );
+        assert_eq!(mirror_from_apt_sources(&[], ""), None);
+        let disabled = "Enabled: no\nURIs: http://off.example/debian\nSuites: bookworm\n";
+        assert_eq!(mirror_from_apt_sources(&[disabled.into()], ""), None);
+    }
+
+    #[test]
+    fn the_key_follows_the_inputs() {
+        assert_eq!(
+            key("bookworm", "linux-image-6.1.0-56-amd64"),
+            key("bookworm", "linux-image-6.1.0-56-amd64")
+        );
+        assert_ne!(
+            key("bookworm", "linux-image-6.1.0-56-amd64"),
+            key("bookworm", "linux-image-6.1.0-57-amd64")
+        );
+        assert_eq!(key("bookworm", "k").len(), 16);
+    }
+
+    #[test]
+    fn the_recipe_is_complete() {
+        let packages = entries(PACKAGES);
+        assert!(packages.contains(&"qemu-guest-agent") && packages.contains(&"iperf3"));
+        assert!(entries(MODULES).contains(&"vfio_pci"));
+        assert!(INIT.starts_with("#!/bin/bash") && INIT.contains("qemu-ga"));
+    }
+
+    #[test]
+    fn unknown_suites_are_refused_before_any_work() {
+        let err = ensure("sid", Path::new("/nonexistent"), false, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, ImageError::Suite(_)), "{err}");
+    }
+}
