@@ -4,6 +4,7 @@
 //! Today this holds the lab file format ([`topology`]); the lab lifecycle
 //! (`up`, `down`, …) arrives with the guest image and QEMU control.
 
+pub mod agent;
 pub mod host;
 pub mod image;
 pub mod ivshmem_server;

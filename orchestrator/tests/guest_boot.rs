@@ -3,12 +3,11 @@
 //! by our server. Builds the image first when it is not cached (needs root,
 //! as CI runs; about 45 s), then boots two guests at once.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vni_lab::agent::GuestAgent;
 use vni_lab::host::HostFacts;
 use vni_lab::image;
 use vni_lab::ivshmem_server::IvshmemServer;
@@ -38,84 +37,14 @@ impl Guest {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
-
-    /// One guest-agent command on a fresh connection, after guest-sync.
-    fn agent(&self, command: &serde_json::Value, timeout: Duration) -> Option<serde_json::Value> {
-        let stream = UnixStream::connect(&self.qga).ok()?;
-        stream.set_read_timeout(Some(timeout)).ok()?;
-        let mut reader = BufReader::new(stream.try_clone().ok()?);
-        let mut writer = stream;
-        let sync_id = 4242;
-        writeln!(
-            writer,
-            "{}",
-            serde_json::json!({"execute": "guest-sync", "arguments": {"id": sync_id}})
-        )
-        .ok()?;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).ok()?;
-            let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
-            if v["return"] == sync_id {
-                break;
-            }
-        }
-        writeln!(writer, "{command}").ok()?;
-        line.clear();
-        reader.read_line(&mut line).ok()?;
-        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
-        v.get("return").cloned()
-    }
-
-    /// Runs `path args` in the guest; returns (exit code, stdout).
-    fn exec(&self, path: &str, args: &[&str]) -> (i64, String) {
-        let cmd = serde_json::json!({"execute": "guest-exec", "arguments": {"path": path, "arg": args, "capture-output": true}});
-        let pid = self
-            .agent(&cmd, COMMAND_TIMEOUT)
-            .unwrap_or_else(|| panic!("{}: guest-exec failed", self.name))["pid"]
-            .clone();
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            let status = self
-                .agent(
-                    &serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
-                    COMMAND_TIMEOUT,
-                )
-                .expect("guest-exec-status");
-            if status["exited"] == true {
-                use base64_decode as b64;
-                let out = status["out-data"].as_str().map(b64).unwrap_or_default();
-                return (status["exitcode"].as_i64().unwrap_or(-1), out);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {path} did not finish",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
-/// Standard base64 (the agent's encoding of captured output).
-fn base64_decode(text: &str) -> String {
-    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut count = 0;
-    let mut out = Vec::new();
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let Some(v) = table.iter().position(|&t| t == c) else {
-            continue;
-        };
-        bits = bits << 6 | v as u32;
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+async fn run(agent: &GuestAgent, path: &str, args: &[&str]) -> (Option<i64>, String) {
+    let out = agent
+        .exec(path, args, COMMAND_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    (out.code, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn boot(
@@ -198,60 +127,55 @@ async fn two_guests_boot_answer_and_see_the_shared_device() {
     let server = IvshmemServer::start(&dir.join("ivshmem.sock"), shm, 2).unwrap();
 
     let started = Instant::now();
-    let guests = [
+    let mut guests = [
         boot("node0", &image, accel.accel, server.socket(), &dir),
         boot("node1", &image, accel.accel, server.socket(), &dir),
     ];
     server.wait_for_peers(2, BOOT_TIMEOUT).await.unwrap();
 
-    let checked = tokio::task::spawn_blocking(move || {
-        for guest in &guests {
-            let sync = serde_json::json!({"execute": "guest-ping"});
-            while guest.agent(&sync, Duration::from_secs(2)).is_none() {
-                assert!(
-                    started.elapsed() < BOOT_TIMEOUT,
-                    "{} not ready after {BOOT_TIMEOUT:?}; console:\n{}",
-                    guest.name,
-                    guest.console_tail()
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            eprintln!(
-                "{} ready after {:.1} s",
-                guest.name,
-                started.elapsed().as_secs_f64()
-            );
-        }
-        for guest in &guests {
-            assert_eq!(
-                guest.exec("/bin/uname", &["-r"]),
-                (0, format!("{}\n", image.manifest.kernel_release))
-            );
-            assert_eq!(
-                guest.exec("/bin/hostname", &[]),
-                (0, format!("{}\n", guest.name))
-            );
-            let (code, lspci) = guest.exec("/usr/bin/lspci", &["-n", "-d", "1af4:1110"]);
-            assert_eq!(code, 0);
-            assert!(
-                lspci.contains("1af4:1110"),
-                "{}: no ivshmem device: {lspci:?}",
-                guest.name
-            );
-            // The guest reaches nothing but the region and its agent.
-            let (_, links) = guest.exec("/bin/ip", &["-o", "link"]);
-            assert_eq!(
-                links.lines().count(),
-                1,
-                "{}: only lo expected: {links}",
-                guest.name
-            );
-        }
-        guests
-    })
-    .await
-    .unwrap();
-    drop(checked);
+    for guest in &mut guests {
+        let qga = guest.qga.clone();
+        let child = &mut guest.child;
+        let ready = GuestAgent::wait_ready(
+            &qga,
+            BOOT_TIMEOUT.saturating_sub(started.elapsed()),
+            COMMAND_TIMEOUT,
+            || child.try_wait().ok().flatten().is_none(),
+        )
+        .await;
+        let agent = ready
+            .unwrap_or_else(|e| panic!("{}: {e}; console:\n{}", guest.name, guest.console_tail()));
+        eprintln!(
+            "{} ready after {:.1} s",
+            guest.name,
+            started.elapsed().as_secs_f64()
+        );
+
+        let release = format!("{}\n", image.manifest.kernel_release);
+        assert_eq!(run(&agent, "/bin/uname", &["-r"]).await, (Some(0), release));
+        assert_eq!(
+            run(&agent, "/bin/hostname", &[]).await,
+            (Some(0), format!("{}\n", guest.name))
+        );
+        let (code, lspci) = run(&agent, "/usr/bin/lspci", &["-n", "-d", "1af4:1110"]).await;
+        assert_eq!(code, Some(0));
+        assert!(
+            lspci.contains("1af4:1110"),
+            "{}: no ivshmem device: {lspci:?}",
+            guest.name
+        );
+        // The guest reaches nothing but the region and its agent.
+        let (_, links) = run(&agent, "/bin/ip", &["-o", "link"]).await;
+        assert_eq!(
+            links.lines().count(),
+            1,
+            "{}: only lo expected: {links}",
+            guest.name
+        );
+        // A failing command's status comes back too.
+        assert_eq!(run(&agent, "/bin/sh", &["-c", "exit 3"]).await.0, Some(3));
+    }
+    drop(guests);
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }
