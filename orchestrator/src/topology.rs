@@ -90,7 +90,6 @@ pub struct RawTopology {
     pub defaults: RawDefaults,
     /// Size of the memory region all nodes share (ivshmem): a power of two
     /// from 1M to 4G. Default 64M.
-    #[serde(default)]
     pub shared_memory: Option<SizeSpec>,
     /// The virtual network interface.
     #[serde(default)]
@@ -117,17 +116,13 @@ pub struct RawNode {
     pub ip: String,
     /// MAC address of the VNI interface; derived from the lab and node
     /// names when absent (stable across runs).
-    #[serde(default)]
     pub mac: Option<String>,
     /// Virtual CPUs, 1 to 64. Default 1.
-    #[serde(default)]
     pub vcpus: Option<u32>,
     /// Guest memory, at least 128M. Default 512M.
-    #[serde(default)]
     pub memory: Option<SizeSpec>,
     /// Host CPUs this node's vCPUs are pinned to (Mint gives each node its
     /// own cores). Default: not pinned.
-    #[serde(default)]
     pub host_cpus: Option<CpuSpec>,
 }
 
@@ -136,10 +131,8 @@ pub struct RawNode {
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
     /// Virtual CPUs per node.
-    #[serde(default)]
     pub vcpus: Option<u32>,
     /// Memory per node.
-    #[serde(default)]
     pub memory: Option<SizeSpec>,
 }
 
@@ -149,21 +142,16 @@ pub struct RawDefaults {
 pub struct RawVni {
     /// Buffer configuration: 2 (one pool shared by all frames, the study's
     /// choice; default) or 1 (one ring per sender-receiver pair).
-    #[serde(default)]
     pub buffers: Option<u32>,
     /// Bytes per slot: a multiple of 64 from 64 to 65536. Default 2048.
-    #[serde(default)]
     pub slot_size: Option<u32>,
     /// Slots (config 2: in the pool; config 1: per ring, a power of two).
     /// Default: as many as the shared memory holds.
-    #[serde(default)]
     pub slot_count: Option<u32>,
     /// MTU of the VNI interface, 68 to 65500. Default 1500.
-    #[serde(default)]
     pub mtu: Option<u32>,
     /// How a receiver learns of frames: `interrupt` (doorbell; default) or
     /// `polling`.
-    #[serde(default)]
     pub notification: Option<Notification>,
 }
 
@@ -173,13 +161,10 @@ pub struct RawVni {
 pub struct RawGuest {
     /// `bookworm` (Debian 12, kernel 6.1; default), `trixie` (Debian 13,
     /// kernel 6.12), or the path of a kernel image (bzImage) to boot.
-    #[serde(default)]
     pub kernel: Option<String>,
     /// Directory of modules for a kernel given by path (lib/modules/VERSION).
-    #[serde(default)]
     pub modules: Option<PathBuf>,
     /// Root filesystem image to use instead of the built one.
-    #[serde(default)]
     pub image: Option<PathBuf>,
 }
 
@@ -188,10 +173,8 @@ pub struct RawGuest {
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     /// Until a node answers through its guest agent. Default 120s.
-    #[serde(default)]
     pub boot: Option<DurationSpec>,
     /// For one command run in a guest. Default 60s.
-    #[serde(default)]
     pub command: Option<DurationSpec>,
 }
 
