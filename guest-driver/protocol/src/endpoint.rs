@@ -322,6 +322,8 @@ impl Endpoint {
         let addresses = AddrTable { region, layout };
         addresses.register(mac, me, |n| n != me && nodes.state(n) != NodeState::Reset)?;
         nodes.set_mac(me, mac.to_word());
+        // A doorbell id left by an earlier incarnation is stale.
+        nodes.set_doorbell(me, None);
         nodes.publish_counters(me, &Counters::default());
         nodes.beat(me);
         nodes.set_state(me, NodeState::Init);
@@ -353,6 +355,21 @@ impl Endpoint {
         self.check_usable()?;
         self.nodes().set_state(self.me, state);
         Ok(())
+    }
+
+    /// Publishes the ivshmem peer id peers ring to wake this node (the
+    /// guest reads it from BAR0's IVPosition). It changes when the guest
+    /// restarts: the ivshmem server does not reuse a departed peer's id.
+    pub fn set_doorbell_peer(&self, peer: Option<u16>) {
+        self.nodes().set_doorbell(self.me, peer);
+    }
+
+    /// The ivshmem peer id to ring to wake `node`, if it published one
+    /// (validated: out-of-range words read as none).
+    pub fn doorbell_peer(&self, node: NodeId) -> Option<u16> {
+        (node < self.layout.geometry.max_nodes as usize)
+            .then(|| self.nodes().doorbell(node))
+            .flatten()
     }
 
     /// Peers in `Run`, as a bit set (carrier is up while it is non-zero).
@@ -1461,6 +1478,23 @@ mod tests {
             "{rounds} lock rounds for {frames} frames"
         );
         assert_eq!(eps[1].counters().rx_frames, frames as u64);
+    }
+
+    #[test]
+    fn doorbell_peer_ids_are_published_and_forgotten_on_reattach() {
+        let (region, mut eps) = lab(BufferConfig::SharedPool, 2, 1000);
+        assert_eq!(eps[0].doorbell_peer(1), None);
+        eps[1].set_doorbell_peer(Some(7));
+        assert_eq!(eps[0].doorbell_peer(1), Some(7));
+        assert_eq!(eps[0].doorbell_peer(99), None, "out-of-range node");
+        // The guest restarts: its new incarnation has no doorbell until it
+        // reads its new ivshmem id and publishes it.
+        eps.pop().unwrap().detach().unwrap();
+        let again = Endpoint::attach(region.clone(), 1, MacAddr::for_node(1)).unwrap();
+        assert_eq!(eps[0].doorbell_peer(1), None);
+        again.set_doorbell_peer(Some(9));
+        assert_eq!(eps[0].doorbell_peer(1), Some(9));
+        assert_eq!(inspect(&region).unwrap().nodes[1].doorbell_peer, Some(9));
     }
 
     #[test]

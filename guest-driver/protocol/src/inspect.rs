@@ -25,6 +25,8 @@ pub struct NodeReport {
     pub heartbeat: u64,
     /// Its MAC address.
     pub mac: MacAddr,
+    /// The ivshmem peer id that rings it, if published.
+    pub doorbell_peer: Option<u16>,
     /// Published counters.
     pub counters: Counters,
     /// Frames waiting for it (config 2: its queue; config 1: all rings to it).
@@ -126,6 +128,7 @@ pub fn inspect(region: &Region) -> Result<RegionReport, LayoutError> {
             generation: nodes.generation(id),
             heartbeat: nodes.heartbeat(id),
             mac: MacAddr::from_word(nodes.mac(id)),
+            doorbell_peer: nodes.doorbell(id),
             counters: nodes.counters(id),
             queue_depth: usage[id].0,
             slots_held: usage[id].1,

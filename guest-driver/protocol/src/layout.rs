@@ -46,14 +46,15 @@ pub(crate) const HDR_EPOCH: usize = 16;
 const HDR_CHECKSUM: usize = 120;
 
 /// Bytes per node table entry, one cache line per writer pattern: line 0
-/// is read-mostly (state, generation, MAC, sleeping: read by senders on
-/// every frame), line 1 changes often (heartbeat, lock ticket), line 2 holds
-/// the counters.
+/// is read-mostly (state, generation, MAC, sleeping, doorbell peer id: read
+/// by senders on every frame), line 1 changes often (heartbeat, lock
+/// ticket), line 2 holds the counters.
 pub const NODE_ENTRY_LEN: usize = 192;
 pub(crate) const NODE_STATE: usize = 0;
 pub(crate) const NODE_GENERATION: usize = 4;
 pub(crate) const NODE_MAC: usize = 8;
 pub(crate) const NODE_SLEEPING: usize = 16;
+pub(crate) const NODE_DOORBELL: usize = 20;
 pub(crate) const NODE_HEARTBEAT: usize = 64;
 pub(crate) const NODE_TICKET: usize = 72;
 pub(crate) const NODE_WAITING: usize = 76;

@@ -15,7 +15,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::layout::{
-    Layout, NODE_COUNTERS, NODE_GENERATION, NODE_HEARTBEAT, NODE_MAC, NODE_SLEEPING, NODE_STATE,
+    Layout, NODE_COUNTERS, NODE_DOORBELL, NODE_GENERATION, NODE_HEARTBEAT, NODE_MAC, NODE_SLEEPING,
+    NODE_STATE,
 };
 use crate::region::Region;
 
@@ -210,6 +211,24 @@ impl NodeTable<'_> {
         )
     }
 
+    /// The ivshmem peer id to ring for `node`, if it published one. Stored
+    /// as id + 1 so that a zeroed entry means "none".
+    pub(crate) fn doorbell(&self, node: NodeId) -> Option<u16> {
+        let word = self
+            .region
+            .load_u32(self.layout.node(node, NODE_DOORBELL), Ordering::Acquire);
+        (1..=0x1_0000).contains(&word).then(|| (word - 1) as u16)
+    }
+
+    pub(crate) fn set_doorbell(&self, node: NodeId, peer: Option<u16>) {
+        let word = peer.map_or(0, |p| u32::from(p) + 1);
+        self.region.store_u32(
+            self.layout.node(node, NODE_DOORBELL),
+            word,
+            Ordering::Release,
+        )
+    }
+
     pub(crate) fn counters(&self, node: NodeId) -> Counters {
         let mut a = [0u64; Counters::FIELDS];
         for (i, v) in a.iter_mut().enumerate() {
@@ -391,6 +410,22 @@ mod tests {
         );
         assert_eq!(nodes.state(2), NodeState::Reset);
         assert_ne!(nodes.generation(2), gen);
+    }
+
+    #[test]
+    fn doorbell_peer_ids_round_trip_and_garbage_is_none() {
+        let (region, layout) = scratch(BufferConfig::SharedPool, 1 << 20, 4);
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
+        assert_eq!(nodes.doorbell(1), None, "a fresh entry has no doorbell");
+        nodes.set_doorbell(1, Some(0));
+        assert_eq!(nodes.doorbell(1), Some(0));
+        nodes.set_doorbell(1, Some(65535));
+        assert_eq!(nodes.doorbell(1), Some(65535));
+        region.store_u32(layout.node(1, NODE_DOORBELL), 0x2_0000, Ordering::Relaxed);
+        assert_eq!(nodes.doorbell(1), None, "out of range is none");
     }
 
     #[test]
