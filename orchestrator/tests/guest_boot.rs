@@ -17,6 +17,16 @@ use vni_lab::topology::Accel;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Removes the test's directory however the test ends (declared before
+/// the QEMUs, so it is dropped after they are killed).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 struct Guest {
     name: &'static str,
     child: Child,
@@ -116,6 +126,7 @@ async fn two_guests_boot_answer_and_see_the_shared_device() {
 
     let dir = std::env::temp_dir().join(format!("vni-guest-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDir(dir.clone());
     let shm = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -177,5 +188,4 @@ async fn two_guests_boot_answer_and_see_the_shared_device() {
     }
     drop(guests);
     drop(server);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

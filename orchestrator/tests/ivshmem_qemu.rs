@@ -13,6 +13,16 @@ use vni_lab::ivshmem_server::IvshmemServer;
 const SHM_BYTES: u64 = 4 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Removes the test's directory however the test ends (declared before
+/// the QEMUs, so it is dropped after they are killed).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A QEMU process, killed however the test ends.
 struct Qemu {
     child: Child,
@@ -121,6 +131,7 @@ fn assert_alive(q: &mut Qemu, name: &str) {
 async fn qemu_guests_join_leave_and_rejoin_through_our_server() {
     let dir = std::env::temp_dir().join(format!("vni-ivshmem-qemu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDir(dir.clone());
     let shm_path = dir.join("shm");
     let shm = std::fs::OpenOptions::new()
         .read(true)
@@ -184,5 +195,4 @@ async fn qemu_guests_join_leave_and_rejoin_through_our_server() {
     drop((q0, q1, q2));
     drop(server);
     assert!(!socket.exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
