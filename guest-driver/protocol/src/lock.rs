@@ -299,17 +299,28 @@ impl<'a> RegionLock<'a> {
         ticket
     }
 
+    /// (node, ticket) of every node that announced it waits: the flag is
+    /// read with Acquire first, so the ticket read after it is the one
+    /// published before the flag.
+    fn announced(&self) -> impl Iterator<Item = (NodeId, u32)> + '_ {
+        (0..self.nodes().count())
+            .filter(|&n| {
+                self.region
+                    .load_u32(self.layout.node(n, NODE_WAITING), Ordering::Acquire)
+                    == 1
+            })
+            .map(|n| {
+                (
+                    n,
+                    self.region
+                        .load_u32(self.layout.node(n, NODE_TICKET), Ordering::Relaxed),
+                )
+            })
+    }
+
     /// The node that announced it waits for `ticket`, if any.
     fn waiter_with(&self, ticket: u32) -> Option<NodeId> {
-        (0..self.nodes().count()).find(|&n| {
-            self.region
-                .load_u32(self.layout.node(n, NODE_WAITING), Ordering::Acquire)
-                == 1
-                && self
-                    .region
-                    .load_u32(self.layout.node(n, NODE_TICKET), Ordering::Relaxed)
-                    == ticket
-        })
+        self.announced().find(|&(_, t)| t == ticket).map(|(n, _)| n)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -361,16 +372,8 @@ impl<'a> RegionLock<'a> {
 
     /// The smallest announced ticket after `ticket`.
     fn nearest_waiter_after(&self, ticket: u32) -> Option<u32> {
-        (0..self.nodes().count())
-            .filter(|&n| {
-                self.region
-                    .load_u32(self.layout.node(n, NODE_WAITING), Ordering::Acquire)
-                    == 1
-            })
-            .map(|n| {
-                self.region
-                    .load_u32(self.layout.node(n, NODE_TICKET), Ordering::Relaxed)
-            })
+        self.announced()
+            .map(|(_, t)| t)
             .filter(|&t| (t.wrapping_sub(ticket) as i32) > 0)
             .min_by_key(|&t| t.wrapping_sub(ticket))
     }
