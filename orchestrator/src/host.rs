@@ -135,6 +135,27 @@ impl HostFacts {
     }
 }
 
+/// A host command and the Debian package that provides it.
+pub type Tool = (&'static str, &'static str);
+
+/// What running guests needs.
+pub const QEMU_TOOL: Tool = ("qemu-system-x86_64", "qemu-system-x86");
+
+/// What building the guest image needs.
+pub const IMAGE_TOOLS: &[Tool] = &[
+    ("debootstrap", "debootstrap"),
+    ("cpio", "cpio"),
+    ("depmod", "kmod"),
+    ("modprobe", "kmod"),
+    ("dpkg-deb", "dpkg"),
+    ("gzip", "gzip"),
+];
+
+/// Every host tool labs need.
+pub fn host_tools() -> impl Iterator<Item = Tool> {
+    std::iter::once(QEMU_TOOL).chain(IMAGE_TOOLS.iter().copied())
+}
+
 /// True when `tool` is an executable file in a `PATH` directory.
 pub fn on_path(tool: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;

@@ -274,21 +274,11 @@ pub fn ensure(
     if unsafe { libc::geteuid() } != 0 {
         return Err(ImageError::NeedsRoot);
     }
-    for (tool, package) in [
-        ("debootstrap", "debootstrap"),
-        ("cpio", "cpio"),
-        ("depmod", "kmod"),
-        ("modprobe", "kmod"),
-        ("dpkg-deb", "dpkg"),
-        ("gzip", "gzip"),
-    ] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map_or(true, |o| !o.status.success())
-        {
-            return Err(ImageError::MissingTool { tool, package });
-        }
+    if let Some(&(tool, package)) = crate::host::IMAGE_TOOLS
+        .iter()
+        .find(|(tool, _)| !crate::host::on_path(tool))
+    {
+        return Err(ImageError::MissingTool { tool, package });
     }
     let mirror = apt_mirror()?;
     let build = cache

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vni_lab::host::{on_path, HostFacts};
+use vni_lab::host::{host_tools, on_path, HostFacts, Tool, IMAGE_TOOLS};
 use vni_lab::topology::{self, Topology, TopologyError};
 
 #[derive(Parser, Debug)]
@@ -69,14 +69,6 @@ enum ImageCommand {
         quiet: bool,
     },
 }
-
-/// Host packages labs need, by the command that proves them present.
-const HOST_PACKAGES: &[(&str, &str)] = &[
-    ("qemu-system-x86_64", "qemu-system-x86"),
-    ("debootstrap", "debootstrap"),
-    ("cpio", "cpio"),
-    ("depmod", "kmod"),
-];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -175,17 +167,12 @@ impl Progress {
 }
 
 fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let missing = || -> Vec<(&str, &str)> {
-        HOST_PACKAGES
-            .iter()
-            .copied()
-            .filter(|(tool, _)| !on_path(tool))
-            .collect()
-    };
+    let missing = || -> Vec<Tool> { host_tools().filter(|(tool, _)| !on_path(tool)).collect() };
     let mut host = HostFacts::probe();
     if install && !missing().is_empty() {
         anyhow::ensure!(host.root, "installing host packages needs root (apt-get)");
         let mut packages: Vec<&str> = missing().iter().map(|m| m.1).collect();
+        packages.sort_unstable();
         packages.dedup();
         eprintln!("vni-lab: installing {}", packages.join(" "));
         let ok =
@@ -211,9 +198,8 @@ fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
     let missing = missing();
     let ready = missing.is_empty();
     if json {
-        let tools: serde_json::Map<String, serde_json::Value> = HOST_PACKAGES
-            .iter()
-            .map(|(tool, _)| ((*tool).to_owned(), on_path(tool).into()))
+        let tools: serde_json::Map<String, serde_json::Value> = host_tools()
+            .map(|(tool, _)| (tool.to_owned(), on_path(tool).into()))
             .collect();
         let report =
             serde_json::json!({ "ready": ready, "host": host, "accel": accel, "tools": tools });
@@ -223,10 +209,7 @@ fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
             Some(version) => println!("ok      QEMU: {version}"),
             None => println!("MISSING QEMU: qemu-system-x86_64 not found"),
         }
-        for (tool, package) in HOST_PACKAGES
-            .iter()
-            .filter(|(tool, _)| *tool != "qemu-system-x86_64")
-        {
+        for (tool, package) in IMAGE_TOOLS {
             let state = if on_path(tool) { "ok     " } else { "MISSING" };
             println!("{state} {tool} (package {package}; builds the guest image)");
         }
