@@ -132,6 +132,18 @@ struct PoolState {
     rx_segments: Vec<Segment>,
 }
 
+impl PoolState {
+    /// The nodes staged frames go to, as a bit set.
+    fn staged_dests(&self) -> u64 {
+        self.staged.iter().fold(0, |set, f| set | 1 << f.dest)
+    }
+}
+
+/// The members of a node bit set.
+fn members(set: u64) -> impl Iterator<Item = NodeId> {
+    (0..64).filter(move |n| set & 1 << n != 0)
+}
+
 /// Configuration 1 state private to this node.
 #[derive(Debug)]
 struct RingState {
@@ -443,10 +455,7 @@ impl Endpoint {
         match dest {
             Dest::Node(node) => self.send_to(node, frame),
             Dest::AllPeers => {
-                let peers = self.running_peers();
-                for node in
-                    (0..self.layout.geometry.max_nodes as usize).filter(|n| peers & 1 << n != 0)
-                {
+                for node in members(self.running_peers()) {
                     // A peer that cannot take the frame loses it (counted);
                     // only a broken endpoint stops the broadcast.
                     if let Err(SendError::Endpoint(e)) = self.send_to(node, frame) {
@@ -576,7 +585,7 @@ impl Endpoint {
         };
         let mut report = FlushReport::default();
         let dirty = std::mem::take(&mut state.dirty);
-        for dest in (0..state.tails.len()).filter(|d| dirty & 1 << d != 0) {
+        for dest in members(dirty) {
             rings.publish(self.me, dest, state.tails[dest]);
             report.published += state.tails[dest].wrapping_sub(state.published[dest]) as usize;
             state.published[dest] = state.tails[dest];
@@ -594,8 +603,8 @@ impl Endpoint {
         // flag; either we see the flag, or it sees our published frames.
         fence(Ordering::SeqCst);
         let nodes = self.nodes();
-        (0..nodes.count())
-            .filter(|&n| dests & 1 << n != 0 && nodes.sleeping(n))
+        members(dests)
+            .filter(|&n| nodes.sleeping(n))
             .fold(0, |set, n| set | 1 << n)
     }
 
@@ -626,8 +635,8 @@ impl Endpoint {
                 layout: &self.layout,
             };
             let capacity = self.layout.geometry.queue_capacity;
-            let all_full = state.staged.iter().all(|f| {
-                let (head, tail) = pool.queue_indices(f.dest);
+            let all_full = members(state.staged_dests()).all(|dest| {
+                let (head, tail) = pool.queue_indices(dest);
                 tail.wrapping_sub(head) == capacity
             });
             if all_full {
@@ -671,13 +680,8 @@ impl Endpoint {
         // (head, tail as found, tail after our entries); `None` for a node
         // not running (its frames are dropped).
         let mut tails: Vec<Option<(u32, u32, u32)>> = vec![None; nodes.count()];
-        let mut seen = 0u64;
         let capacity = layout.geometry.queue_capacity;
-        for dest in state.staged.iter().map(|f| f.dest) {
-            if seen & 1 << dest != 0 {
-                continue;
-            }
-            seen |= 1 << dest;
+        for dest in members(state.staged_dests()) {
             if nodes.state(dest) == NodeState::Run {
                 let (head, tail) = pool.queue_indices(dest);
                 if tail.wrapping_sub(head) > capacity {
