@@ -243,34 +243,43 @@ async fn accept_loop(
             continue;
         };
         let client = Arc::new(Client(stream));
-        let joined = {
-            let mut st = lock(&state);
-            admit(&mut st, client.clone())
-        };
-        match joined {
-            Ok((id, serial)) => {
-                let watcher = tokio::spawn(watch_client(
-                    client,
-                    id,
+        let mut st = lock(&state);
+        // A client that went away mid-setup, or no id or eventfd left:
+        // the connection is dropped and QEMU reports the failure.
+        if let Ok((id, vectors)) = admit(&mut st, &client) {
+            let serial = st.next_serial;
+            st.next_serial += 1;
+            // The watcher locks the state only after this guard is gone.
+            let watcher = tokio::spawn(watch_client(
+                client.clone(),
+                id,
+                serial,
+                state.clone(),
+                peers.clone(),
+            ));
+            st.peers.insert(
+                id,
+                Peer {
                     serial,
-                    state.clone(),
-                    peers.clone(),
-                ));
-                if let Some(peer) = lock(&state).peers.get_mut(&id) {
-                    peer.watcher = watcher;
-                }
-                peers.send_replace(lock(&state).peers.keys().copied().collect());
-            }
-            // The client went away mid-setup, or no id or eventfd was
-            // left: drop the connection; QEMU reports the failure.
-            Err(_) => drop(client),
+                    client,
+                    vectors,
+                    watcher,
+                },
+            );
+            publish(&st, &peers);
         }
     }
 }
 
+/// Tells `wait_for_peers` and `peers` who is connected now.
+fn publish(st: &State, peers: &watch::Sender<Vec<u16>>) {
+    peers.send_replace(st.peers.keys().copied().collect());
+}
+
 /// Gives a new client its id, the memory and every peer's eventfds, and
-/// tells the other peers about it.
-fn admit(st: &mut State, client: Arc<Client>) -> io::Result<(u16, u64)> {
+/// tells the other peers about it. Returns its id and eventfds; the caller
+/// records the peer.
+fn admit(st: &mut State, client: &Client) -> io::Result<(u16, Vec<EventFd>)> {
     let id = (0..=u16::MAX)
         .map(|i| st.next_id.wrapping_add(i))
         .find(|id| !st.peers.contains_key(id))
@@ -295,20 +304,8 @@ fn admit(st: &mut State, client: Arc<Client>) -> io::Result<(u16, u64)> {
     for fd in &vectors {
         client.send(i64::from(id), Some(fd.as_raw_fd()))?;
     }
-    let serial = st.next_serial;
-    st.next_serial += 1;
     st.next_id = id.wrapping_add(1);
-    let watcher = tokio::spawn(async {});
-    st.peers.insert(
-        id,
-        Peer {
-            serial,
-            client,
-            vectors,
-            watcher,
-        },
-    );
-    Ok((id, serial))
+    Ok((id, vectors))
 }
 
 /// Waits for the client to close (or to send anything, which the protocol
@@ -337,7 +334,7 @@ async fn watch_client(
             let _ = other.client.send(i64::from(id), None);
         }
     }
-    peers.send_replace(st.peers.keys().copied().collect());
+    publish(&st, &peers);
 }
 
 #[cfg(test)]
