@@ -338,12 +338,17 @@ impl Checker<'_> {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
+/// The naming rule for labs and nodes (used in paths and derived MACs).
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
+        && !name.starts_with('-');
+    if ok {
+        return Ok(());
+    }
+    Err(format!("{name:?} is not allowed: use 1 to 32 lowercase letters, digits or '-', not starting with '-'"))
 }
 
 /// Parses `512M`, `1G`, `64MiB`, `4096`.
@@ -463,8 +468,8 @@ impl Topology {
     }
 
     fn check(raw: RawTopology, base: &Path, check: &mut Checker<'_>) -> Option<Self> {
-        if !valid_name(&raw.name) {
-            check.report("name", format!("{:?} is not allowed: use 1 to 32 lowercase letters, digits or '-', not starting with '-'", raw.name));
+        if let Err(problem) = check_name(&raw.name) {
+            check.report("name", problem);
         }
         if !(2..=MAX_NODES).contains(&raw.nodes.len()) {
             check.report(
@@ -519,8 +524,8 @@ impl Topology {
         for (id, n) in raw.nodes.iter().enumerate() {
             let at = |field: &str| format!("nodes[{id}].{field}");
             let mut duplicate_name = false;
-            if !valid_name(&n.name) {
-                check.report(at("name"), format!("{:?} is not allowed: use 1 to 32 lowercase letters, digits or '-', not starting with '-'", n.name));
+            if let Err(problem) = check_name(&n.name) {
+                check.report(at("name"), problem);
             } else if let Some(first) = names.insert(n.name.clone(), id) {
                 duplicate_name = true;
                 check.report(
