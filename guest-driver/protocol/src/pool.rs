@@ -40,10 +40,6 @@ pub(crate) fn held_by(node: NodeId) -> u32 {
     OWNER_HELD | node as u32
 }
 
-fn held(node: NodeId) -> u32 {
-    held_by(node)
-}
-
 fn queued(node: NodeId) -> u32 {
     OWNER_QUEUED | node as u32
 }
@@ -116,18 +112,14 @@ impl<'a> Pool<'a> {
             .store_u32(self.queue(node), head, Ordering::Release)
     }
 
-    /// Publishes entries below `tail` to `node`.
-    pub(crate) fn publish_tail(&self, node: NodeId, tail: u32) {
-        self.set_tail(node, tail)
-    }
-
     /// Queue entry `index` of `node`: the first slot of a frame (unvalidated).
     pub(crate) fn entry(&self, node: NodeId, index: u32) -> u32 {
         self.region
             .load_u32(self.entry_off(node, index), Ordering::Relaxed)
     }
 
-    fn set_tail(&self, node: NodeId, tail: u32) {
+    /// Publishes entries below `tail` to `node`.
+    pub(crate) fn publish_tail(&self, node: NodeId, tail: u32) {
         self.region
             .store_u32(self.queue(node) + CACHE_LINE, tail, Ordering::Release)
     }
@@ -150,7 +142,7 @@ impl<'a> Pool<'a> {
         self.set_free_top(self.slot_count());
         for node in 0..self.layout.geometry.max_nodes as usize {
             self.set_head(node, crate::layout::INITIAL_INDEX);
-            self.set_tail(node, crate::layout::INITIAL_INDEX);
+            self.publish_tail(node, crate::layout::INITIAL_INDEX);
         }
     }
 
@@ -182,7 +174,7 @@ impl<'a> Pool<'a> {
                     expected: OWNER_FREE,
                 });
             }
-            self.set_owner(slot, held(me));
+            self.set_owner(slot, held_by(me));
             out.push(slot);
             top -= 1;
         }
@@ -198,7 +190,7 @@ impl<'a> Pool<'a> {
         let mut top = self.free_top();
         let mut skipped = 0;
         for &slot in slots {
-            if slot >= count || self.owner(slot) != held(me) {
+            if slot >= count || self.owner(slot) != held_by(me) {
                 skipped += 1;
                 continue;
             }
@@ -287,7 +279,7 @@ impl<'a> Pool<'a> {
                         expected: queued(me),
                     });
                 }
-                self.set_owner(slot, held(me));
+                self.set_owner(slot, held_by(me));
                 claimed.push(slot);
                 let len = self
                     .region
@@ -426,7 +418,7 @@ pub(crate) fn rebuild(
                 report.dropped += 1;
             }
         }
-        pool.set_tail(node, write);
+        pool.publish_tail(node, write);
         beat();
     }
 
@@ -595,7 +587,7 @@ mod tests {
             report.reclaimed, 5,
             "node 2's four held slots and its half-enqueued one"
         );
-        assert!(cache0.iter().all(|&s| pool.owner(s) == held(0)));
+        assert!(cache0.iter().all(|&s| pool.owner(s) == held_by(0)));
     }
 
     #[test]

@@ -290,17 +290,6 @@ impl Region {
     pub fn raw_ptr(&self, off: usize, len: usize) -> *mut u8 {
         self.ptr(off, len, 1)
     }
-
-    /// Fills the whole region with bytes from `fill`: a test helper that
-    /// plays a rogue node scribbling over everything.
-    pub fn scribble(&self, mut fill: impl FnMut() -> u8) {
-        for off in 0..self.len {
-            let dst = self.ptr(off, 1, 1);
-            // SAFETY: `dst` is one in-bounds byte; volatile so the compiler
-            // keeps every write, as a peer's writes would be.
-            unsafe { dst.write_volatile(fill()) }
-        }
-    }
 }
 
 #[cfg(test)]
