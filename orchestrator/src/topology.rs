@@ -166,6 +166,9 @@ pub struct RawGuest {
     pub modules: Option<PathBuf>,
     /// Root filesystem image to use instead of the built one.
     pub image: Option<PathBuf>,
+    /// Extra kernel command line for every node, appended after vni-lab's
+    /// own arguments (e.g. `loglevel=7`).
+    pub append: Option<String>,
 }
 
 /// Timeouts as written.
@@ -262,6 +265,8 @@ pub struct Topology {
     pub modules: Option<PathBuf>,
     /// Root filesystem override.
     pub image: Option<PathBuf>,
+    /// Extra kernel command line.
+    pub append: String,
     /// Boot timeout.
     pub boot_timeout: Duration,
     /// Command timeout.
@@ -338,8 +343,9 @@ impl Checker<'_> {
     }
 }
 
-/// The naming rule for labs and nodes (used in paths and derived MACs).
-fn check_name(name: &str) -> Result<(), String> {
+/// The naming rule for labs and nodes (used in paths and derived MACs):
+/// `Ok`, or what is allowed.
+pub fn check_name(name: &str) -> Result<(), String> {
     let ok = (1..=32).contains(&name.len())
         && name
             .bytes()
@@ -705,6 +711,10 @@ impl Topology {
             .image
             .as_deref()
             .map(|p| Self::existing(check, base, "guest.image", p));
+        let append = raw.guest.append.unwrap_or_default();
+        if append.contains('\n') {
+            check.report("guest.append", "one line of kernel arguments, no newline");
+        }
         let boot_timeout = duration(
             check,
             "timeouts.boot",
@@ -731,6 +741,7 @@ impl Topology {
             kernel,
             modules,
             image,
+            append,
             boot_timeout,
             command_timeout,
         })
