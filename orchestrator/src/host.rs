@@ -19,6 +19,12 @@ pub enum HostError {
     /// `accel: kvm` was asked for where KVM cannot run a guest.
     #[error("KVM was requested but cannot be used: {0}")]
     NoKvm(String),
+    /// Host packages are missing and cannot be installed here.
+    #[error("Host packages missing: {0}. Install them with `vni-lab doctor --install` as root (apt-get)")]
+    Missing(String),
+    /// apt-get failed.
+    #[error("`{0}` failed")]
+    Apt(String),
 }
 
 /// What `/dev/kvm` looks like.
@@ -165,6 +171,46 @@ pub fn on_path(tool: &str) -> bool {
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
     })
+}
+
+/// The host tools among `tools` that are not installed.
+pub fn missing(tools: impl Iterator<Item = Tool>) -> Vec<Tool> {
+    tools.filter(|(tool, _)| !on_path(tool)).collect()
+}
+
+/// Installs the Debian packages of `tools` with apt-get (`apt-get update`
+/// first: a fresh machine has no package lists). Needs root.
+pub fn install(tools: &[Tool], say: &mut dyn FnMut(&str)) -> Result<(), HostError> {
+    let mut packages: Vec<&str> = tools.iter().map(|t| t.1).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(HostError::Missing(packages.join(" ")));
+    }
+    say(&format!("installing host packages: {}", packages.join(" ")));
+    let ok = |cmd: &mut Command| {
+        cmd.stdin(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok(Command::new("apt-get").args(["update", "-q"])) {
+        return Err(HostError::Apt("apt-get update".into()));
+    }
+    let mut apt = Command::new("apt-get");
+    apt.env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&packages);
+    if !ok(&mut apt) {
+        return Err(HostError::Apt(format!(
+            "apt-get install {}",
+            packages.join(" ")
+        )));
+    }
+    Ok(())
 }
 
 fn free_bytes(path: &Path) -> Option<u64> {

@@ -1,0 +1,374 @@
+//! One QEMU per OS node: its command line, and the few QMP calls the lab
+//! needs (vCPU threads for pinning, a clean quit).
+//!
+//! Every node gets the same machine: q35 with an emulated intel-iommu (the
+//! guest's VNI driver reaches the ivshmem device through VFIO, which needs
+//! an IOMMU), the `ivshmem-doorbell` device on the lab's server with two
+//! vectors, a virtio-serial port for the guest agent, a QMP socket and its
+//! serial console in a log file. `-nodefaults` and `-nic none` leave the
+//! guest no other device: nothing but the region and the agent leads out.
+//! `-no-reboot` with the kernel's `panic=-1` turns a kernel panic into
+//! QEMU's exit, which the orchestrator sees at once.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use qapi::futures::{QapiService, QmpStreamTokio};
+use qapi::qmp;
+use tokio::io::WriteHalf;
+use tokio::net::UnixStream;
+
+use crate::topology::Node;
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+/// Doorbell vectors per node: 0 for "frames wait", 1 for control.
+pub const VECTORS: u16 = 2;
+/// The virtio-serial port name qemu-ga looks for.
+pub const AGENT_PORT: &str = "org.qemu.guest_agent.0";
+
+/// Where a node's QEMU finds and puts things.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePaths {
+    /// QMP socket (QEMU listens).
+    pub qmp: PathBuf,
+    /// Guest agent socket (QEMU listens).
+    pub agent: PathBuf,
+    /// Serial console log.
+    pub console: PathBuf,
+    /// QEMU's own stdout and stderr.
+    pub qemu_log: PathBuf,
+}
+
+impl NodePaths {
+    /// The paths of node `name` in lab directory `dir`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        NodePaths {
+            qmp: dir.join(format!("{name}.qmp")),
+            agent: dir.join(format!("{name}.qga")),
+            console: dir.join(format!("{name}.console")),
+            qemu_log: dir.join(format!("{name}.qemu.log")),
+        }
+    }
+}
+
+/// Everything a node's command line depends on.
+#[derive(Clone, Debug)]
+pub struct NodeSpec<'a> {
+    /// Lab name (QEMU's `-name` is `lab/node`).
+    pub lab: &'a str,
+    /// The node.
+    pub node: &'a Node,
+    /// `kvm` or `tcg`.
+    pub accel: &'a str,
+    /// Kernel image.
+    pub kernel: &'a Path,
+    /// Initramfs (the whole root filesystem).
+    pub initrd: &'a Path,
+    /// Extra kernel command line, appended last.
+    pub append: &'a str,
+    /// The lab's ivshmem server socket.
+    pub ivshmem: &'a Path,
+    /// Sockets and logs.
+    pub paths: &'a NodePaths,
+    /// Whether this QEMU supports `-sandbox` (built with seccomp).
+    pub sandbox: bool,
+}
+
+/// The kernel command line of a node.
+pub fn kernel_cmdline(spec: &NodeSpec<'_>) -> String {
+    let mut line = format!(
+        "console=ttyS0 panic=-1 quiet intel_iommu=on vni.node={} vni.id={}",
+        spec.node.name, spec.node.id
+    );
+    if !spec.append.trim().is_empty() {
+        line.push(' ');
+        line.push_str(spec.append.trim());
+    }
+    line
+}
+
+/// The arguments of `qemu-system-x86_64` for one node.
+pub fn args(spec: &NodeSpec<'_>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+    let path = |p: &Path| p.display().to_string();
+    let node = spec.node;
+    let cpu = if spec.accel == "kvm" { "host" } else { "max" };
+    push(&[
+        "-name",
+        &format!("{}/{},debug-threads=on", spec.lab, node.name),
+    ]);
+    push(&[
+        "-machine",
+        &format!("q35,accel={}", spec.accel),
+        "-cpu",
+        cpu,
+    ]);
+    push(&["-smp", &node.vcpus.to_string()]);
+    push(&["-m", &format!("{}M", node.memory >> 20)]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-nic", "none", "-no-reboot"]);
+    if spec.sandbox {
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+    }
+    push(&["-device", "intel-iommu"]);
+    push(&["-kernel", &path(spec.kernel), "-initrd", &path(spec.initrd)]);
+    push(&["-append", &kernel_cmdline(spec)]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", path(&spec.paths.console)),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            path(&spec.paths.qmp)
+        ),
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
+    push(&[
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            path(&spec.paths.agent)
+        ),
+        "-device",
+        &format!("virtserialport,chardev=agent,name={AGENT_PORT}"),
+    ]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=ivshmem,path={}", path(spec.ivshmem)),
+        "-device",
+        &format!("ivshmem-doorbell,chardev=ivshmem,vectors={VECTORS}"),
+    ]);
+    args
+}
+
+/// Whether this QEMU was built with seccomp (`-sandbox`). Asked once per
+/// lab: a QEMU without it refuses the option and would not start.
+pub fn supports_sandbox() -> bool {
+    std::process::Command::new(QEMU)
+        .args(["-sandbox", "help"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Errors talking QMP.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    /// The socket could not be opened or the handshake failed.
+    #[error("Cannot talk QMP on {path}: {message}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A command failed or got no answer in time.
+    #[error("QMP {what} failed: {message}")]
+    Failed {
+        /// The command.
+        what: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A QMP connection to one QEMU, every call bounded in time.
+pub struct Qmp {
+    service: QapiService<qapi::futures::QmpStreamTokio<WriteHalf<UnixStream>>>,
+    events: tokio::task::JoinHandle<()>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Qmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qmp")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Qmp {
+    fn drop(&mut self) {
+        self.events.abort();
+    }
+}
+
+impl Qmp {
+    /// Connects to `path` and negotiates capabilities.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
+        let err = |message: String| QmpError::Connect {
+            path: path.to_owned(),
+            message,
+        };
+        let stream = tokio::time::timeout(timeout, async {
+            QmpStreamTokio::open_uds(path)
+                .await?
+                .negotiate()
+                .await
+                .map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|_| err(format!("no answer within {timeout:?}")))?
+        .map_err(|e| err(e.to_string()))?;
+        let (service, events) = stream.spawn_tokio();
+        Ok(Qmp {
+            service,
+            events,
+            timeout,
+        })
+    }
+
+    async fn call<C: qmp::QmpCommand + 'static>(
+        &self,
+        what: &'static str,
+        command: C,
+    ) -> Result<C::Ok, QmpError> {
+        match tokio::time::timeout(self.timeout, self.service.execute(command)).await {
+            Err(_) => Err(QmpError::Failed {
+                what,
+                message: format!("no answer within {:?}", self.timeout),
+            }),
+            Ok(Err(e)) => Err(QmpError::Failed {
+                what,
+                message: e.to_string(),
+            }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Host thread ids of the vCPUs, in vCPU order.
+    pub async fn vcpu_threads(&self) -> Result<Vec<i32>, QmpError> {
+        let cpus = self
+            .call("query-cpus-fast", qmp::query_cpus_fast {})
+            .await?;
+        let mut threads: Vec<(i64, i64)> = cpus
+            .iter()
+            .filter_map(|c| match c {
+                qmp::CpuInfoFast::x86_64(base) | qmp::CpuInfoFast::i386(base) => {
+                    Some((base.cpu_index, base.thread_id))
+                }
+                _ => None,
+            })
+            .collect();
+        threads.sort_unstable();
+        threads
+            .into_iter()
+            .map(|(index, tid)| {
+                i32::try_from(tid).map_err(|_| QmpError::Failed {
+                    what: "query-cpus-fast",
+                    message: format!("vCPU {index} has thread id {tid}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Asks QEMU to exit.
+    pub async fn quit(&self) -> Result<(), QmpError> {
+        self.call("quit", qmp::quit {}).await.map(|_| ())
+    }
+}
+
+/// Pins thread `tid` to `cpus`.
+pub fn pin_thread(tid: i32, cpus: &[u32]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET only writes within `set`; validation keeps cpu
+        // numbers below CPU_SETSIZE (1024).
+        unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; the kernel
+    // only reads it.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Topology;
+
+    fn lab() -> Topology {
+        Topology::parse(
+            "name: t\nnodes:\n  - {name: a, ip: 10.0.0.1/24, vcpus: 2, memory: 256M}\n  - {name: b, ip: 10.0.0.2/24}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap()
+    }
+
+    fn rendered(spec: &NodeSpec<'_>) -> String {
+        args(spec)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn the_command_line_isolates_the_guest_and_wires_the_lab() {
+        let lab = lab();
+        let paths = NodePaths::new(Path::new("/run/lab"), "a");
+        let spec = NodeSpec {
+            lab: "t",
+            node: &lab.nodes[0],
+            accel: "tcg",
+            kernel: Path::new("/img/vmlinuz"),
+            initrd: Path::new("/img/initrd"),
+            append: " loglevel=7 ",
+            ivshmem: Path::new("/run/lab/ivshmem.sock"),
+            paths: &paths,
+            sandbox: true,
+        };
+        let line = rendered(&spec);
+        for part in [
+            "-machine q35,accel=tcg -cpu max",
+            "-smp 2 -m 256M",
+            "-nodefaults",
+            "-nic none -no-reboot",
+            "-sandbox on,",
+            "-device intel-iommu",
+            "file,id=console,path=/run/lab/a.console",
+            "socket,id=qmp,path=/run/lab/a.qmp,server=on,wait=off",
+            "socket,id=agent,path=/run/lab/a.qga,server=on,wait=off",
+            "name=org.qemu.guest_agent.0",
+            "socket,id=ivshmem,path=/run/lab/ivshmem.sock",
+            "ivshmem-doorbell,chardev=ivshmem,vectors=2",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line}");
+        }
+        assert_eq!(
+            kernel_cmdline(&spec),
+            "console=ttyS0 panic=-1 quiet intel_iommu=on vni.node=a vni.id=0 loglevel=7"
+        );
+        assert!(!line.contains("-netdev") && !line.contains("-nic user"));
+        let spec = NodeSpec {
+            accel: "kvm",
+            sandbox: false,
+            append: "",
+            ..spec
+        };
+        let line = rendered(&spec);
+        assert!(line.contains("accel=kvm -cpu host"));
+        assert!(!line.contains("-sandbox"));
+        assert!(kernel_cmdline(&spec).ends_with("vni.id=0"));
+    }
+}
