@@ -1,12 +1,18 @@
 //! vni-lab: boots Mint-like labs of QEMU guests that share one memory
 //! region, and drives the VNI across them.
 //!
-//! Today this holds the lab file format ([`topology`]); the lab lifecycle
-//! (`up`, `down`, …) arrives with the guest image and QEMU control.
+//! The lab file ([`topology`]) says what to start; `up` builds or reuses
+//! the guest [`image`], writes a [`lab::Plan`] into the lab's directory and
+//! starts the [`supervisor`], which formats the region, runs the
+//! [`ivshmem_server`] and one QEMU per node ([`qemu`]) and waits for each
+//! guest's [`agent`].
 
 pub mod agent;
 pub mod host;
 pub mod image;
 pub mod ivshmem_server;
+pub mod lab;
+pub mod qemu;
 pub mod spans;
+pub mod supervisor;
 pub mod topology;

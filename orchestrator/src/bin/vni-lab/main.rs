@@ -5,7 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vni_lab::host::{host_tools, on_path, HostFacts, Tool, IMAGE_TOOLS};
+
+mod control;
+mod progress;
+mod up;
+
+use progress::Progress;
+use vni_lab::host::{host_tools, missing, on_path, HostFacts, IMAGE_TOOLS};
 use vni_lab::topology::{self, Topology, TopologyError};
 
 #[derive(Parser, Debug)]
@@ -22,6 +28,81 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Boots a lab: one QEMU guest per node, all sharing one memory region
+    /// (ivshmem), and waits until every guest answers. Builds the guest
+    /// image first when it is missing, and installs missing host packages
+    /// when run as root. In the foreground, Ctrl-C tears the lab down.
+    /// Exits 0 once the lab is up (--detach) or torn down, 1 when the lab
+    /// file is invalid or a node fails to boot, 2 on other errors.
+    Up {
+        /// The lab file (YAML).
+        file: PathBuf,
+        /// Return once every node is ready and leave the lab running
+        /// (stop it with `vni-lab down`).
+        #[arg(short, long)]
+        detach: bool,
+        /// Run the lab under this name instead of the file's (to run two
+        /// labs of one file at once).
+        #[arg(long)]
+        name: Option<String>,
+        /// Plain lines only, and fewer of them.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Tears a lab down: every QEMU, the ivshmem server, the shared memory,
+    /// the lab directory. Also cleans a lab left over by a killed vni-lab.
+    Down {
+        /// The lab (default: the only one up).
+        lab: Option<String>,
+        /// Tear down every lab.
+        #[arg(long, conflicts_with = "lab")]
+        all: bool,
+    },
+    /// Shows the labs that are up and their nodes.
+    Status {
+        /// One lab only.
+        lab: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs a command in a node through its guest agent. The command's
+    /// stdout, stderr and exit status become vni-lab's own (128+N when a
+    /// signal N killed it; 125 when vni-lab itself failed; 127 when the
+    /// command was not found).
+    Exec {
+        /// The lab (default: the only one up).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Give up after this long (default: the lab's timeouts.command).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// The node.
+        node: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Prints a node's serial console log.
+    Console {
+        /// The lab (default: the only one up).
+        #[arg(long)]
+        lab: Option<String>,
+        /// The node.
+        node: String,
+        /// Keep printing what the console writes until the lab goes down.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// The lab supervisor (started by `up`; not for direct use).
+    #[command(hide = true)]
+    Supervise {
+        /// The lab directory.
+        dir: PathBuf,
+        /// Stop when stdin closes (`up` in the foreground).
+        #[arg(long)]
+        tied: bool,
+    },
     /// Checks a lab file and prints what it describes. Exits 0 when it is
     /// valid, 1 when it is not (every problem listed with file:line:col),
     /// 2 when it cannot be read.
@@ -70,6 +151,10 @@ enum ImageCommand {
     },
 }
 
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    topology::parse_duration(text)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -83,6 +168,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Up {
+            file,
+            detach,
+            name,
+            quiet,
+        } => up::up(&file, detach, name, quiet),
+        Command::Down { lab, all } => up::down(lab.as_deref(), all),
+        Command::Status { lab, json } => control::status(lab.as_deref(), json),
+        Command::Exec {
+            lab,
+            timeout,
+            node,
+            command,
+        } => control::exec(lab.as_deref(), &node, &command, timeout),
+        Command::Console { lab, node, follow } => control::console(lab.as_deref(), &node, follow),
+        Command::Supervise { dir, tied } => up::supervise(&dir, tied),
         Command::Validate { file, json } => match Topology::load(&file) {
             Ok(lab) if json => {
                 println!("{}", serde_json::to_string_pretty(&lab)?);
@@ -129,74 +230,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Progress of long work: a spinner on a terminal, plain lines otherwise,
-/// nothing with --quiet.
-enum Progress {
-    Quiet,
-    Lines,
-    Spinner(indicatif::ProgressBar),
-}
-
-impl Progress {
-    fn new(quiet: bool) -> Self {
-        use std::io::IsTerminal;
-        if quiet {
-            Progress::Quiet
-        } else if std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.enable_steady_tick(std::time::Duration::from_millis(120));
-            Progress::Spinner(bar)
-        } else {
-            Progress::Lines
-        }
-    }
-
-    fn step(&mut self, what: &str) {
-        match self {
-            Progress::Quiet => {}
-            Progress::Lines => eprintln!("vni-lab: {what}"),
-            Progress::Spinner(bar) => bar.set_message(what.to_owned()),
-        }
-    }
-
-    fn done(&mut self) {
-        if let Progress::Spinner(bar) = self {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let missing = || -> Vec<Tool> { host_tools().filter(|(tool, _)| !on_path(tool)).collect() };
     let mut host = HostFacts::probe();
-    if install && !missing().is_empty() {
-        anyhow::ensure!(host.root, "installing host packages needs root (apt-get)");
-        let mut packages: Vec<&str> = missing().iter().map(|m| m.1).collect();
-        packages.sort_unstable();
-        packages.dedup();
-        eprintln!("vni-lab: installing {}", packages.join(" "));
-        let ok =
-            |cmd: &mut std::process::Command| cmd.status().map(|s| s.success()).unwrap_or(false);
-        anyhow::ensure!(
-            ok(std::process::Command::new("apt-get").args(["update", "-q"])),
-            "apt-get update failed"
-        );
-        let mut apt = std::process::Command::new("apt-get");
-        apt.env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&packages);
-        anyhow::ensure!(
-            ok(&mut apt),
-            "apt-get install {} failed",
-            packages.join(" ")
-        );
+    if install {
+        let lacking = missing(host_tools());
+        vni_lab::host::install(&lacking, &mut |s| eprintln!("vni-lab: {s}"))?;
         host = HostFacts::probe();
     }
     let accel = host
         .accel(topology::Accel::Auto)
         .context("choosing an accelerator")?;
-    let missing = missing();
-    let ready = missing.is_empty();
+    let ready = missing(host_tools()).is_empty();
     if json {
         let tools: serde_json::Map<String, serde_json::Value> = host_tools()
             .map(|(tool, _)| (tool.to_owned(), on_path(tool).into()))

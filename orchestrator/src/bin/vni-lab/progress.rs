@@ -1,0 +1,54 @@
+//! Progress of long work: a spinner on a terminal, plain lines otherwise
+//! (or with --quiet, only the lines that matter).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// Where progress goes.
+pub enum Progress {
+    /// Important lines only.
+    Quiet,
+    /// Every step as a line on stderr.
+    Lines,
+    /// A spinner on stderr's terminal.
+    Spinner(indicatif::ProgressBar),
+}
+
+impl Progress {
+    /// A spinner when stderr is a terminal and `quiet` is not set.
+    pub fn new(quiet: bool) -> Self {
+        if quiet {
+            Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Progress::Spinner(bar)
+        } else {
+            Progress::Lines
+        }
+    }
+
+    /// What happens now (replaces the spinner's message).
+    pub fn step(&mut self, what: &str) {
+        match self {
+            Progress::Quiet => {}
+            Progress::Lines => eprintln!("vni-lab: {what}"),
+            Progress::Spinner(bar) => bar.set_message(what.to_owned()),
+        }
+    }
+
+    /// A line worth keeping (printed above the spinner, or as a line).
+    pub fn note(&mut self, line: &str) {
+        match self {
+            Progress::Spinner(bar) => bar.println(format!("vni-lab: {line}")),
+            _ => eprintln!("vni-lab: {line}"),
+        }
+    }
+
+    /// Clears the spinner.
+    pub fn done(&mut self) {
+        if let Progress::Spinner(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}

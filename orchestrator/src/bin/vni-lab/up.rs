@@ -1,0 +1,439 @@
+//! `up`, `down` and the hidden `supervise`: starting and stopping labs.
+
+use std::fs::File;
+use std::io::IsTerminal;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::AsyncBufReadExt;
+use vni_lab::host::{self, HostFacts, QEMU_TOOL};
+use vni_lab::image;
+use vni_lab::lab::{self, LabDir, LabLock, Plan};
+use vni_lab::qemu;
+use vni_lab::supervisor::{self, Event};
+use vni_lab::topology::{self, Kernel, Topology, TopologyError};
+
+use crate::Progress;
+
+/// The fd the lab lock is handed to the supervisor on.
+const LOCK_FD: i32 = 3;
+/// How long `down` waits for a supervisor to tear its lab down.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn up(
+    file: &Path,
+    detach: bool,
+    name: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let topology = match Topology::load(file) {
+        Ok(t) => t,
+        Err(e @ TopologyError::Invalid { .. }) => {
+            eprintln!("{e}");
+            eprintln!("vni-lab: nothing was started");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e).context("cannot start the lab"),
+    };
+    let name = name.unwrap_or_else(|| topology.name.clone());
+    if let Err(allowed) = topology::check_name(&name) {
+        bail!("--name {name:?}: {allowed}");
+    }
+    let mut progress = Progress::new(quiet);
+
+    // The host: QEMU (installed when missing and we are root), an
+    // accelerator, the CPUs nodes are pinned to.
+    let lacking = host::missing(std::iter::once(QEMU_TOOL));
+    host::install(&lacking, &mut |s| progress.note(s))?;
+    let facts = HostFacts::probe();
+    let accel = facts.accel(topology.accel)?;
+    check_host_cpus(&topology)?;
+
+    // The guest image, built when missing.
+    let suite = match &topology.kernel {
+        Kernel::Trixie => "trixie",
+        Kernel::Bookworm | Kernel::Path(_) => "bookworm",
+    };
+    let needs_built_image = topology.image.is_none() || !matches!(topology.kernel, Kernel::Path(_));
+    let (kernel, initrd, release) = if needs_built_image {
+        let build = |progress: &mut Progress| {
+            image::ensure(suite, &image::cache_dir(), false, &mut |s| {
+                progress.step(&format!("guest image: {s}"))
+            })
+        };
+        let built = match build(&mut progress) {
+            Err(image::ImageError::MissingTool { .. }) => {
+                let lacking = host::missing(host::IMAGE_TOOLS.iter().copied());
+                host::install(&lacking, &mut |s| progress.note(s))?;
+                build(&mut progress)
+            }
+            built => built,
+        }
+        .context("cannot get the guest image")?;
+        (built.kernel, built.initrd, built.manifest.kernel_release)
+    } else {
+        Default::default()
+    };
+    if topology.modules.is_some() {
+        bail!(
+            "guest.modules is not supported yet: build the modules your kernel needs into it (=y)"
+        );
+    }
+    let (kernel, release) = match &topology.kernel {
+        Kernel::Path(path) => (path.clone(), "custom".to_owned()),
+        _ => (kernel, release),
+    };
+    let initrd = topology.image.clone().unwrap_or(initrd);
+
+    // Lab files are for this user only.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o077) };
+    let lab = LabDir::new(&lab::run_dir(), &name);
+    let mut cleaned = None;
+    let lock = lab.create(&mut cleaned)?;
+    if let Some(cleaned) = cleaned {
+        progress.note(&format!(
+            "cleaned up lab {name} left over by a killed vni-lab ({} processes killed{})",
+            cleaned.killed.len(),
+            if cleaned.shm_removed {
+                ", shared memory removed"
+            } else {
+                ""
+            }
+        ));
+    }
+    let plan = Plan {
+        name: name.clone(),
+        topology_path: file.to_owned(),
+        topology_text: std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?,
+        accel: accel.accel.to_owned(),
+        kernel,
+        initrd,
+        kernel_release: release,
+        sandbox: qemu::supports_sandbox(),
+        shm: lab.default_shm(),
+    };
+    if let Err(e) = lab.write_json(&lab.plan_path(), &plan) {
+        drop(lock);
+        let _ = lab.clean_leftover();
+        return Err(e.into());
+    }
+    progress.step(&format!(
+        "starting lab {name}: {} nodes, {} ({})",
+        topology.nodes.len(),
+        accel.accel.to_uppercase(),
+        accel.reason
+    ));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(drive(&lab, lock, &topology, detach, &mut progress));
+    progress.done();
+    result
+}
+
+/// Checks that pinned CPUs exist on this host.
+fn check_host_cpus(topology: &Topology) -> anyhow::Result<()> {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u32;
+    for node in &topology.nodes {
+        if let Some(cpu) = node.host_cpus.iter().find(|&&c| c >= online) {
+            bail!(
+                "node {}: host_cpus names CPU {cpu}, but this host has CPUs 0-{} only",
+                node.name,
+                online - 1
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Starts the supervisor and follows its events until the lab is up
+/// (`detach`) or gone.
+async fn drive(
+    lab: &LabDir,
+    lock: LabLock,
+    topology: &Topology,
+    detach: bool,
+    progress: &mut Progress,
+) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find vni-lab's own executable")?;
+    let log = File::create(lab.supervisor_log())
+        .with_context(|| format!("cannot create {}", lab.supervisor_log().display()))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("supervise")
+        .arg(&lab.dir)
+        .stdin(if detach {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(Stdio::piped())
+        .stderr(log);
+    if !detach {
+        command.arg("--tied");
+    }
+    let lock_fd = lock.file().as_raw_fd();
+    let in_child = move || {
+        // The lock must lose close-on-exec to survive the exec: dup2 does
+        // that for a new fd, but is a no-op when the lock already sits on
+        // LOCK_FD.
+        let moved = if lock_fd == LOCK_FD {
+            // SAFETY: fcntl(F_SETFD) on an fd we own changes only its flags.
+            unsafe { libc::fcntl(LOCK_FD, libc::F_SETFD, 0) }
+        } else {
+            // SAFETY: dup2 of an fd we own onto LOCK_FD, which nothing in
+            // the child uses.
+            unsafe { libc::dup2(lock_fd, LOCK_FD) }
+        };
+        // SAFETY: setsid takes no arguments and touches no memory.
+        if moved < 0 || unsafe { libc::setsid() } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: `in_child` runs between fork and exec and makes only
+    // async-signal-safe system calls (fcntl, dup2, setsid); it allocates
+    // nothing.
+    unsafe { command.pre_exec(in_child) };
+    let mut child = match tokio::process::Command::from(command).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            drop(lock);
+            let _ = lab.clean_leftover();
+            return Err(e).context("cannot start the lab supervisor");
+        }
+    };
+    // The supervisor holds the lock now (same open file).
+    drop(lock);
+    let supervisor = child.id().unwrap_or(0);
+    let stdout = child.stdout.take().context("supervisor stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let started = Instant::now();
+    let total = topology.nodes.len();
+    let mut ready = 0;
+    let mut failed: Option<String> = None;
+    let mut stopping = false;
+    let mut up = false;
+    let mut down = false;
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line,
+            _ = interrupt.recv() => { stop(supervisor, &mut stopping, progress); continue; }
+            _ = terminate.recv() => { stop(supervisor, &mut stopping, progress); continue; }
+        };
+        let Ok(Some(line)) = line else { break };
+        let Ok(event) = serde_json::from_str::<Event>(&line) else {
+            continue;
+        };
+        match event {
+            Event::Step { message } => progress.step(&message),
+            Event::NodeStarted { .. } => {}
+            Event::NodeReady { node, after } => {
+                ready += 1;
+                progress.step(&format!(
+                    "{ready}/{total} nodes ready ({node} after {after:.1} s)"
+                ));
+            }
+            Event::Ready { after } => {
+                up = true;
+                progress.done();
+                print_lab(lab, topology, after);
+                if detach {
+                    println!(
+                        "Lab {} is up. Run commands with `vni-lab exec NODE -- CMD`; stop it with `vni-lab down {}`.",
+                        lab.name, lab.name
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!(
+                    "Lab {} is up. In another terminal: `vni-lab exec NODE -- CMD`. Ctrl-C tears it down.",
+                    lab.name
+                );
+            }
+            Event::NodeExited { node, status } => {
+                progress.note(&format!("node {node}: QEMU exited ({status})"));
+            }
+            Event::Failed { message } => {
+                progress.done();
+                failed = Some(message);
+            }
+            Event::Down => down = true,
+        }
+    }
+    let status = child.wait().await.ok();
+    progress.done();
+    if !down {
+        // The supervisor died without tearing down (killed): clean after it.
+        let log = supervisor::tail(&lab.supervisor_log(), 20);
+        let cleaned = lab.clean_leftover();
+        eprintln!(
+            "vni-lab: the lab supervisor ended unexpectedly ({}); its log ends with:\n{log}",
+            status.map_or("unknown".into(), |s| s.to_string()),
+        );
+        match cleaned {
+            Ok(c) => eprintln!(
+                "vni-lab: cleaned up after it ({} processes killed)",
+                c.killed.len()
+            ),
+            Err(e) => eprintln!("vni-lab: cleaning up after it failed: {e}"),
+        }
+        return Ok(ExitCode::from(2));
+    }
+    if let Some(message) = failed {
+        eprintln!(
+            "vni-lab: lab {} did not come up after {:.1} s:\n{message}",
+            lab.name,
+            started.elapsed().as_secs_f64()
+        );
+        eprintln!("vni-lab: everything was torn down");
+        return Ok(ExitCode::FAILURE);
+    }
+    if up {
+        eprintln!("vni-lab: lab {} is down", lab.name);
+    } else {
+        eprintln!(
+            "vni-lab: start of lab {} interrupted; everything was torn down",
+            lab.name
+        );
+    }
+    Ok(if stopping || up {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn stop(supervisor: u32, stopping: &mut bool, progress: &mut Progress) {
+    if !*stopping {
+        progress.note("tearing the lab down");
+    }
+    *stopping = true;
+    if let Ok(pid) = i32::try_from(supervisor) {
+        // SAFETY: kill has no memory effects; the supervisor is our child
+        // and not yet reaped, so the pid is still its.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+fn print_lab(lab: &LabDir, topology: &Topology, after: f64) {
+    let state = lab.state().unwrap_or_default();
+    println!("Lab {} up after {after:.1} s:", lab.name);
+    println!(
+        "  {:<12} {:<18} {:<17} {:>8}  {:>6}",
+        "NODE", "ADDRESS", "MAC", "QEMU PID", "READY"
+    );
+    for node in &topology.nodes {
+        let record = state.nodes.iter().find(|n| n.name == node.name);
+        println!(
+            "  {:<12} {:<18} {:<17} {:>8}  {:>5.1}s",
+            node.name,
+            node.ip.to_string(),
+            node.mac.to_string(),
+            record.map_or(0, |r| r.pid),
+            record.and_then(|r| r.ready_after).unwrap_or(0.0)
+        );
+    }
+}
+
+pub fn down(name: Option<&str>, all: bool) -> anyhow::Result<ExitCode> {
+    let run = lab::run_dir();
+    let labs = if all {
+        lab::list(&run)
+    } else {
+        vec![lab::find(&run, name)?]
+    };
+    for lab in labs {
+        down_one(&lab)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn down_one(lab: &LabDir) -> anyhow::Result<()> {
+    if lab.is_live() {
+        let pid = lab.state().map(|s| s.supervisor).unwrap_or(0);
+        signal_if_ours(pid, &lab.dir, libc::SIGTERM);
+        let deadline = Instant::now() + DOWN_TIMEOUT;
+        while lab.is_live() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if lab.is_live() {
+            eprintln!(
+                "vni-lab: the supervisor of {} did not stop within {DOWN_TIMEOUT:?}; killing it",
+                lab.name
+            );
+            signal_if_ours(pid, &lab.dir, libc::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while lab.is_live() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if lab.dir.exists() {
+            lab.clean_leftover()?;
+        }
+        eprintln!("vni-lab: lab {} is down", lab.name);
+    } else {
+        let cleaned = lab.clean_leftover()?;
+        eprintln!(
+            "vni-lab: lab {} was left over by a killed vni-lab; cleaned up ({} processes killed{})",
+            lab.name,
+            cleaned.killed.len(),
+            if cleaned.shm_removed {
+                ", shared memory removed"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Sends `sig` to `pid` if its command line names the lab directory.
+fn signal_if_ours(pid: u32, dir: &Path, sig: i32) {
+    if pid != 0 && lab::cmdline_mentions(pid, dir) {
+        if let Ok(pid) = i32::try_from(pid) {
+            // SAFETY: kill has no memory effects; the pid was checked to
+            // be this lab's supervisor.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+pub fn supervise(dir: &Path, tied: bool) -> anyhow::Result<ExitCode> {
+    if std::io::stdout().is_terminal() {
+        bail!("`supervise` is started by `vni-lab up`, not by hand");
+    }
+    // The lock arrives on LOCK_FD; check that it is this lab's lock file
+    // before taking ownership of the descriptor.
+    let lock_path = dir.join("lock");
+    let expected = std::fs::metadata(&lock_path)
+        .with_context(|| format!("no lock file {}", lock_path.display()))?;
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `stat` into memory we own; it fails cleanly
+    // on a closed fd.
+    let rc = unsafe { libc::fstat(LOCK_FD, stat.as_mut_ptr()) };
+    if rc != 0 {
+        bail!("no lab lock on fd {LOCK_FD}: start labs with `vni-lab up`");
+    }
+    // SAFETY: fstat returned 0, so it initialised `stat`.
+    let stat = unsafe { stat.assume_init() };
+    if stat.st_ino != expected.ino() || stat.st_dev != expected.dev() {
+        bail!("fd {LOCK_FD} is not the lock of {}", dir.display());
+    }
+    // SAFETY: LOCK_FD is open (fstat succeeded), refers to the lab's lock
+    // file, and nothing else in this process owns it.
+    let file = unsafe { File::from_raw_fd(LOCK_FD) };
+    let code = supervisor::supervise(dir, LabLock::from_file(file), tied);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}

@@ -1,0 +1,656 @@
+//! The lab supervisor: one process per running lab, started by `up`
+//! (`vni-lab supervise`, hidden), in its own session so that it outlives
+//! `up --detach` and no terminal signal reaches it.
+//!
+//! It creates and formats the shared region, runs the ivshmem server,
+//! starts one QEMU per node, pins vCPUs, waits for every guest agent, and
+//! then watches. It reports what happens as JSON lines on stdout
+//! ([`Event`]), which `up` turns into progress and errors. It stops on
+//! SIGTERM, SIGINT or SIGHUP (`down`, `up`'s Ctrl-C), or, when `up` runs in
+//! the foreground, when `up` itself goes away (its stdin closes), and a
+//! boot that fails stops it too. Stopping always tears everything down:
+//! QEMUs (SIGTERM, then SIGKILL), the server and its socket, the
+//! shared-memory file, the lab directory.
+//!
+//! Its QEMUs get `PR_SET_PDEATHSIG`: if the supervisor itself is killed
+//! with SIGKILL, they die with it, and the next `up` or `down` cleans the
+//! files it left ([`crate::lab::LabDir::clean_leftover`]).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::agent::{AgentError, GuestAgent};
+use crate::ivshmem_server::IvshmemServer;
+use crate::lab::{LabDir, LabLock, NodeRecord, NodeState, Plan, State};
+use crate::qemu::{self, NodeSpec, Qmp};
+use crate::topology::{Node, Topology};
+
+/// Lines of a console shown with a boot failure.
+pub const CONSOLE_TAIL: usize = 30;
+/// How long QEMU gets to exit after SIGTERM before SIGKILL.
+const QEMU_GRACE: Duration = Duration::from_secs(5);
+/// Timeout of one QMP call.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the supervisor tells `up`, one JSON object per line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A step of the start.
+    Step {
+        /// What happens.
+        message: String,
+    },
+    /// A node's QEMU started.
+    NodeStarted {
+        /// Node name.
+        node: String,
+        /// QEMU's pid.
+        pid: u32,
+    },
+    /// A node's guest agent answered.
+    NodeReady {
+        /// Node name.
+        node: String,
+        /// Seconds since the lab started.
+        after: f64,
+    },
+    /// Every node is ready.
+    Ready {
+        /// Seconds since the lab started.
+        after: f64,
+    },
+    /// A node's QEMU exited while the lab ran.
+    NodeExited {
+        /// Node name.
+        node: String,
+        /// How.
+        status: String,
+    },
+    /// The lab could not start; the supervisor tears down and exits.
+    Failed {
+        /// What went wrong, with the console tail where it helps.
+        message: String,
+    },
+    /// Everything is torn down.
+    Down,
+}
+
+/// Writes events to stdout; a reader that went away (`up --detach` after
+/// ready) is not an error.
+fn emit(event: &Event) {
+    if let Ok(line) = serde_json::to_string(event) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+    eprintln!("{} {event:?}", timestamp());
+}
+
+fn timestamp() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("[{}.{:03}]", now.as_secs(), now.subsec_millis())
+}
+
+/// The last `lines` lines of a log file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether a console shows a kernel panic.
+pub fn panicked(console: &str) -> bool {
+    console.contains("Kernel panic - not syncing")
+}
+
+/// A node's QEMU as the supervisor holds it.
+struct Running {
+    node: Node,
+    pid: u32,
+    /// `Some(status)` once QEMU exited.
+    exit: watch::Receiver<Option<String>>,
+}
+
+/// Why the start stopped.
+enum Stop {
+    /// A signal or `up` going away.
+    Asked(&'static str),
+    /// The boot failed.
+    Failed(String),
+}
+
+/// Shared, persisted state.
+#[derive(Clone)]
+struct Recorder {
+    lab: LabDir,
+    state: Arc<Mutex<State>>,
+}
+
+impl Recorder {
+    fn update(&self, change: impl FnOnce(&mut State)) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut state);
+        if let Err(e) = self.lab.write_json(&self.lab.state_path(), &*state) {
+            eprintln!("{} cannot record state: {e}", timestamp());
+        }
+    }
+
+    fn node(&self, name: &str, change: impl FnOnce(&mut NodeRecord)) {
+        self.update(|s| {
+            if let Some(n) = s.nodes.iter_mut().find(|n| n.name == name) {
+                change(n);
+            }
+        });
+    }
+}
+
+/// Runs the supervisor of the lab in `dir` (its plan already written),
+/// holding `lock`. `tied`: stop when stdin closes. Returns the process
+/// exit code: 0 after a clean stop, 1 after a failed start.
+pub fn supervise(dir: &Path, lock: LabLock, tied: bool) -> i32 {
+    // Everything the lab creates, QEMU's sockets and logs included, is
+    // for this user only.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o077) };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            emit(&Event::Failed {
+                message: format!("cannot start the supervisor's runtime: {e}"),
+            });
+            return 1;
+        }
+    };
+    let code = runtime.block_on(run(dir, tied));
+    drop(lock);
+    code
+}
+
+async fn run(dir: &Path, tied: bool) -> i32 {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lab = LabDir {
+        name,
+        dir: dir.to_owned(),
+    };
+    let recorder = Recorder {
+        lab: lab.clone(),
+        state: Arc::new(Mutex::new(State {
+            supervisor: std::process::id(),
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            ..State::default()
+        })),
+    };
+    recorder.update(|_| {});
+    let mut nodes: Vec<Running> = Vec::new();
+    let mut server: Option<IvshmemServer> = None;
+    let mut stop = Box::pin(stop_requested(tied));
+
+    let started = Instant::now();
+    let boot = start(&lab, &recorder, &mut nodes, &mut server, started);
+    let outcome = tokio::select! {
+        result = boot => result.map_err(Stop::Failed),
+        why = &mut stop => Err(Stop::Asked(why)),
+    };
+    let code = match outcome {
+        Ok(()) => {
+            recorder.update(|s| s.ready = true);
+            emit(&Event::Ready {
+                after: started.elapsed().as_secs_f64(),
+            });
+            let why = watch_nodes(&nodes, &recorder, &mut stop).await;
+            eprintln!("{} stopping: {why}", timestamp());
+            0
+        }
+        Err(Stop::Asked(why)) => {
+            eprintln!("{} stopping during start: {why}", timestamp());
+            0
+        }
+        Err(Stop::Failed(message)) => {
+            emit(&Event::Failed { message });
+            1
+        }
+    };
+    teardown(&lab, &recorder, nodes, server).await;
+    emit(&Event::Down);
+    code
+}
+
+/// Resolves when the lab should stop: a signal, or stdin closing when
+/// `tied`.
+async fn stop_requested(tied: bool) -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let closed = async {
+        if tied {
+            // A blocking read on a detached thread (the runtime must not
+            // wait for it at exit): `up` never writes, so the read
+            // returns only when `up` is gone.
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                let mut stdin = std::io::stdin().lock();
+                loop {
+                    match std::io::Read::read(&mut stdin, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = tx.send(());
+            });
+            let _ = rx.await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        _ = recv(&mut term) => "SIGTERM",
+        _ = recv(&mut int) => "SIGINT",
+        _ = recv(&mut hup) => "SIGHUP",
+        _ = closed => "vni-lab up went away",
+    }
+}
+
+async fn start(
+    lab: &LabDir,
+    recorder: &Recorder,
+    nodes: &mut Vec<Running>,
+    server: &mut Option<IvshmemServer>,
+    started: Instant,
+) -> Result<(), String> {
+    let plan = lab
+        .plan()
+        .ok_or_else(|| format!("no readable plan in {}", lab.plan_path().display()))?;
+    let topology =
+        Topology::parse(&plan.topology_text, &plan.topology_path).map_err(|e| format!("{e}"))?;
+
+    emit(&Event::Step {
+        message: format!(
+            "formatting {} MiB of shared memory",
+            topology.shared_memory >> 20
+        ),
+    });
+    recorder.update(|s| s.shm = Some(plan.shm.clone()));
+    let shm = create_region(&plan.shm, &topology)?;
+    let socket = lab.ivshmem_socket();
+    *server = Some(
+        IvshmemServer::start(&socket, shm, qemu::VECTORS)
+            .map_err(|e| format!("cannot start the ivshmem server: {e}"))?,
+    );
+
+    emit(&Event::Step {
+        message: format!(
+            "booting {} nodes ({})",
+            topology.nodes.len(),
+            plan.accel.to_uppercase()
+        ),
+    });
+    for node in &topology.nodes {
+        let running = spawn_node(lab, &plan, &topology, node, &socket)?;
+        recorder.update(|s| {
+            s.nodes.push(NodeRecord {
+                name: node.name.clone(),
+                pid: running.pid,
+                state: NodeState::Booting,
+                ready_after: None,
+                exit: None,
+            });
+        });
+        emit(&Event::NodeStarted {
+            node: node.name.clone(),
+            pid: running.pid,
+        });
+        nodes.push(running);
+    }
+
+    // Every node at once, sharing one deadline; the first failure (a
+    // panic, QEMU gone, the deadline) ends the wait for all.
+    let waits = nodes.iter().map(|running| {
+        Box::pin(wait_node(
+            lab,
+            running,
+            recorder,
+            topology.boot_timeout,
+            topology.command_timeout,
+            started,
+        ))
+    });
+    futures::future::try_join_all(waits).await.map(|_| ())
+}
+
+/// Creates the shared-memory file (0600, refusing an existing one) and
+/// formats the VNI region in it.
+fn create_region(path: &Path, topology: &Topology) -> Result<File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create the shared memory {}: {e}", path.display()))?;
+    file.set_len(topology.shared_memory)
+        .map_err(|e| format!("cannot size the shared memory {}: {e}", path.display()))?;
+    let len = usize::try_from(topology.shared_memory).map_err(|_| "region too large")?;
+    let region = vni_protocol::Region::map_file(&file, 0, len, &path.display().to_string())
+        .map_err(|e| format!("{e}"))?;
+    vni_protocol::format(&region, &topology.vni.geometry)
+        .map_err(|e| format!("cannot format the region: {e}"))?;
+    Ok(file)
+}
+
+fn spawn_node(
+    lab: &LabDir,
+    plan: &Plan,
+    topology: &Topology,
+    node: &Node,
+    socket: &Path,
+) -> Result<Running, String> {
+    let paths = lab.node(&node.name);
+    let append = topology.append.clone();
+    let spec = NodeSpec {
+        lab: &plan.name,
+        node,
+        accel: &plan.accel,
+        kernel: &plan.kernel,
+        initrd: &plan.initrd,
+        append: &append,
+        ivshmem: socket,
+        paths: &paths,
+        sandbox: plan.sandbox,
+    };
+    let log = File::create(&paths.qemu_log)
+        .map_err(|e| format!("cannot create {}: {e}", paths.qemu_log.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("cannot share {}: {e}", paths.qemu_log.display()))?;
+    let mut command = std::process::Command::new(qemu::QEMU);
+    command
+        .args(qemu::args(&spec))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    let cpus = node.host_cpus.clone();
+    let in_child = move || {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and only
+        // changes this (child) process's death signal.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if !cpus.is_empty() {
+            qemu::pin_thread(0, &cpus)?;
+        }
+        Ok(())
+    };
+    // SAFETY: `in_child` runs between fork and exec and only makes
+    // async-signal-safe system calls (prctl, sched_setaffinity) on memory it
+    // owns; it allocates nothing.
+    unsafe { command.pre_exec(in_child) };
+    let mut child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{}: cannot start {}: {e}", node.name, qemu::QEMU))?;
+    let pid = child.id().unwrap_or(0);
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(status) => describe(status),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let _ = tx.send(Some(status));
+    });
+    Ok(Running {
+        node: node.clone(),
+        pid,
+        exit: rx,
+    })
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => "unknown".into(),
+    }
+}
+
+async fn wait_node(
+    lab: &LabDir,
+    running: &Running,
+    recorder: &Recorder,
+    boot_timeout: Duration,
+    command_timeout: Duration,
+    started: Instant,
+) -> Result<(), String> {
+    let deadline = started + boot_timeout;
+    let name = &running.node.name;
+    let paths = lab.node(name);
+    if !running.node.host_cpus.is_empty() {
+        pin_vcpus(&paths.qmp, &running.node, &running.exit).await?;
+    }
+    let exit = running.exit.clone();
+    let ready = GuestAgent::wait_ready(
+        &paths.agent,
+        deadline.saturating_duration_since(Instant::now()),
+        command_timeout,
+        || exit.borrow().is_none(),
+    )
+    .await;
+    match ready {
+        Ok(_agent) => {
+            let after = started.elapsed().as_secs_f64();
+            recorder.node(name, |n| {
+                n.state = NodeState::Ready;
+                n.ready_after = Some(after);
+            });
+            emit(&Event::NodeReady {
+                node: name.clone(),
+                after,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            // Give QEMU a moment to finish writing after a panic.
+            let mut exit = running.exit.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), exit.wait_for(Option::is_some))
+                    .await;
+            let console = tail(&paths.console, CONSOLE_TAIL);
+            let status = running.exit.borrow().clone();
+            let what = match (&status, panicked(&console)) {
+                (_, true) => "the guest kernel panicked".to_owned(),
+                (Some(status), false) => format!("QEMU exited during boot ({status})"),
+                (None, false) => match e {
+                    AgentError::NotReady(_) => format!(
+                        "its guest agent did not answer within timeouts.boot ({:?})",
+                        boot_timeout
+                    ),
+                    e => format!("{e}"),
+                },
+            };
+            let mut message = format!("node {name}: {what}");
+            if status.is_some() {
+                let qemu_log = tail(&paths.qemu_log, 10);
+                if !qemu_log.trim().is_empty() {
+                    message.push_str(&format!("\n--- QEMU said:\n{qemu_log}"));
+                }
+            }
+            message.push_str(&format!(
+                "\n--- last lines of {name}'s console:\n{}",
+                if console.trim().is_empty() {
+                    "(empty)".to_owned()
+                } else {
+                    console
+                }
+            ));
+            Err(message)
+        }
+    }
+}
+
+/// Pins vCPU i of `node` to host CPU `host_cpus[i % len]` (Mint gives each
+/// OS node its own cores).
+async fn pin_vcpus(
+    qmp_socket: &Path,
+    node: &Node,
+    exit: &watch::Receiver<Option<String>>,
+) -> Result<(), String> {
+    // QEMU creates the socket early; wait for it like for the agent.
+    let deadline = Instant::now() + QMP_TIMEOUT;
+    let qmp = loop {
+        match Qmp::connect(qmp_socket, QMP_TIMEOUT).await {
+            Ok(qmp) => break qmp,
+            Err(e) if Instant::now() >= deadline || exit.borrow().is_some() => {
+                return Err(format!("node {}: {e}", node.name));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let threads = qmp
+        .vcpu_threads()
+        .await
+        .map_err(|e| format!("node {}: {e}", node.name))?;
+    for (i, tid) in threads.iter().enumerate() {
+        let cpu = node.host_cpus[i % node.host_cpus.len()];
+        qemu::pin_thread(*tid, &[cpu])
+            .map_err(|e| format!("node {}: cannot pin vCPU {i} to CPU {cpu}: {e}", node.name))?;
+    }
+    Ok(())
+}
+
+/// After the start: records QEMUs that exit, until asked to stop.
+async fn watch_nodes(
+    nodes: &[Running],
+    recorder: &Recorder,
+    stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
+) -> &'static str {
+    let mut watching: Vec<(String, watch::Receiver<Option<String>>)> = nodes
+        .iter()
+        .map(|n| (n.node.name.clone(), n.exit.clone()))
+        .collect();
+    loop {
+        if watching.is_empty() {
+            return stop.await;
+        }
+        let exits = watching
+            .iter_mut()
+            .map(|(_, rx)| Box::pin(rx.wait_for(Option::is_some)));
+        let (_, index, _) = tokio::select! {
+            why = &mut *stop => return why,
+            done = futures::future::select_all(exits) => done,
+        };
+        let (name, rx) = watching.remove(index);
+        let status = rx.borrow().clone().unwrap_or_default();
+        recorder.node(&name, |n| {
+            n.state = NodeState::Exited;
+            n.exit = Some(status.clone());
+        });
+        emit(&Event::NodeExited { node: name, status });
+    }
+}
+
+async fn teardown(
+    lab: &LabDir,
+    recorder: &Recorder,
+    nodes: Vec<Running>,
+    server: Option<IvshmemServer>,
+) {
+    for running in &nodes {
+        if running.exit.borrow().is_none() {
+            signal(running.pid, libc::SIGTERM);
+        }
+    }
+    for running in &nodes {
+        let mut exit = running.exit.clone();
+        let gone = tokio::time::timeout(QEMU_GRACE, exit.wait_for(Option::is_some))
+            .await
+            .is_ok();
+        if !gone {
+            eprintln!(
+                "{} {} did not exit on SIGTERM; SIGKILL",
+                timestamp(),
+                running.node.name
+            );
+            signal(running.pid, libc::SIGKILL);
+            let _ = exit.wait_for(Option::is_some).await;
+        }
+    }
+    drop(server);
+    let shm = recorder
+        .state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .shm
+        .clone();
+    if let Some(shm) = shm {
+        let _ = std::fs::remove_file(shm);
+    }
+    if let Err(e) = std::fs::remove_dir_all(&lab.dir) {
+        eprintln!("{} cannot remove {}: {e}", timestamp(), lab.dir.display());
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 0 {
+            // SAFETY: kill has no memory effects; `pid` is our own child,
+            // not yet reaped (its watcher reaps it), so it cannot be reused.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_one_json_object_per_line() {
+        let event = Event::NodeReady {
+            node: "node0".into(),
+            after: 9.5,
+        };
+        let line = serde_json::to_string(&event).unwrap();
+        assert_eq!(line, r#"{"event":"node-ready","node":"node0","after":9.5}"#);
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+    }
+
+    #[test]
+    fn a_panic_is_recognised_in_the_console() {
+        assert!(panicked(
+            "[    1.2] Kernel panic - not syncing: No working init found."
+        ));
+        assert!(!panicked("vni-lab: guest agent on /dev/vport1p1"));
+    }
+}

@@ -1,0 +1,377 @@
+//! Labs as a user drives them, through the real `vni-lab` binary: real
+//! QEMU guests under the accelerator the host allows (TCG here), the real
+//! Debian kernel and guest agent. Each test uses its own run directory
+//! (`VNI_LAB_RUN_DIR`) and checks that nothing is left afterwards: no
+//! process naming the lab directory, no shared-memory file, no directory.
+//!
+//! `up` builds the guest image first when it is not cached (root, as CI
+//! runs; about 45 s). The tests boot guests one test at a time: two cores
+//! under TCG are slow enough with one lab.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vni-lab");
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn topologies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies")
+}
+
+/// A run directory of its own; tears down whatever is left and removes
+/// itself when dropped, so a failing test leaks nothing either.
+struct Run {
+    dir: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Run {
+    fn new(tag: &str) -> Self {
+        let serial = ONE_LAB_AT_A_TIME
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dir = std::env::temp_dir().join(format!("vni-lifecycle-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Run {
+            dir,
+            _serial: serial,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("VNI_LAB_RUN_DIR", &self.dir)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().expect("vni-lab runs");
+        eprintln!(
+            "$ vni-lab {} -> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"]);
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Asserts that the lab `name` left nothing: no directory, no process
+    /// naming it, no shared-memory file.
+    fn assert_gone(&self, name: &str, shm: Option<&str>) {
+        let lab_dir = self.dir.join(name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_naming(&lab_dir).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            processes_naming(&lab_dir),
+            Vec::<u32>::new(),
+            "processes left"
+        );
+        assert!(!lab_dir.exists(), "{} left", lab_dir.display());
+        if let Some(shm) = shm {
+            assert!(!Path::new(shm).exists(), "{shm} left");
+        }
+        let status = self.status();
+        assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["down", "--all"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Live processes (zombies excepted) whose command line names `dir`.
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        if !zombie && cmdline.windows(needle.len()).any(|w| w == needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_detached_lab_answers_commands_and_down_leaves_nothing() {
+    let run = Run::new("detached");
+    let file = topologies().join("two-node.yaml");
+    let out = run.run(&["up", "--detach", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("Lab two-node is up"));
+
+    let status = run.status();
+    let lab = &status[0];
+    assert_eq!(lab["state"], "up", "{status}");
+    let nodes = lab["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    for node in nodes {
+        assert_eq!(node["state"], "ready", "{node}");
+        assert_eq!(node["qemu_running"], true, "{node}");
+    }
+    let release = lab["kernel_release"].as_str().unwrap().to_owned();
+    let shm = lab["shm"].as_str().unwrap().to_owned();
+
+    // The lab's files are the user's alone.
+    let dir = run.dir.join("two-node");
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for entry in std::fs::read_dir(&dir).unwrap().filter_map(Result::ok) {
+        let mode = entry.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", entry.path().display());
+    }
+    let mode = std::fs::metadata(&shm).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{shm} is {mode:o}");
+
+    // The main job's check: the guest answers with the Debian kernel.
+    let out = run.run(&["exec", "node1", "--", "uname", "-r"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), format!("{release}\n"));
+    // stdout, stderr and the exit status pass through.
+    let out = run.run(&[
+        "exec",
+        "node0",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        (Some(7), "out\n".into(), "err\n".into())
+    );
+    let out = run.run(&["exec", "node0", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(128 + 9));
+    let out = run.run(&["exec", "node0", "--", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127));
+    let out = run.run(&["exec", "node7", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("its nodes: node0, node1"));
+
+    // Each node is itself, sees the ivshmem device and nothing else.
+    for node in ["node0", "node1"] {
+        let out = run.run(&["exec", node, "--", "hostname"]);
+        assert_eq!(text(&out.stdout), format!("{node}\n"));
+        let out = run.run(&["exec", node, "--", "lspci", "-n", "-d", "1af4:1110"]);
+        assert!(
+            text(&out.stdout).contains("1af4:1110"),
+            "{node}: no ivshmem device"
+        );
+        let out = run.run(&["exec", node, "--", "ip", "-o", "link"]);
+        assert_eq!(
+            text(&out.stdout).lines().count(),
+            1,
+            "{node}: only lo expected"
+        );
+    }
+    let out = run.run(&["console", "node0"]);
+    assert!(text(&out.stdout).contains("vni-lab: guest agent on"));
+
+    // A second lab of the same name is refused while this one runs.
+    let out = run.run(&["up", "--detach", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("already up"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run.run(&["down"]);
+    assert_eq!(out.status.code(), Some(0));
+    run.assert_gone("two-node", Some(&shm));
+}
+
+/// Starts `up` in the foreground and returns it once the lab is up.
+fn up_foreground(run: &Run, file: &Path) -> std::process::Child {
+    let mut child = run
+        .cmd(&["up", file.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("up printed that the lab is up")
+            .unwrap();
+        eprintln!("up: {line}");
+        if line.contains("is up") {
+            break;
+        }
+    }
+    // Keep draining so `up` never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctrl_c_tears_a_foreground_lab_down_and_so_does_killing_up() {
+    let run = Run::new("ctrl-c");
+    let file = topologies().join("two-node.yaml");
+
+    let mut up = up_foreground(&run, &file);
+    let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();
+    // SAFETY: kill has no memory effects; `up` is our unreaped child.
+    unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
+    assert_eq!(wait_exit(&mut up, Duration::from_secs(30)), Some(0));
+    run.assert_gone("two-node", Some(&shm));
+
+    // `up` killed outright: its supervisor notices and tears down alone.
+    let mut up = up_foreground(&run, &file);
+    let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();
+    up.kill().unwrap();
+    up.wait().unwrap();
+    run.assert_gone("two-node", Some(&shm));
+}
+
+#[test]
+fn a_killed_supervisor_leaves_a_leftover_that_up_and_down_clean() {
+    let run = Run::new("killed");
+    let file = topologies().join("two-node.yaml");
+    let out = run.run(&["up", "--detach", "--quiet", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let lab = run.status()[0].clone();
+    let supervisor = lab["supervisor_pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill has no memory effects; the pid is the lab's supervisor.
+    unsafe { libc::kill(supervisor, libc::SIGKILL) };
+
+    // Its QEMUs die with it (PR_SET_PDEATHSIG); the files stay behind.
+    let lab_dir = run.dir.join("two-node");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_naming(&lab_dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(processes_naming(&lab_dir), Vec::<u32>::new());
+    assert_eq!(run.status()[0]["state"], "leftover");
+    let out = run.run(&["exec", "node0", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("not running"));
+
+    // `up` cleans the leftover and starts afresh.
+    let out = run.run(&["up", "--detach", "--quiet", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("left over"),
+        "{}",
+        text(&out.stderr)
+    );
+    let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();
+
+    // And `down` cleans one too.
+    let supervisor = run.status()[0]["supervisor_pid"].as_i64().unwrap() as i32;
+    // SAFETY: as above.
+    unsafe { libc::kill(supervisor, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run.run(&["down"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("left over"));
+    run.assert_gone("two-node", Some(&shm));
+}
+
+#[test]
+fn a_failed_boot_says_why_with_the_console_and_leaves_nothing() {
+    let run = Run::new("failed");
+    std::fs::create_dir_all(&run.dir).unwrap();
+    // The kernel finds no init and panics: QEMU exits (-no-reboot).
+    let panics = run.dir.join("panics.yaml");
+    std::fs::write(
+        &panics,
+        "name: panics\nguest: {append: rdinit=/no/such/init}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+    )
+    .unwrap();
+    let out = run.run(&["up", "--detach", panics.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("the guest kernel panicked"), "{err}");
+    assert!(err.contains("Kernel panic - not syncing"), "{err}");
+    run.assert_gone("panics", None);
+
+    // A guest that is not ready in time.
+    let slow = run.dir.join("slow.yaml");
+    std::fs::write(
+        &slow,
+        "name: slow\ntimeouts: {boot: 2s}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+    )
+    .unwrap();
+    let out = run.run(&["up", "--detach", slow.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("did not answer within timeouts.boot"), "{err}");
+    assert!(err.contains("console"), "{err}");
+    run.assert_gone("slow", None);
+
+    // An invalid file starts nothing.
+    let bad = run.dir.join("bad.yaml");
+    std::fs::write(&bad, "name: bad\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n").unwrap();
+    let out = run.run(&["up", "--detach", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("nothing was started"));
+    assert!(!run.dir.join("bad").exists());
+}
+
+#[test]
+fn the_four_node_lab_comes_up() {
+    let run = Run::new("four");
+    let file = topologies().join("four-node.yaml");
+    let out = run.run(&["up", "--detach", "--quiet", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let status = run.status();
+    assert_eq!(status[0]["nodes"].as_array().unwrap().len(), 4);
+    let shm = status[0]["shm"].as_str().unwrap().to_owned();
+    for node in ["node0", "node1", "node2", "node3"] {
+        let out = run.run(&["exec", node, "--", "hostname"]);
+        assert_eq!(text(&out.stdout), format!("{node}\n"));
+    }
+    let out = run.run(&["down", "four-node"]);
+    assert_eq!(out.status.code(), Some(0));
+    run.assert_gone("four-node", Some(&shm));
+}
