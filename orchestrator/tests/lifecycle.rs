@@ -198,6 +198,49 @@ fn a_detached_lab_answers_commands_and_down_leaves_nothing() {
             "{node}: only lo expected"
         );
     }
+    // Through VFIO, each guest maps the lab's region (the same format
+    // epoch on both) and has its own ivshmem peer id, and a doorbell rung
+    // by one reaches the other, both ways.
+    let probe = |node: &str| -> serde_json::Value {
+        let out = run.run(&["exec", node, "--", "vni-driver", "probe"]);
+        assert_eq!(out.status.code(), Some(0), "{node}: probe failed");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (p0, p1) = (probe("node0"), probe("node1"));
+    assert_eq!(p0["layout"]["config"], 2, "{p0}");
+    assert_eq!(p0["layout"]["epoch"], p1["layout"]["epoch"]);
+    assert_eq!(p0["region_bytes"], 64 << 20);
+    assert_ne!(p0["position"], p1["position"]);
+    for (to, from, peer) in [("node0", "node1", &p0), ("node1", "node0", &p1)] {
+        let out = run.run(&[
+            "exec",
+            to,
+            "--",
+            "sh",
+            "-c",
+            "vni-driver wait --timeout 60 > /tmp/doorbell 2>&1 &",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        let read = || text(&run.run(&["exec", to, "--", "cat", "/tmp/doorbell"]).stdout);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !read().contains("armed") {
+            assert!(Instant::now() < deadline, "{to}: wait never armed");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let position = peer["position"].to_string();
+        let out = run.run(&["exec", from, "--", "vni-driver", "ring", &position]);
+        assert_eq!(out.status.code(), Some(0));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !read().contains("doorbell 1") {
+            assert!(
+                Instant::now() < deadline,
+                "{to}: no doorbell from {from}: {}",
+                read()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     let out = run.run(&["console", "node0"]);
     assert!(text(&out.stdout).contains("vni-lab: guest agent on"));
 

@@ -88,7 +88,8 @@ pub fn up(
         Kernel::Path(path) => (path.clone(), "custom".to_owned()),
         _ => (kernel, release),
     };
-    let initrd = topology.image.clone().unwrap_or(initrd);
+    let base_initrd = topology.image.clone().unwrap_or(initrd);
+    let guest_bins = vni_lab::guest_bin::locate(&mut |s| progress.step(s))?;
 
     // Lab files are for this user only.
     // SAFETY: umask only changes this process's file creation mask.
@@ -106,6 +107,12 @@ pub fn up(
                 ""
             }
         ));
+    }
+    let initrd = lab.dir.join("initrd");
+    if let Err(e) = vni_lab::guest_bin::overlay_initrd(&base_initrd, &guest_bins, &initrd) {
+        drop(lock);
+        let _ = lab.clean_leftover();
+        return Err(e.into());
     }
     let plan = Plan {
         name: name.clone(),

@@ -1,0 +1,215 @@
+//! The project's own guest binaries (`vni-driver`), built static and added
+//! to each lab's initramfs.
+//!
+//! They are not part of the cached image: the image changes when Debian's
+//! packages or the recipe change, the driver whenever its code does, and
+//! rebuilding a root filesystem for every driver change would cost a minute
+//! and root. Instead `up` appends a second cpio archive holding the
+//! binaries to the image's initramfs (Linux unpacks concatenated archives
+//! in order), into the lab directory.
+//!
+//! Where the binaries come from, first match wins:
+//! 1. `$VNI_LAB_GUEST_BIN`, a directory holding them;
+//! 2. the source checkout vni-lab was built from, if it is still there:
+//!    `cargo build` (static: `+crt-static`, its own target directory so the
+//!    host build is not disturbed), which is a no-op when nothing changed;
+//! 3. the directory of the `vni-lab` executable.
+
+use std::io::{self, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The guest binaries, installed in `/usr/local/bin` of every guest.
+pub const BINARIES: &[&str] = &["vni-driver"];
+/// The Rust target of the guests.
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// Where the binaries land in the guest.
+pub const GUEST_DIR: &str = "usr/local/bin";
+
+/// Errors finding or packing the guest binaries.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestBinError {
+    /// Nowhere to be found.
+    #[error("The guest binaries ({}) were not found: set VNI_LAB_GUEST_BIN to a directory holding them, or run vni-lab from its source checkout (cargo builds them)", BINARIES.join(", "))]
+    NotFound,
+    /// The build failed.
+    #[error("Building the guest binaries failed: `{command}` exited with {status}\n{tail}")]
+    Build {
+        /// The command line.
+        command: String,
+        /// Its status.
+        status: String,
+        /// The end of its output.
+        tail: String,
+    },
+    /// A file operation failed.
+    #[error("Cannot {what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GuestBinError {
+    let what = what.into();
+    move |source| GuestBinError::Io { what, source }
+}
+
+/// The source checkout this vni-lab was built from, if it is still there.
+pub fn source_root() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_owned();
+    (root.join("Cargo.toml").is_file() && root.join("guest-driver/driver/Cargo.toml").is_file())
+        .then_some(root)
+}
+
+fn has_all(dir: &Path) -> bool {
+    BINARIES.iter().all(|b| dir.join(b).is_file())
+}
+
+/// The directory holding the guest binaries, building them when vni-lab
+/// runs from its source checkout. `step` hears what happens.
+pub fn locate(step: &mut dyn FnMut(&str)) -> Result<PathBuf, GuestBinError> {
+    if let Some(dir) = std::env::var_os("VNI_LAB_GUEST_BIN") {
+        let dir = PathBuf::from(dir);
+        return if has_all(&dir) {
+            Ok(dir)
+        } else {
+            Err(GuestBinError::NotFound)
+        };
+    }
+    if let Some(root) = source_root() {
+        step("building the guest driver (cargo; quick when unchanged)");
+        return build(&root);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_owned))
+        .filter(|dir| has_all(dir))
+        .ok_or(GuestBinError::NotFound)
+}
+
+/// Builds the guest binaries static in `root`'s `target/guest`.
+fn build(root: &Path) -> Result<PathBuf, GuestBinError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = root.join("target").join("guest");
+    let mut command = Command::new(&cargo);
+    command
+        .current_dir(root)
+        .args(["build", "--release", "--locked", "--target", TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for bin in BINARIES {
+        command.args(["--bin", bin]);
+    }
+    // With --target, RUSTFLAGS reach only the guest's artifacts, not build
+    // scripts or proc-macros (which cannot be static). Debug info stays on
+    // the host: every guest holds the binaries in RAM.
+    command
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=debuginfo",
+        )
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .stdin(std::process::Stdio::null());
+    let rendered = format!("{command:?}");
+    let output = command.output().map_err(io_err("run cargo"))?;
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = text.lines().collect();
+        return Err(GuestBinError::Build {
+            command: rendered,
+            status: output.status.to_string(),
+            tail: lines[lines.len().saturating_sub(20)..].join("\n"),
+        });
+    }
+    Ok(target_dir.join(TARGET).join("release"))
+}
+
+/// Writes `out`: the initramfs `base` followed by a cpio archive that adds
+/// the guest binaries from `bin_dir` to `/usr/local/bin`.
+pub fn overlay_initrd(base: &Path, bin_dir: &Path, out: &Path) -> Result<(), GuestBinError> {
+    let mut file =
+        std::fs::File::create(out).map_err(io_err(format!("create {}", out.display())))?;
+    let mut src = std::fs::File::open(base).map_err(io_err(format!("open {}", base.display())))?;
+    io::copy(&mut src, &mut file).map_err(io_err(format!("copy {}", base.display())))?;
+    // The kernel looks for the next archive at a 4-byte boundary.
+    let len = file
+        .stream_position()
+        .map_err(io_err("measure the initramfs"))?;
+    let pad = (4 - len % 4) % 4;
+    file.write_all(&[0u8; 3][..pad as usize])
+        .map_err(io_err("pad the initramfs"))?;
+
+    let mut entries: Vec<(cpio::NewcBuilder, std::io::Cursor<Vec<u8>>)> = Vec::new();
+    let mut prefix = String::new();
+    for part in GUEST_DIR.split('/') {
+        prefix = if prefix.is_empty() {
+            part.to_owned()
+        } else {
+            format!("{prefix}/{part}")
+        };
+        entries.push((
+            cpio::NewcBuilder::new(&prefix).mode(0o40755).nlink(2),
+            io::Cursor::new(Vec::new()),
+        ));
+    }
+    for bin in BINARIES {
+        let path = bin_dir.join(bin);
+        let bytes = std::fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
+        entries.push((
+            cpio::NewcBuilder::new(&format!("{GUEST_DIR}/{bin}"))
+                .mode(0o100755)
+                .nlink(1),
+            io::Cursor::new(bytes),
+        ));
+    }
+    let ino_base = 0x7000_0000;
+    let entries = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (b, data))| (b.ino(ino_base + i as u32), data));
+    cpio::write_cpio(entries, &mut file).map_err(io_err("write the guest binaries' archive"))?;
+    file.sync_all().map_err(io_err("write the initramfs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overlay_is_a_padded_second_archive_holding_the_binaries() {
+        let dir = std::env::temp_dir().join(format!("vni-guest-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("base");
+        std::fs::write(&base, b"12345").unwrap();
+        std::fs::write(dir.join("vni-driver"), b"\x7fELF driver").unwrap();
+        let out = dir.join("initrd");
+        overlay_initrd(&base, &dir, &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(&bytes[..5], b"12345");
+        assert_eq!(&bytes[5..8], &[0, 0, 0]);
+        let mut reader = io::Cursor::new(bytes[8..].to_vec());
+        let mut names = Vec::new();
+        loop {
+            let entry = cpio::NewcReader::new(reader).unwrap();
+            if entry.entry().is_trailer() {
+                break;
+            }
+            names.push((entry.entry().name().to_owned(), entry.entry().mode()));
+            reader = entry.finish().unwrap();
+        }
+        assert_eq!(
+            names,
+            vec![
+                ("usr".to_owned(), 0o40755),
+                ("usr/local".to_owned(), 0o40755),
+                ("usr/local/bin".to_owned(), 0o40755),
+                ("usr/local/bin/vni-driver".to_owned(), 0o100755),
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
