@@ -1,6 +1,9 @@
 //! The project's own guest binaries (`vni-driver`), built static and added
 //! to each lab's initramfs.
 //!
+//! The same archive carries the modules of a kernel given by path
+//! (`guest.modules`).
+//!
 //! They are not part of the cached image: the image changes when Debian's
 //! packages or the recipe change, the driver whenever its code does, and
 //! rebuilding a root filesystem for every driver change would cost a minute
@@ -128,9 +131,59 @@ fn build(root: &Path) -> Result<PathBuf, GuestBinError> {
     Ok(target_dir.join(TARGET).join("release"))
 }
 
+/// One entry of the added archive.
+type Entry = (cpio::NewcBuilder, io::Cursor<Vec<u8>>);
+
+fn dir_entry(name: &str) -> Entry {
+    (
+        cpio::NewcBuilder::new(name).mode(0o40755).nlink(2),
+        io::Cursor::new(Vec::new()),
+    )
+}
+
+/// Entries for `dir`'s tree (files, directories, symlinks) under `prefix`.
+fn tree(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), GuestBinError> {
+    let mut children: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map_err(io_err(format!("read {}", dir.display())))?
+        .filter_map(Result::ok)
+        .collect();
+    children.sort_by_key(std::fs::DirEntry::file_name);
+    for child in children {
+        let path = child.path();
+        let name = format!("{prefix}/{}", child.file_name().to_string_lossy());
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(io_err(format!("stat {}", path.display())))?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)
+                .map_err(io_err(format!("read link {}", path.display())))?;
+            out.push((
+                cpio::NewcBuilder::new(&name).mode(0o120777).nlink(1),
+                io::Cursor::new(target.as_os_str().as_encoded_bytes().to_vec()),
+            ));
+        } else if meta.is_dir() {
+            out.push(dir_entry(&name));
+            tree(&path, &name, out)?;
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
+            out.push((
+                cpio::NewcBuilder::new(&name).mode(0o100644).nlink(1),
+                io::Cursor::new(bytes),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `out`: the initramfs `base` followed by a cpio archive that adds
-/// the guest binaries from `bin_dir` to `/usr/local/bin`.
-pub fn overlay_initrd(base: &Path, bin_dir: &Path, out: &Path) -> Result<(), GuestBinError> {
+/// the guest binaries from `bin_dir` to `/usr/local/bin` and, for a kernel
+/// of the user's, the `modules` tree (the directories of
+/// `lib/modules/`, one per kernel release) to `/lib/modules`.
+pub fn overlay_initrd(
+    base: &Path,
+    bin_dir: &Path,
+    modules: Option<&Path>,
+    out: &Path,
+) -> Result<(), GuestBinError> {
     let mut file =
         std::fs::File::create(out).map_err(io_err(format!("create {}", out.display())))?;
     let mut src = std::fs::File::open(base).map_err(io_err(format!("open {}", base.display())))?;
@@ -143,7 +196,7 @@ pub fn overlay_initrd(base: &Path, bin_dir: &Path, out: &Path) -> Result<(), Gue
     file.write_all(&[0u8; 3][..pad as usize])
         .map_err(io_err("pad the initramfs"))?;
 
-    let mut entries: Vec<(cpio::NewcBuilder, std::io::Cursor<Vec<u8>>)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     let mut prefix = String::new();
     for part in GUEST_DIR.split('/') {
         prefix = if prefix.is_empty() {
@@ -151,10 +204,7 @@ pub fn overlay_initrd(base: &Path, bin_dir: &Path, out: &Path) -> Result<(), Gue
         } else {
             format!("{prefix}/{part}")
         };
-        entries.push((
-            cpio::NewcBuilder::new(&prefix).mode(0o40755).nlink(2),
-            io::Cursor::new(Vec::new()),
-        ));
+        entries.push(dir_entry(&prefix));
     }
     for bin in BINARIES {
         let path = bin_dir.join(bin);
@@ -166,11 +216,19 @@ pub fn overlay_initrd(base: &Path, bin_dir: &Path, out: &Path) -> Result<(), Gue
             io::Cursor::new(bytes),
         ));
     }
-    let ino_base = 0x7000_0000;
+    if let Some(modules) = modules {
+        // No entries for /lib and /lib/modules themselves: on a merged-/usr
+        // root /lib is a symlink, and the kernel's unpacker replaces an
+        // entry of another type (the symlink by an empty directory, which
+        // would take the C library's loader with it). Both exist in every
+        // Debian root filesystem.
+        tree(modules, "lib/modules", &mut entries)?;
+    }
+    let ino_base = 0x7000_0000u32;
     let entries = entries
         .into_iter()
         .enumerate()
-        .map(|(i, (b, data))| (b.ino(ino_base + i as u32), data));
+        .map(|(i, (b, data))| (b.ino(ino_base.wrapping_add(i as u32)), data));
     cpio::write_cpio(entries, &mut file).map_err(io_err("write the guest binaries' archive"))?;
     file.sync_all().map_err(io_err("write the initramfs"))
 }
@@ -187,7 +245,11 @@ mod tests {
         std::fs::write(&base, b"12345").unwrap();
         std::fs::write(dir.join("vni-driver"), b"\x7fELF driver").unwrap();
         let out = dir.join("initrd");
-        overlay_initrd(&base, &dir, &out).unwrap();
+        let modules = dir.join("modules");
+        std::fs::create_dir_all(modules.join("6.1.0-x/kernel")).unwrap();
+        std::fs::write(modules.join("6.1.0-x/kernel/a.ko"), b"ko").unwrap();
+        std::os::unix::fs::symlink("/src/linux", modules.join("6.1.0-x/build")).unwrap();
+        overlay_initrd(&base, &dir, Some(&modules), &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[..5], b"12345");
         assert_eq!(&bytes[5..8], &[0, 0, 0]);
@@ -208,6 +270,10 @@ mod tests {
                 ("usr/local".to_owned(), 0o40755),
                 ("usr/local/bin".to_owned(), 0o40755),
                 ("usr/local/bin/vni-driver".to_owned(), 0o100755),
+                ("lib/modules/6.1.0-x".to_owned(), 0o40755),
+                ("lib/modules/6.1.0-x/build".to_owned(), 0o120777),
+                ("lib/modules/6.1.0-x/kernel".to_owned(), 0o40755),
+                ("lib/modules/6.1.0-x/kernel/a.ko".to_owned(), 0o100644),
             ]
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -50,8 +50,8 @@ pub enum ImageError {
     /// apt has no Debian mirror configured.
     #[error("No Debian mirror found in apt's sources (/etc/apt/sources.list.d/*.sources or /etc/apt/sources.list)")]
     NoMirror,
-    /// Only bookworm for now.
-    #[error("Guest suite {0:?} is not supported yet: use bookworm")]
+    /// A suite we do not build.
+    #[error("Guest suite {0:?} is not supported: use bookworm or trixie")]
     Suite(String),
     /// A build step failed.
     #[error("Image build step \"{step}\" failed: `{command}` exited with {status}\n{tail}")]
@@ -217,11 +217,101 @@ fn run(step: &'static str, cmd: &mut Command) -> Result<Output, ImageError> {
     })
 }
 
+/// Debian suites guests can run.
+pub const SUITES: &[&str] = &["bookworm", "trixie"];
+/// Package lists of a suite the host's apt does not carry are refreshed
+/// when older than this.
+const LISTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// apt for one suite: the host's own for the host's suite, otherwise a
+/// private apt (its own sources, lists and cache under the image cache)
+/// pointed at the same mirror, so the host's apt configuration is never
+/// touched.
+struct Apt {
+    /// `-o` options of the private apt; empty for the host's.
+    options: Vec<String>,
+}
+
+impl Apt {
+    fn for_suite(suite: &str, cache: &Path) -> Result<Self, ImageError> {
+        if host_suite().as_deref() == Some(suite) {
+            return Ok(Apt {
+                options: Vec::new(),
+            });
+        }
+        let root = cache.join("apt").join(suite);
+        for dir in [
+            "lists/partial",
+            "cache/archives/partial",
+            "etc/preferences.d",
+        ] {
+            std::fs::create_dir_all(root.join(dir))
+                .map_err(io_err(format!("create {}", root.join(dir).display())))?;
+        }
+        let sources = root.join("etc/sources.list");
+        let line = format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {suite} main\n",
+            apt_mirror()?
+        );
+        std::fs::write(&sources, line).map_err(io_err("write the private apt sources"))?;
+        let status = root.join("status");
+        if !status.exists() {
+            std::fs::write(&status, "").map_err(io_err("create the private apt status"))?;
+        }
+        let path = |p: &str| root.join(p).display().to_string();
+        let apt = Apt {
+            options: vec![
+                format!("Dir::Etc::SourceList={}", sources.display()),
+                "Dir::Etc::SourceParts=/nonexistent".into(),
+                format!("Dir::Etc::Preferences={}", path("etc/preferences")),
+                format!("Dir::Etc::PreferencesParts={}", path("etc/preferences.d")),
+                format!("Dir::State::Lists={}", path("lists")),
+                format!("Dir::State::status={}", status.display()),
+                format!("Dir::Cache={}", path("cache")),
+                "Debug::NoLocking=1".into(),
+            ],
+        };
+        let fresh = std::fs::metadata(root.join("lists"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < LISTS_MAX_AGE);
+        let has_lists = std::fs::read_dir(root.join("lists"))
+            .map(|d| d.filter_map(Result::ok).any(|e| e.file_name() != "partial"))
+            .unwrap_or(false);
+        if !(fresh && has_lists) {
+            run(
+                "update the package lists",
+                apt.command("apt-get").args(["update", "-q"]),
+            )?;
+        }
+        Ok(apt)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(tool);
+        for option in &self.options {
+            cmd.args(["-o", option]);
+        }
+        cmd
+    }
+}
+
+/// The host's Debian suite (`VERSION_CODENAME` of /etc/os-release).
+fn host_suite() -> Option<String> {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+}
+
 /// The kernel package `linux-image-amd64` depends on, per apt.
-fn kernel_package() -> Result<String, ImageError> {
+fn kernel_package(apt: &Apt) -> Result<String, ImageError> {
     let out = run(
         "resolve the kernel package",
-        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
+        apt.command("apt-cache")
+            .args(["depends", "linux-image-amd64"]),
     )?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -257,11 +347,12 @@ pub fn ensure(
     force: bool,
     step: &mut dyn FnMut(&str),
 ) -> Result<Image, ImageError> {
-    if suite != "bookworm" {
+    if !SUITES.contains(&suite) {
         return Err(ImageError::Suite(suite.to_owned()));
     }
     step("resolving the kernel package");
-    let kernel_package = kernel_package()?;
+    let apt = Apt::for_suite(suite, cache)?;
+    let kernel_package = kernel_package(&apt)?;
     let key = key(suite, &kernel_package);
     let dir = cache.join("images").join(format!("{suite}-{key}"));
     if !force {
@@ -292,7 +383,7 @@ pub fn ensure(
     step(&format!("downloading {kernel_package}"));
     run(
         "download the kernel",
-        Command::new("apt-get")
+        apt.command("apt-get")
             .args(["download", "-q", &kernel_package])
             .current_dir(&build),
     )?;
@@ -308,7 +399,14 @@ pub fn ensure(
         "unpack the kernel",
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kdir),
     )?;
-    let release = std::fs::read_dir(kdir.join("lib/modules"))
+    // bookworm's kernel packages ship /lib/modules, trixie's (merged /usr)
+    // /usr/lib/modules.
+    let kmods = if kdir.join("lib/modules").is_dir() {
+        kdir.clone()
+    } else {
+        kdir.join("usr")
+    };
+    let release = std::fs::read_dir(kmods.join("lib/modules"))
         .map_err(io_err("read the kernel's modules"))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -333,13 +431,13 @@ pub fn ensure(
     step("adding kernel modules");
     run(
         "depmod the kernel",
-        Command::new("depmod").arg("-b").arg(&kdir).arg(&release),
+        Command::new("depmod").arg("-b").arg(&kmods).arg(&release),
     )?;
     let mut files = Vec::new();
     for module in entries(MODULES) {
         let out = run(
             "resolve module dependencies",
-            Command::new("modprobe").arg("-d").arg(&kdir).args([
+            Command::new("modprobe").arg("-d").arg(&kmods).args([
                 "-S",
                 &release,
                 "--show-depends",
@@ -356,7 +454,7 @@ pub fn ensure(
         }
     }
     for file in files {
-        let relative = file.strip_prefix(&kdir).map_err(|_| ImageError::Io {
+        let relative = file.strip_prefix(&kmods).map_err(|_| ImageError::Io {
             what: format!("place module {}", file.display()),
             source: io::ErrorKind::InvalidData.into(),
         })?;
@@ -370,7 +468,7 @@ pub fn ensure(
         "modules.builtin",
         "modules.builtin.modinfo",
     ] {
-        let from = kdir.join("lib/modules").join(&release).join(extra);
+        let from = kmods.join("lib/modules").join(&release).join(extra);
         if from.exists() {
             std::fs::copy(&from, rootfs.join("lib/modules").join(&release).join(extra))
                 .map_err(io_err(format!("copy {extra}")))?;

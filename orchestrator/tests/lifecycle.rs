@@ -418,3 +418,82 @@ fn the_four_node_lab_comes_up() {
     assert_eq!(out.status.code(), Some(0));
     run.assert_gone("four-node", Some(&shm));
 }
+
+#[test]
+fn a_trixie_lab_boots_debian_13s_kernel() {
+    let run = Run::new("trixie");
+    std::fs::create_dir_all(&run.dir).unwrap();
+    let file = run.dir.join("trixie.yaml");
+    std::fs::write(
+        &file,
+        "name: trixie\nguest: {kernel: trixie}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+    )
+    .unwrap();
+    let out = run.run(&["up", "--detach", "--quiet", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let status = run.status();
+    let release = status[0]["kernel_release"].as_str().unwrap().to_owned();
+    assert!(release.starts_with("6.12."), "{release}");
+    let out = run.run(&["exec", "b", "--", "uname", "-r"]);
+    assert_eq!(text(&out.stdout), format!("{release}\n"));
+    let out = run.run(&["exec", "a", "--", "vni-driver", "probe"]);
+    assert_eq!(out.status.code(), Some(0), "VFIO on the 6.12 kernel");
+    let out = run.run(&["down"]);
+    assert_eq!(out.status.code(), Some(0));
+    run.assert_gone("trixie", status[0]["shm"].as_str());
+}
+
+#[test]
+fn a_kernel_of_ones_own_boots_with_its_modules() {
+    // Kernel CI's case: a bzImage, its modules and a root filesystem from
+    // elsewhere. Stand-ins here: trixie's 6.12 kernel and the modules of
+    // its image, booted on the bookworm image's initramfs given by path.
+    let run = Run::new("byo-kernel");
+    std::fs::create_dir_all(&run.dir).unwrap();
+    let out = run.run(&["image", "build", "--suite", "trixie", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0));
+    let image = PathBuf::from(text(&out.stdout).split(" (").next().unwrap().trim());
+    let out = run.run(&["image", "build", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0));
+    let rootfs = PathBuf::from(text(&out.stdout).split(" (").next().unwrap().trim());
+    let mods = run.dir.join("mods");
+    std::fs::create_dir_all(&mods).unwrap();
+    let unpacked = Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            "gzip -dc \"$1\" | cpio -idm --quiet 'usr/lib/modules/*'",
+            "-",
+        ])
+        .arg(image.join("initrd.gz"))
+        .current_dir(&mods)
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    let file = run.dir.join("byo.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: byo\nguest:\n  kernel: {}\n  modules: {}\n  image: {}\nnodes:\n  - {{name: a, ip: 10.0.0.1/24}}\n  - {{name: b, ip: 10.0.0.2/24}}\n",
+            image.join("vmlinuz").display(),
+            mods.join("usr/lib/modules").display(),
+            rootfs.join("initrd.gz").display()
+        ),
+    )
+    .unwrap();
+    let out = run.run(&["up", "--detach", "--quiet", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = run.run(&["exec", "a", "--", "uname", "-r"]);
+    assert!(
+        text(&out.stdout).starts_with("6.12."),
+        "not the given kernel"
+    );
+    // The VNI's modules come from the given tree: VFIO works.
+    let out = run.run(&["exec", "a", "--", "vni-driver", "probe"]);
+    assert_eq!(out.status.code(), Some(0));
+    let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();
+    let out = run.run(&["down"]);
+    assert_eq!(out.status.code(), Some(0));
+    run.assert_gone("byo", Some(&shm));
+}

@@ -139,7 +139,8 @@ enum ImageCommand {
     /// unless an image of the same recipe and kernel is cached. Needs root
     /// (debootstrap). Prints the image directory.
     Build {
-        /// Debian suite of the guests.
+        /// Debian suite of the guests: bookworm (kernel 6.1) or trixie
+        /// (kernel 6.12).
         #[arg(long, default_value = "bookworm")]
         suite: String,
         /// Build even when a cached image matches.

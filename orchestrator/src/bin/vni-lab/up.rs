@@ -79,11 +79,6 @@ pub fn up(
     } else {
         Default::default()
     };
-    if topology.modules.is_some() {
-        bail!(
-            "guest.modules is not supported yet: build the modules your kernel needs into it (=y)"
-        );
-    }
     let (kernel, release) = match &topology.kernel {
         Kernel::Path(path) => (path.clone(), "custom".to_owned()),
         _ => (kernel, release),
@@ -109,7 +104,12 @@ pub fn up(
         ));
     }
     let initrd = lab.dir.join("initrd");
-    if let Err(e) = vni_lab::guest_bin::overlay_initrd(&base_initrd, &guest_bins, &initrd) {
+    if let Err(e) = vni_lab::guest_bin::overlay_initrd(
+        &base_initrd,
+        &guest_bins,
+        topology.modules.as_deref(),
+        &initrd,
+    ) {
         drop(lock);
         let _ = lab.clean_leftover();
         return Err(e.into());
@@ -437,6 +437,12 @@ pub fn supervise(dir: &Path, tied: bool) -> anyhow::Result<ExitCode> {
     let stat = unsafe { stat.assume_init() };
     if stat.st_ino != expected.ino() || stat.st_dev != expected.dev() {
         bail!("fd {LOCK_FD} is not the lock of {}", dir.display());
+    }
+    // The lock is the supervisor's alone: its QEMUs must not inherit it, or
+    // a QEMU outliving the supervisor would keep a dead lab "live".
+    // SAFETY: fcntl(F_SETFD) on an open fd changes only its flags.
+    if unsafe { libc::fcntl(LOCK_FD, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        bail!("cannot mark the lab lock close-on-exec");
     }
     // SAFETY: LOCK_FD is open (fstat succeeded), refers to the lab's lock
     // file, and nothing else in this process owns it.
