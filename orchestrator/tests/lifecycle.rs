@@ -120,6 +120,25 @@ fn processes_naming(dir: &Path) -> Vec<u32> {
     pids
 }
 
+/// `Cpus_allowed_list` of QEMU `pid`'s first vCPU thread ("CPU 0/TCG" or
+/// "CPU 0/KVM", named with -name debug-threads=on).
+fn vcpu_affinity(pid: u32) -> Option<String> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("CPU 0/") {
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_owned());
+        }
+    }
+    None
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -426,7 +445,7 @@ fn a_trixie_lab_boots_debian_13s_kernel() {
     let file = run.dir.join("trixie.yaml");
     std::fs::write(
         &file,
-        "name: trixie\nguest: {kernel: trixie}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+        "name: trixie\nguest: {kernel: trixie}\nnodes:\n  - {name: a, ip: 10.0.0.1/24, host_cpus: [1]}\n  - {name: b, ip: 10.0.0.2/24, host_cpus: [0]}\n",
     )
     .unwrap();
     let out = run.run(&["up", "--detach", "--quiet", file.to_str().unwrap()]);
@@ -436,6 +455,15 @@ fn a_trixie_lab_boots_debian_13s_kernel() {
     assert!(release.starts_with("6.12."), "{release}");
     let out = run.run(&["exec", "b", "--", "uname", "-r"]);
     assert_eq!(text(&out.stdout), format!("{release}\n"));
+    // host_cpus: each node's vCPU thread runs on its own host CPU.
+    for (node, cpu) in [(0, "1"), (1, "0")] {
+        let pid = status[0]["nodes"][node]["qemu_pid"].as_u64().unwrap();
+        assert_eq!(
+            vcpu_affinity(pid as u32).as_deref(),
+            Some(cpu),
+            "node {node}"
+        );
+    }
     let out = run.run(&["exec", "a", "--", "vni-driver", "probe"]);
     assert_eq!(out.status.code(), Some(0), "VFIO on the 6.12 kernel");
     let out = run.run(&["down"]);

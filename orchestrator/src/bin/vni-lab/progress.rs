@@ -15,11 +15,12 @@ pub enum Progress {
 }
 
 impl Progress {
-    /// A spinner when stderr is a terminal and `quiet` is not set.
+    /// A spinner when stdout and stderr are terminals and `quiet` is not
+    /// set; plain lines when either is redirected (a log, CI).
     pub fn new(quiet: bool) -> Self {
         if quiet {
             Progress::Quiet
-        } else if std::io::stderr().is_terminal() {
+        } else if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(120));
             Progress::Spinner(bar)
