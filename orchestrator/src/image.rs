@@ -17,7 +17,9 @@
 //! The result lands in `<cache>/images/<suite>-<hash>/` with a manifest;
 //! the hash covers the recipe, the suite and the exact kernel package, so a
 //! new kernel or a changed recipe builds a new image and an unchanged one
-//! is reused. A failed build leaves nothing behind.
+//! is reused, and a new build removes the older images of its suite. A
+//! failed or interrupted build leaves nothing behind (an interrupted one
+//! is removed by the next build).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -334,7 +336,77 @@ struct Scratch(PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        remove_build_dir(&self.0);
+    }
+}
+
+/// Mount points at or below `dir`, deepest first (from
+/// /proc/self/mountinfo, whose fifth field is the mount point, with
+/// spaces and the like escaped as octal).
+fn mounts_under(dir: &Path, mountinfo: &str) -> Vec<PathBuf> {
+    let unescape = |field: &str| {
+        let mut out = Vec::new();
+        let bytes = field.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'\\' && i + 3 < bytes.len() {
+                if let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+    };
+    let mut mounts: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    mounts
+}
+
+/// Removes a build directory, first detaching anything debootstrap left
+/// mounted in it (an interrupted build can leave /proc or /sys mounted in
+/// the chroot; deleting through those mounts must never happen). A
+/// directory with a mount that will not go is left alone.
+fn remove_build_dir(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for mount in mounts_under(dir, &mountinfo) {
+        let Ok(c_path) = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes()) else {
+            return;
+        };
+        // SAFETY: `c_path` is a NUL-terminated path; umount2 reads it only.
+        if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return;
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Removes the build directories of builds whose process is gone (killed
+/// by Ctrl-C, say): `.build-<key>-<pid>`.
+fn remove_stale_builds(images: &Path) {
+    let Ok(entries) = std::fs::read_dir(images) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".build-")
+            .and_then(|rest| rest.rsplit('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_build_dir(&entry.path());
+        }
     }
 }
 
@@ -350,6 +422,7 @@ pub fn ensure(
     if !SUITES.contains(&suite) {
         return Err(ImageError::Suite(suite.to_owned()));
     }
+    remove_stale_builds(&cache.join("images"));
     step("resolving the kernel package");
     let apt = Apt::for_suite(suite, cache)?;
     let kernel_package = kernel_package(&apt)?;
@@ -537,6 +610,16 @@ pub fn ensure(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&staged, &dir).map_err(io_err(format!("publish {}", dir.display())))?;
     drop(scratch);
+    // Older images of this suite (another kernel or recipe) are not used
+    // again: labs run from their own copies of kernel and initramfs.
+    if let Ok(entries) = std::fs::read_dir(cache.join("images")) {
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{suite}-")) && entry.path() != dir {
+                remove_build_dir(&entry.path());
+            }
+        }
+    }
     step("image ready");
     load(&dir).ok_or_else(|| ImageError::Io {
         what: "read back the image".into(),
@@ -578,6 +661,23 @@ mod tests {
         assert_eq!(mirror_from_apt_sources(&[], ""), None);
         let disabled = "Enabled: no\nURIs: http://off.example/debian\nSuites: bookworm\n";
         assert_eq!(mirror_from_apt_sources(&[disabled.into()], ""), None);
+    }
+
+    #[test]
+    fn mounts_below_a_build_are_found_deepest_first() {
+        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
+                    90 1 0:5 / /c/.build-k-1/rootfs/proc rw - proc proc rw\n\
+                    91 90 0:6 / /c/.build-k-1/rootfs/proc/sys/fs/binfmt_misc rw - binfmt_misc b rw\n\
+                    92 1 0:7 / /c/.build-k-1/root\\040fs rw - tmpfs t rw\n";
+        assert_eq!(
+            mounts_under(Path::new("/c/.build-k-1"), info),
+            vec![
+                PathBuf::from("/c/.build-k-1/rootfs/proc/sys/fs/binfmt_misc"),
+                PathBuf::from("/c/.build-k-1/rootfs/proc"),
+                PathBuf::from("/c/.build-k-1/root fs"),
+            ]
+        );
+        assert!(mounts_under(Path::new("/elsewhere"), info).is_empty());
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub fn up(
         }
         Err(e) => return Err(e).context("cannot start the lab"),
     };
+    let topology_text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = name.unwrap_or_else(|| topology.name.clone());
     if let Err(allowed) = topology::check_name(&name) {
         bail!("--name {name:?}: {allowed}");
@@ -103,34 +105,44 @@ pub fn up(
             }
         ));
     }
-    let initrd = lab.dir.join("initrd");
-    if let Err(e) = vni_lab::guest_bin::overlay_initrd(
-        &base_initrd,
-        &guest_bins,
-        topology.modules.as_deref(),
-        &initrd,
-    ) {
-        drop(lock);
-        let _ = lab.clean_leftover();
-        return Err(e.into());
-    }
-    let plan = Plan {
-        name: name.clone(),
-        topology_path: file.to_owned(),
-        topology_text: std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?,
-        accel: accel.accel.to_owned(),
-        kernel,
-        initrd,
-        kernel_release: release,
-        sandbox: qemu::supports_sandbox(),
-        shm: lab.default_shm(),
+    // The lab runs from its own copies: a rebuilt image or kernel never
+    // changes a running lab (nor a node restarted in it).
+    let prepare = || -> anyhow::Result<()> {
+        let lab_kernel = lab.dir.join("vmlinuz");
+        std::fs::copy(&kernel, &lab_kernel)
+            .with_context(|| format!("cannot copy the kernel {}", kernel.display()))?;
+        let initrd = lab.dir.join("initrd");
+        vni_lab::guest_bin::overlay_initrd(
+            &base_initrd,
+            &guest_bins,
+            topology.modules.as_deref(),
+            &initrd,
+        )?;
+        let plan = Plan {
+            name: name.clone(),
+            topology_path: file.to_owned(),
+            topology_text: topology_text.clone(),
+            accel: accel.accel.to_owned(),
+            kernel: lab_kernel,
+            initrd,
+            kernel_release: release.clone(),
+            sandbox: qemu::supports_sandbox(),
+            shm: lab.default_shm(),
+        };
+        lab.write_json(&lab.plan_path(), &plan)?;
+        Ok(())
     };
-    if let Err(e) = lab.write_json(&lab.plan_path(), &plan) {
-        drop(lock);
-        let _ = lab.clean_leftover();
-        return Err(e.into());
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let runtime = match prepare().and_then(|()| Ok(runtime?)) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            drop(lock);
+            let _ = lab.clean_leftover();
+            return Err(e);
+        }
+    };
     progress.step(&format!(
         "starting lab {name}: {} nodes, {} ({})",
         topology.nodes.len(),
@@ -138,9 +150,6 @@ pub fn up(
         accel.reason
     ));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let result = runtime.block_on(drive(&lab, lock, &topology, detach, &mut progress));
     progress.done();
     result
