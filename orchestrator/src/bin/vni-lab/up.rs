@@ -109,8 +109,11 @@ pub fn up(
     // changes a running lab (nor a node restarted in it).
     let prepare = || -> anyhow::Result<()> {
         let lab_kernel = lab.dir.join("vmlinuz");
-        std::fs::copy(&kernel, &lab_kernel)
-            .with_context(|| format!("cannot copy the kernel {}", kernel.display()))?;
+        // Not fs::copy: it would carry the source's mode past the umask.
+        let copy_kernel = || -> std::io::Result<u64> {
+            std::io::copy(&mut File::open(&kernel)?, &mut File::create(&lab_kernel)?)
+        };
+        copy_kernel().with_context(|| format!("cannot copy the kernel {}", kernel.display()))?;
         let initrd = lab.dir.join("initrd");
         vni_lab::guest_bin::overlay_initrd(
             &base_initrd,
