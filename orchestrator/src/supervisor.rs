@@ -338,6 +338,7 @@ async fn start(
     let waits = nodes.iter().map(|running| {
         Box::pin(wait_node(
             lab,
+            &topology,
             running,
             recorder,
             topology.boot_timeout,
@@ -345,7 +346,128 @@ async fn start(
             started,
         ))
     });
-    futures::future::try_join_all(waits).await.map(|_| ())
+    let agents = futures::future::try_join_all(waits).await?;
+
+    // Every driver attached and in RUN: each node can reach every other.
+    // The agents are dropped afterwards: their channels take one client
+    // at a time, and `vni-lab exec` is next.
+    emit(&Event::Step {
+        message: "waiting for every node's VNI driver".into(),
+    });
+    wait_for_vni(
+        &plan.shm,
+        &topology,
+        started + topology.boot_timeout,
+        nodes,
+        &agents,
+    )
+    .await
+}
+
+/// Where a node's driver logs, in the guest.
+pub const DRIVER_LOG: &str = "/run/vni-driver.log";
+/// Where the driver's pid is, in the guest.
+pub const DRIVER_PID: &str = "/run/vni-driver.pid";
+
+/// Starts the VNI driver in a node, in the background, logging to
+/// [`DRIVER_LOG`].
+async fn start_driver(
+    agent: &GuestAgent,
+    running: &Running,
+    topology: &Topology,
+    timeout: Duration,
+) -> Result<(), String> {
+    let node = &running.node;
+    let notification = match topology.vni.notification {
+        crate::topology::Notification::Interrupt => "interrupt",
+        crate::topology::Notification::Polling => "polling",
+    };
+    let command = format!(
+        "vni-driver run --node {} --mac {} --mtu {} --address {} --notification {notification} \
+         > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",
+        node.id, node.mac, topology.vni.mtu, node.ip
+    );
+    let out = agent
+        .exec("/bin/sh", &["-c", &command], timeout)
+        .await
+        .map_err(|e| format!("node {}: cannot start the VNI driver: {e}", node.name))?;
+    if out.code != Some(0) {
+        return Err(format!(
+            "node {}: starting the VNI driver failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until every node's entry in the region says RUN, reading the
+/// region from the host. On timeout, says which nodes are not there and
+/// shows their driver's log.
+async fn wait_for_vni(
+    shm: &Path,
+    topology: &Topology,
+    deadline: Instant,
+    nodes: &[Running],
+    agents: &[GuestAgent],
+) -> Result<(), String> {
+    let region = vni_protocol::Region::open(shm).map_err(|e| e.to_string())?;
+    loop {
+        let report = vni_protocol::inspect(&region).map_err(|e| e.to_string())?;
+        let missing: Vec<&Node> = topology
+            .nodes
+            .iter()
+            .filter(|n| {
+                report.nodes.get(n.id).and_then(|r| r.state) != Some(vni_protocol::NodeState::Run)
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if let Some(gone) = nodes.iter().find(|n| n.exit.borrow().is_some()) {
+            return Err(format!(
+                "node {}: QEMU exited ({})",
+                gone.node.name,
+                gone.exit.borrow().clone().unwrap_or_default()
+            ));
+        }
+        // A driver that died will not get there: say so now.
+        let mut dead = Vec::new();
+        for node in &missing {
+            if let Some(agent) = agents.get(node.id) {
+                let check = format!("kill -0 $(cat {DRIVER_PID})");
+                if let Ok(out) = agent
+                    .exec("/bin/sh", &["-c", &check], Duration::from_secs(10))
+                    .await
+                {
+                    if out.code != Some(0) {
+                        dead.push(*node);
+                    }
+                }
+            }
+        }
+        if !dead.is_empty() || Instant::now() >= deadline {
+            let (failed, why) = if dead.is_empty() {
+                (missing, "did not reach RUN within timeouts.boot")
+            } else {
+                (dead, "exited")
+            };
+            let mut message = String::new();
+            for node in failed {
+                message.push_str(&format!("node {}: its VNI driver {why}", node.name));
+                if let Some(agent) = agents.get(node.id) {
+                    let log = agent
+                        .exec("/bin/cat", &[DRIVER_LOG], Duration::from_secs(10))
+                        .await
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_else(|e| format!("(cannot read it: {e})"));
+                    message.push_str(&format!("\n--- {DRIVER_LOG}:\n{}\n", log.trim_end()));
+                }
+            }
+            return Err(message);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Creates the shared-memory file (0600, refusing an existing one) and
@@ -447,12 +569,13 @@ fn describe(status: std::process::ExitStatus) -> String {
 
 async fn wait_node(
     lab: &LabDir,
+    topology: &Topology,
     running: &Running,
     recorder: &Recorder,
     boot_timeout: Duration,
     command_timeout: Duration,
     started: Instant,
-) -> Result<(), String> {
+) -> Result<GuestAgent, String> {
     let deadline = started + boot_timeout;
     let name = &running.node.name;
     let paths = lab.node(name);
@@ -468,7 +591,8 @@ async fn wait_node(
     )
     .await;
     match ready {
-        Ok(_agent) => {
+        Ok(agent) => {
+            start_driver(&agent, running, topology, command_timeout).await?;
             let after = started.elapsed().as_secs_f64();
             recorder.node(name, |n| {
                 n.state = NodeState::Ready;
@@ -478,7 +602,7 @@ async fn wait_node(
                 node: name.clone(),
                 after,
             });
-            Ok(())
+            Ok(agent)
         }
         Err(e) => {
             // Give QEMU a moment to finish writing after a panic.

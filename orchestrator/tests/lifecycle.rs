@@ -210,16 +210,33 @@ fn a_detached_lab_answers_commands_and_down_leaves_nothing() {
             text(&out.stdout).contains("1af4:1110"),
             "{node}: no ivshmem device"
         );
+        // Its only links: loopback and the VNI (no NIC).
         let out = run.run(&["exec", node, "--", "ip", "-o", "link"]);
-        assert_eq!(
-            text(&out.stdout).lines().count(),
-            1,
-            "{node}: only lo expected"
+        let links: Vec<String> = text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_owned()))
+            .collect();
+        assert_eq!(links, ["lo", "vni0"], "{node}");
+    }
+    // The VNI carries IP between the nodes, both ways, nothing lost.
+    for (from, to) in [("node0", "10.10.0.2"), ("node1", "10.10.0.1")] {
+        let out = run.run(&["exec", from, "--", "ping", "-c", "5", "-i", "0.2", to]);
+        assert_eq!(out.status.code(), Some(0), "{from} -> {to}");
+        assert!(
+            text(&out.stdout).contains(" 0% packet loss"),
+            "{from} -> {to}"
         );
     }
-    // Through VFIO, each guest maps the lab's region (the same format
-    // epoch on both) and has its own ivshmem peer id, and a doorbell rung
-    // by one reaches the other, both ways.
+
+    // Below the driver: stop it, then check that through VFIO each guest
+    // maps the lab's region (the same format epoch on both) and has its
+    // own ivshmem peer id, and that a doorbell rung by one reaches the
+    // other, both ways.
+    for node in ["node0", "node1"] {
+        let stop = "p=$(cat /run/vni-driver.pid); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.1; done";
+        let out = run.run(&["exec", node, "--", "sh", "-c", stop]);
+        assert_eq!(out.status.code(), Some(0), "{node}: stopping the driver");
+    }
     let probe = |node: &str| -> serde_json::Value {
         let out = run.run(&["exec", node, "--", "vni-driver", "probe"]);
         assert_eq!(out.status.code(), Some(0), "{node}: probe failed");
@@ -464,8 +481,11 @@ fn a_trixie_lab_boots_debian_13s_kernel() {
             "node {node}"
         );
     }
-    let out = run.run(&["exec", "a", "--", "vni-driver", "probe"]);
-    assert_eq!(out.status.code(), Some(0), "VFIO on the 6.12 kernel");
+    // The VNI (VFIO, TAP, region) works on 6.12 too.
+    let out = run.run(&[
+        "exec", "a", "--", "ping", "-c", "3", "-i", "0.2", "10.0.0.2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "the VNI on the 6.12 kernel");
     let out = run.run(&["down"]);
     assert_eq!(out.status.code(), Some(0));
     run.assert_gone("trixie", status[0]["shm"].as_str());
@@ -517,9 +537,11 @@ fn a_kernel_of_ones_own_boots_with_its_modules() {
         text(&out.stdout).starts_with("6.12."),
         "not the given kernel"
     );
-    // The VNI's modules come from the given tree: VFIO works.
-    let out = run.run(&["exec", "a", "--", "vni-driver", "probe"]);
-    assert_eq!(out.status.code(), Some(0));
+    // The VNI's modules (VFIO, tun) come from the given tree: it works.
+    let out = run.run(&[
+        "exec", "a", "--", "ping", "-c", "3", "-i", "0.2", "10.0.0.2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "the VNI with the given modules");
     let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();
     let out = run.run(&["down"]);
     assert_eq!(out.status.code(), Some(0));

@@ -1,7 +1,10 @@
 //! The VNI driver of a vni-lab guest.
 //!
-//! Today: [`device`], the ivshmem device through VFIO (registers, the
-//! shared region, doorbells in and out). The network side (a TAP interface
-//! carrying Ethernet over the region) builds on it.
+//! [`device`] is the ivshmem device through VFIO (registers, the shared
+//! region, doorbells in and out), [`tap`] the network interface, and
+//! [`run`] the loop that carries Ethernet frames between the two with the
+//! protocol library.
 
 pub mod device;
+pub mod run;
+pub mod tap;

@@ -3,10 +3,13 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vni_driver::device::Ivshmem;
+use vni_driver::run::{Config, Notification};
 
 /// Doorbell vectors the lab's QEMUs give each node.
 const VECTORS: u32 = 2;
@@ -24,6 +27,28 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Runs the VNI: a TAP interface whose frames travel through the
+    /// shared region. Stops on SIGTERM or SIGINT.
+    Run {
+        /// This node's id in the region.
+        #[arg(long)]
+        node: usize,
+        /// The interface's MAC address.
+        #[arg(long)]
+        mac: vni_protocol::MacAddr,
+        /// MTU.
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+        /// An address (CIDR) of the interface; repeatable.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        /// Interface name.
+        #[arg(long, default_value = "vni0")]
+        interface: String,
+        /// interrupt or polling.
+        #[arg(long, default_value = "interrupt", value_parser = ["interrupt", "polling"])]
+        notification: String,
+    },
     /// Opens the device and prints, as JSON, its PCI address, its ivshmem
     /// peer id, the size of the shared region and what the region holds.
     Probe,
@@ -58,30 +83,38 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let device = Ivshmem::open(VECTORS)?;
     match cli.command {
-        Cmd::Probe => {
-            let region = device.map_region()?;
-            let layout = match vni_protocol::Layout::read(&region) {
-                Ok((layout, epoch)) => serde_json::json!({
-                    "config": layout.geometry.config.number(),
-                    "slots": layout.geometry.slot_count,
-                    "slot_size": layout.geometry.slot_size,
-                    "max_nodes": layout.geometry.max_nodes,
-                    "epoch": epoch,
-                }),
-                Err(e) => serde_json::json!({ "error": e.to_string() }),
+        Cmd::Run {
+            node,
+            mac,
+            mtu,
+            addresses,
+            interface,
+            notification,
+        } => {
+            let config = Config {
+                node,
+                mac,
+                mtu,
+                addresses,
+                interface,
+                notification: if notification == "polling" {
+                    Notification::Polling
+                } else {
+                    Notification::Interrupt
+                },
             };
-            let report = serde_json::json!({
-                "device": device.bdf(),
-                "position": device.position()?,
-                "region_bytes": device.region_len(),
-                "layout": layout,
-            });
-            println!("{report}");
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone())?;
+            }
+            let stats = vni_driver::run::run(&config, &stop)?;
+            eprintln!("vni-driver: stopped ({stats:?})");
         }
-        Cmd::Ring { peer, vector } => device.ring(peer, vector),
+        Cmd::Probe => probe(&Ivshmem::open(VECTORS)?)?,
+        Cmd::Ring { peer, vector } => Ivshmem::open(VECTORS)?.ring(peer, vector),
         Cmd::Wait { vector, timeout } => {
+            let device = Ivshmem::open(VECTORS)?;
             println!("armed");
             std::io::stdout().flush()?;
             let count = device.wait(vector, Duration::from_secs(timeout))?;
@@ -93,4 +126,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn probe(device: &Ivshmem) -> anyhow::Result<()> {
+    let region = device.map_region()?;
+    let layout = match vni_protocol::Layout::read(&region) {
+        Ok((layout, epoch)) => serde_json::json!({
+            "config": layout.geometry.config.number(),
+            "slots": layout.geometry.slot_count,
+            "slot_size": layout.geometry.slot_size,
+            "max_nodes": layout.geometry.max_nodes,
+            "epoch": epoch,
+        }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
+    let report = serde_json::json!({
+        "device": device.bdf(),
+        "position": device.position()?,
+        "region_bytes": device.region_len(),
+        "layout": layout,
+    });
+    println!("{report}");
+    Ok(())
 }

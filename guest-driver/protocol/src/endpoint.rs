@@ -140,7 +140,9 @@ impl PoolState {
 }
 
 /// The members of a node bit set.
-fn members(set: u64) -> impl Iterator<Item = NodeId> {
+/// The node ids in a set of nodes (bit N = node N), such as
+/// [`FlushReport::wake`] or [`Endpoint::running_peers`].
+pub fn members(set: u64) -> impl Iterator<Item = NodeId> {
     (0..64).filter(move |n| set & 1 << n != 0)
 }
 

@@ -69,7 +69,7 @@ mod rings;
 pub mod sim;
 
 pub use addr::AddrError;
-pub use endpoint::{format, Dest, Endpoint, EndpointError, FlushReport, SendError, BATCH};
+pub use endpoint::{format, members, Dest, Endpoint, EndpointError, FlushReport, SendError, BATCH};
 pub use ether::{MacAddr, MacParseError};
 pub use frame::{ProtocolError, RxFrame, Segment};
 pub use inspect::{inspect, NodeReport, PoolReport, RegionReport};
