@@ -567,6 +567,40 @@ impl Endpoint {
         }
     }
 
+    /// Gives back the slots this node holds without needing them (its send
+    /// cache and the slots of frames it received), so that an idle node
+    /// holds none and `inspect` sees the whole pool free. One lock round:
+    /// call it when the node goes idle, not per frame. Slots of frames
+    /// still staged stay. Configuration 1 has nothing to give back.
+    pub fn release_idle(&mut self) -> Result<(), EndpointError> {
+        self.check_usable()?;
+        let Backend::Pool(state) = &self.backend else {
+            return Ok(());
+        };
+        if state.cache.is_empty() && state.to_free.is_empty() {
+            return Ok(());
+        }
+        let ticket = self.acquire()?;
+        let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let pool = Pool { region, layout };
+        let result = match &mut self.backend {
+            Backend::Pool(state) => {
+                let mut give = std::mem::take(&mut state.to_free);
+                give.append(&mut state.cache);
+                pool.push_free(me, &give)
+            }
+            Backend::Rings(_) => Ok(0),
+        };
+        match result {
+            Ok(skipped) => self.counters.protocol_errors += skipped,
+            Err(error) => {
+                self.note(error);
+                self.repair_locked();
+            }
+        }
+        self.release(ticket)
+    }
+
     /// Drops frames that flush deferred (Ethernet semantics: a full
     /// receiver loses frames rather than stalling the sender).
     pub fn drop_staged(&mut self) {
@@ -1297,6 +1331,30 @@ mod tests {
             }
             assert_all_slots_home(&region);
         }
+    }
+
+    #[test]
+    fn an_idle_node_gives_every_slot_back() {
+        let (region, mut eps) = lab(BufferConfig::SharedPool, 2, 1000);
+        for i in 0..100 {
+            eps[0].send(Dest::Node(1), &frame(3000, i)).unwrap();
+        }
+        eps[0].flush().unwrap();
+        let mut got = 0;
+        eps[1].recv(BATCH * 4, |_| got += 1).unwrap();
+        eps[1].recv(BATCH * 4, |_| got += 1).unwrap();
+        assert_eq!(got, 100);
+        let report = inspect::inspect(&region).unwrap();
+        assert!(report.pool.free < report.pool.slots, "caches hold slots");
+        for ep in &mut eps {
+            ep.release_idle().unwrap();
+        }
+        let report = inspect::inspect(&region).unwrap();
+        assert_eq!(report.pool.free, report.pool.slots);
+        assert!(report.nodes.iter().all(|n| n.slots_held == 0));
+        // Nothing to give: no lock round, no change.
+        eps[0].release_idle().unwrap();
+        assert_eq!(eps[0].counters().protocol_errors, 0);
     }
 
     #[test]
