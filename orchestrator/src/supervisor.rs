@@ -474,6 +474,9 @@ async fn wait_for_vni(
 /// formats the VNI region in it.
 fn create_region(path: &Path, topology: &Topology) -> Result<File, String> {
     use std::os::unix::fs::OpenOptionsExt;
+    // The name belongs to this lab directory, whose lock we hold: a file
+    // there now is a dead lab's.
+    let _ = std::fs::remove_file(path);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -8,117 +8,15 @@
 //! runs; about 45 s). The tests boot guests one test at a time: two cores
 //! under TCG are slow enough with one lab.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vni-lab");
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn topologies() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies")
-}
-
-/// A run directory of its own; tears down whatever is left and removes
-/// itself when dropped, so a failing test leaks nothing either.
-struct Run {
-    dir: PathBuf,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Run {
-    fn new(tag: &str) -> Self {
-        let serial = ONE_LAB_AT_A_TIME
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let dir = std::env::temp_dir().join(format!("vni-lifecycle-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Run {
-            dir,
-            _serial: serial,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("VNI_LAB_RUN_DIR", &self.dir)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().expect("vni-lab runs");
-        eprintln!(
-            "$ vni-lab {} -> {:?}\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.run(&["status", "--json"]);
-        assert!(out.status.success());
-        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
-    }
-
-    /// Asserts that the lab `name` left nothing: no directory, no process
-    /// naming it, no shared-memory file.
-    fn assert_gone(&self, name: &str, shm: Option<&str>) {
-        let lab_dir = self.dir.join(name);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !processes_naming(&lab_dir).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_eq!(
-            processes_naming(&lab_dir),
-            Vec::<u32>::new(),
-            "processes left"
-        );
-        assert!(!lab_dir.exists(), "{} left", lab_dir.display());
-        if let Some(shm) = shm {
-            assert!(!Path::new(shm).exists(), "{shm} left");
-        }
-        let status = self.status();
-        assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["down", "--all"]).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Live processes (zombies excepted) whose command line names `dir`.
-fn processes_naming(dir: &Path) -> Vec<u32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        });
-        if !zombie && cmdline.windows(needle.len()).any(|w| w == needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
+use common::{processes_naming, text, topologies, Run};
 
 /// `Cpus_allowed_list` of QEMU `pid`'s first vCPU thread ("CPU 0/TCG" or
 /// "CPU 0/KVM", named with -name debug-threads=on).
@@ -137,10 +35,6 @@ fn vcpu_affinity(pid: u32) -> Option<String> {
         }
     }
     None
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

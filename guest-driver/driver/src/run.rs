@@ -11,7 +11,9 @@
 //! 2. up to a batch of frames from the region is written to the TAP
 //!    straight from the slots (`writev` with iovecs into the mapping);
 //! 3. every few milliseconds, housekeeping: heartbeat, counters, dead
-//!    peers' buffers, and the TAP's carrier (up while another node runs).
+//!    peers' buffers, and the TAP's carrier (up while another node runs);
+//!    after 100 ms without traffic, the slots the node caches go back to
+//!    the pool.
 //!
 //! When a round moved nothing the node waits. With interrupt
 //! notification it says it sleeps, checks its queue once more, and polls
@@ -63,6 +65,8 @@ const RX_VECTOR: u16 = 0;
 /// Longest wait between polls in polling mode.
 const POLL_MAX: Duration = Duration::from_millis(1);
 const POLL_MIN: Duration = Duration::from_micros(50);
+/// Idle time after which cached slots go back to the pool.
+const GIVE_BACK_AFTER: Duration = Duration::from_millis(100);
 
 /// Counts of what the loop did (beyond the protocol's own counters).
 #[derive(Clone, Copy, Debug, Default)]
@@ -103,6 +107,8 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
     let mut carrier = false;
     let mut last_tick = Instant::now() - TICK;
     let mut idle_wait = POLL_MIN;
+    let mut last_busy = Instant::now();
+    let mut gave_back = false;
     while !stop.load(Ordering::Relaxed) {
         // 1. TAP -> region.
         let mut read = 0;
@@ -152,7 +158,15 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
 
         if read > 0 || received > 0 || report.published > 0 || report.deferred > 0 {
             idle_wait = POLL_MIN;
+            last_busy = Instant::now();
+            gave_back = false;
             continue;
+        }
+        // Idle for a while: hand back cached slots, so that an idle lab's
+        // pool is whole again.
+        if last_busy.elapsed() >= GIVE_BACK_AFTER && !gave_back {
+            ep.release_idle()?;
+            gave_back = true;
         }
         match config.notification {
             Notification::Interrupt => {

@@ -157,6 +157,24 @@ impl AgentLock {
     }
 }
 
+/// Runs `command` in `node` of `lab` through its guest agent, queued on
+/// the node's agent lock.
+pub async fn run_in(
+    lab: &LabDir,
+    node: &str,
+    command: &[&str],
+    timeout: Duration,
+) -> Result<vni_lab::agent::ExecOutput, AgentError> {
+    let _lock = AgentLock::take(&lab.agent_lock_path(node), timeout + AGENT_CALL).map_err(|e| {
+        AgentError::Failed {
+            what: "agent lock",
+            message: format!("{e:#}"),
+        }
+    })?;
+    let agent = GuestAgent::connect(&lab.node(node).agent, AGENT_CALL).await?;
+    agent.exec(command[0], &command[1..], timeout).await
+}
+
 pub fn exec(
     name: Option<&str>,
     node: &str,
@@ -166,17 +184,11 @@ pub fn exec(
     let result = (|| -> anyhow::Result<ExitCode> {
         let (lab, topology) = node_of(name, node)?;
         let timeout = timeout.unwrap_or(topology.command_timeout);
-        let _lock = AgentLock::take(&lab.agent_lock_path(node), timeout + AGENT_CALL)?;
-        let socket = lab.node(node).agent;
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let output = runtime.block_on(async {
-            let agent = GuestAgent::connect(&socket, AGENT_CALL).await?;
-            let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
-            agent.exec(&command[0], &args, timeout).await
-        });
-        let output = match output {
+        let output = match runtime.block_on(run_in(&lab, node, &args, timeout)) {
             Ok(output) => output,
             Err(AgentError::Failed {
                 what: "guest-exec",
@@ -200,6 +212,53 @@ pub fn exec(
         eprintln!("vni-lab: {e:#}");
         Ok(ExitCode::from(EXEC_FAILED))
     })
+}
+
+/// Pings every other node from the first one and prints one line each:
+/// `up`'s proof that frames cross the lab.
+pub async fn show_traffic(lab: &LabDir, topology: &Topology) {
+    let Some(first) = topology.nodes.first() else {
+        return;
+    };
+    for other in &topology.nodes[1..] {
+        let ip = other.ip.addr().to_string();
+        let line = match run_in(
+            lab,
+            &first.name,
+            &["ping", "-q", "-c", "3", "-i", "0.2", "-W", "2", &ip],
+            Duration::from_secs(20),
+        )
+        .await
+        {
+            Ok(out) => summarise_ping(&String::from_utf8_lossy(&out.stdout)),
+            Err(e) => format!("cannot ping: {e}"),
+        };
+        println!(
+            "  traffic: {} -> {} ({ip}) over the VNI: {line}",
+            first.name, other.name
+        );
+    }
+}
+
+/// "3/3 replies, rtt avg 2.1 ms" from ping's summary.
+fn summarise_ping(out: &str) -> String {
+    let counts = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| {
+            let nums: Vec<&str> = l.split_whitespace().collect();
+            Some(format!("{}/{} replies", nums.get(3)?, nums.first()?))
+        });
+    let avg = out
+        .lines()
+        .find(|l| l.starts_with("rtt"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .map(|avg| format!(", rtt avg {avg} ms"));
+    match counts {
+        Some(counts) => format!("{counts}{}", avg.unwrap_or_default()),
+        None => "no answer".into(),
+    }
 }
 
 pub fn console(name: Option<&str>, node: &str, follow: bool) -> anyhow::Result<ExitCode> {
@@ -236,5 +295,106 @@ pub fn console(name: Option<&str>, node: &str, follow: bool) -> anyhow::Result<E
         {
             file.seek(SeekFrom::Start(0))?;
         }
+    }
+}
+
+pub fn inspect(
+    name: Option<&str>,
+    json: bool,
+    watch: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let lab = lab::find(&lab::run_dir(), name)?;
+    let topology = topology(&lab)?;
+    let shm = lab
+        .state()
+        .and_then(|s| s.shm)
+        .with_context(|| format!("lab {} has no shared memory yet", lab.name))?;
+    let region = vni_protocol::Region::open(&shm)
+        .with_context(|| format!("cannot map {}", shm.display()))?;
+    loop {
+        let report = vni_protocol::inspect(&region)
+            .map_err(|e| anyhow::anyhow!("the region of lab {} is not readable: {e}", lab.name))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            if watch.is_some() {
+                print!("\x1b[H\x1b[2J");
+            }
+            print_region(&lab, &topology, &report);
+        }
+        match watch {
+            Some(every) if lab.is_live() => std::thread::sleep(every),
+            _ => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+fn print_region(lab: &LabDir, topology: &Topology, r: &vni_protocol::RegionReport) {
+    let g = &r.geometry;
+    println!(
+        "Lab {}: buffer configuration {}, {} slots of {} bytes, {} free; lock {} (holder {}, {} recoveries)",
+        lab.name,
+        g.config.number(),
+        r.pool.slots,
+        g.slot_size,
+        r.pool.free,
+        if r.lock.held { "held" } else { "free" },
+        r.lock
+            .holder
+            .node
+            .map_or("none".into(), |n| n.to_string()),
+        r.lock.recoveries
+    );
+    println!(
+        "  {:<3} {:<10} {:<6} {:<17} {:>5} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8} {:>6}",
+        "ID",
+        "NODE",
+        "STATE",
+        "MAC",
+        "BELL",
+        "HELD",
+        "QUEUE",
+        "TX FRAMES",
+        "RX FRAMES",
+        "TX DROP",
+        "RX DROP",
+        "ERRORS"
+    );
+    for n in &r.nodes {
+        let name = topology
+            .nodes
+            .get(n.id)
+            .map_or("-", |node| node.name.as_str());
+        if n.state == Some(vni_protocol::NodeState::Reset) && topology.nodes.get(n.id).is_none() {
+            continue;
+        }
+        println!(
+            "  {:<3} {:<10} {:<6} {:<17} {:>5} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8} {:>6}",
+            n.id,
+            name,
+            n.state
+                .map_or("?".into(), |s| format!("{s:?}").to_uppercase()),
+            n.mac.to_string(),
+            n.doorbell_peer.map_or("-".into(), |p| p.to_string()),
+            n.slots_held,
+            n.queue_depth,
+            n.counters.tx_frames,
+            n.counters.rx_frames,
+            n.counters.tx_dropped,
+            n.counters.rx_dropped,
+            n.counters.protocol_errors
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ping_summaries() {
+        let out = "PING 10.10.0.2 (10.10.0.2) 56(84) bytes of data.\n\n--- 10.10.0.2 ping statistics ---\n3 packets transmitted, 3 received, 0% packet loss, time 403ms\nrtt min/avg/max/mdev = 1.881/4.052/7.562/2.504 ms\n";
+        assert_eq!(super::summarise_ping(out), "3/3 replies, rtt avg 4.052 ms");
+        let lost = "3 packets transmitted, 0 received, 100% packet loss, time 2030ms\n";
+        assert_eq!(super::summarise_ping(lost), "0/3 replies");
+        assert_eq!(super::summarise_ping(""), "no answer");
     }
 }

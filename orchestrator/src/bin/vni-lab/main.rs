@@ -83,6 +83,19 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Prints the lab's shared region as it is now, read from the host:
+    /// nodes and their states, the lock, pool use per node, queue depths,
+    /// counters, protocol errors.
+    Inspect {
+        /// The lab (default: the only one up).
+        lab: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print again every this many seconds until interrupted.
+        #[arg(long, value_parser = parse_duration)]
+        watch: Option<std::time::Duration>,
+    },
     /// Prints a node's serial console log.
     Console {
         /// The lab (default: the only one up).
@@ -183,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
             command,
         } => control::exec(lab.as_deref(), &node, &command, timeout),
+        Command::Inspect { lab, json, watch } => control::inspect(lab.as_deref(), json, watch),
         Command::Console { lab, node, follow } => control::console(lab.as_deref(), &node, follow),
         Command::Supervise { dir, tied } => up::supervise(&dir, tied),
         Command::Validate { file, json } => match Topology::load(&file) {

@@ -269,6 +269,7 @@ async fn drive(
                 up = true;
                 progress.done();
                 print_lab(lab, topology, after);
+                crate::control::show_traffic(lab, topology).await;
                 if detach {
                     println!(
                         "Lab {} is up. Run commands with `vni-lab exec NODE -- CMD`; stop it with `vni-lab down {}`.",

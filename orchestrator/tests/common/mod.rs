@@ -1,0 +1,157 @@
+//! What the VM tests share: the `vni-lab` binary run with a run
+//! directory of its own, and checks that a lab left nothing behind.
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vni-lab");
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub fn topologies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies")
+}
+
+/// A run directory of its own; tears down whatever is left and removes
+/// itself when dropped, so a failing test leaks nothing either.
+pub struct Run {
+    pub dir: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Run {
+    pub fn new(tag: &str) -> Self {
+        let serial = ONE_LAB_AT_A_TIME
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dir = std::env::temp_dir().join(format!("vni-lifecycle-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Run {
+            dir,
+            _serial: serial,
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("VNI_LAB_RUN_DIR", &self.dir)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().expect("vni-lab runs");
+        eprintln!(
+            "$ vni-lab {} -> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"]);
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Asserts that the lab `name` left nothing: no directory, no process
+    /// naming it, no shared-memory file.
+    pub fn assert_gone(&self, name: &str, shm: Option<&str>) {
+        let lab_dir = self.dir.join(name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_naming(&lab_dir).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            processes_naming(&lab_dir),
+            Vec::<u32>::new(),
+            "processes left"
+        );
+        assert!(!lab_dir.exists(), "{} left", lab_dir.display());
+        if let Some(shm) = shm {
+            assert!(!Path::new(shm).exists(), "{shm} left");
+        }
+        let status = self.status();
+        assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["down", "--all"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Live processes (zombies excepted) whose command line names `dir`.
+pub fn processes_naming(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        if !zombie && cmdline.windows(needle.len()).any(|w| w == needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl Run {
+    /// Writes a lab file into the run directory.
+    pub fn lab_file(&self, name: &str, yaml: &str) -> PathBuf {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let path = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    /// `up --detach` of `file`; panics unless the lab came up. Returns
+    /// the lab's `status --json` entry.
+    pub fn up(&self, file: &Path) -> serde_json::Value {
+        let out = self.run(&["up", "--detach", "--quiet", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "the lab did not come up");
+        self.status()[0].clone()
+    }
+
+    /// `exec NODE -- ARGS` with a timeout.
+    pub fn exec(&self, node: &str, args: &[&str]) -> Output {
+        let mut all = vec!["exec", "--timeout", "120s", node, "--"];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    /// `exec`, asserting exit status 0; returns stdout.
+    pub fn exec_ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.exec(node, args);
+        assert_eq!(out.status.code(), Some(0), "{node}: {args:?} failed");
+        text(&out.stdout)
+    }
+
+    /// `inspect --json` of the only lab.
+    pub fn inspect(&self) -> serde_json::Value {
+        let out = self.run(&["inspect", "--json"]);
+        assert_eq!(out.status.code(), Some(0));
+        serde_json::from_slice(&out.stdout).expect("inspect --json is JSON")
+    }
+}
