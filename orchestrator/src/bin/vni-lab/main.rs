@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boots a lab: one QEMU guest per node, all sharing one memory region
-    /// (ivshmem), and waits until every guest answers. Builds the guest
+    /// (ivshmem), starts the VNI driver in each, waits until every node is
+    /// running on the region, and shows a ping across it. Builds the guest
     /// image first when it is missing, and installs missing host packages
     /// when run as root. In the foreground, Ctrl-C tears the lab down.
     /// Exits 0 once the lab is up (--detach) or torn down, 1 when the lab
