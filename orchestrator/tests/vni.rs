@@ -123,6 +123,32 @@ fn two_nodes_carry_ping_a_string_and_iperf3_both_ways() {
     iperf(&run, a.0, b.0, b.1, &["-u", "-b", "20M"]);
     iperf(&run, a.0, b.0, b.1, &["-u", "-b", "20M", "-R"]);
     every_slot_comes_home(&run);
+    // The region's counters saw the traffic, as did the kernel's.
+    for node in run.inspect()["nodes"].as_array().unwrap().iter().take(2) {
+        assert!(
+            node["counters"]["rx_frames"].as_u64().unwrap() > 1000,
+            "{node}"
+        );
+        assert!(
+            node["counters"]["tx_frames"].as_u64().unwrap() > 1000,
+            "{node}"
+        );
+    }
+    let stats = run.exec_ok(a.0, &["cat", "/sys/class/net/vni0/statistics/rx_packets"]);
+    assert!(stats.trim().parse::<u64>().unwrap() > 1000, "{stats}");
+
+    // The carrier is up only while another node runs: stop node1's
+    // driver and node0's vni0 loses it.
+    assert_eq!(
+        run.exec_ok(a.0, &["cat", "/sys/class/net/vni0/carrier"]),
+        "1\n"
+    );
+    run.exec_ok(b.0, &["sh", "-c", "kill $(cat /run/vni-driver.pid)"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run.exec_ok(a.0, &["cat", "/sys/class/net/vni0/carrier"]) != "0\n" {
+        assert!(Instant::now() < deadline, "node0 kept its carrier");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let out = run.run(&["down"]);
     assert_eq!(out.status.code(), Some(0));
     run.assert_gone("two-node", lab["shm"].as_str());
