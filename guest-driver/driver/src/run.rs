@@ -3,11 +3,14 @@
 //!
 //! One thread does everything, in rounds:
 //!
-//! 1. up to a batch of frames read from the TAP is routed (the address
-//!    table says which node owns a destination MAC; group and unknown
-//!    addresses go to every running peer) and staged, then flushed; the
-//!    flush names the receivers that said they sleep, and only those are
-//!    rung (`peer << 16 | 0` to the ivshmem doorbell);
+//! 1. up to a batch of frames is read from the TAP by the kernel straight
+//!    into slots (`readv` into the sender's cached slots, or into the ring
+//!    of the last destination), routed (the address table says which node
+//!    owns a destination MAC; group and unknown addresses go to every
+//!    running peer, copied) and staged, then flushed; the flush names the
+//!    receivers that said they sleep, and only those are rung
+//!    (`peer << 16 | 0` to the ivshmem doorbell); when the pool or ring is
+//!    full, frames wait in the TAP's queue;
 //! 2. up to a batch of frames from the region is written to the TAP
 //!    straight from the slots (`writev` with iovecs into the mapping);
 //! 3. every few milliseconds, housekeeping: heartbeat, counters, dead
@@ -101,7 +104,6 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
     let rx_bell = device
         .vector(usize::from(RX_VECTOR))
         .context("no doorbell vector")?;
-    let mut buf = vec![0u8; VNET_HDR_LEN + 65_536];
     let mut iov: Vec<libc::iovec> = Vec::new();
     let mut stats = LoopStats::default();
     let mut carrier = false;
@@ -110,21 +112,26 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
     let mut last_busy = Instant::now();
     let mut gave_back = false;
     while !stop.load(Ordering::Relaxed) {
-        // 1. TAP -> region.
+        // 1. TAP -> region, read by the kernel straight into slots. Only
+        // when a frame waits: reserving slots for nothing would keep an
+        // idle node's cache full.
         let mut read = 0;
-        while read < BATCH {
-            let Some(n) = tap.read(&mut buf)? else { break };
-            read += 1;
-            if n <= VNET_HDR_LEN {
-                continue;
-            }
-            let frame = &buf[..n];
-            let dest = ep.route(&frame[VNET_HDR_LEN..])?;
-            // A refused frame is dropped and counted, as a NIC drops when
-            // its ring is full (TCP retransmits); only a broken endpoint
-            // stops the driver.
-            if let Err(vni_protocol::SendError::Endpoint(e)) = ep.send(dest, frame) {
-                return Err(e.into());
+        let mut blocked = false;
+        while read < BATCH && (read > 0 || tap.readable()) {
+            match ep.send_direct(vni_protocol::MAX_FRAME, VNET_HDR_LEN, |iov| tap.readv(iov)) {
+                Ok(Some(_)) => read += 1,
+                Ok(None) => break,
+                // The pool or the ring is full: leave frames in the TAP
+                // (its queue is the backpressure a NIC's stopped queue
+                // would be) until receivers make room.
+                Err(e) if e.is_backpressure() => {
+                    blocked = true;
+                    break;
+                }
+                Err(vni_protocol::SendError::Source(e)) => {
+                    return Err(anyhow::Error::new(e).context("reading the TAP"))
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         let report = ep.flush()?;
@@ -156,6 +163,11 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
             }
         }
 
+        if blocked {
+            // Wait for room, not for the TAP (it is readable anyway).
+            wait(&[rx_bell_fd(rx_bell)], POLL_MAX);
+            continue;
+        }
         if read > 0 || received > 0 || report.published > 0 || report.deferred > 0 {
             idle_wait = POLL_MIN;
             last_busy = Instant::now();

@@ -18,6 +18,9 @@ use std::process::Command;
 
 /// Bytes of the virtio-net header in front of every frame.
 pub const VNET_HDR_LEN: usize = 10;
+/// Largest TSO segment the kernel may hand over (IP packet), so that with
+/// the Ethernet and virtio-net headers a frame stays within 64 KiB.
+pub const GSO_MAX_SIZE: usize = 65_000;
 
 /// A TAP interface opened by this process.
 #[derive(Debug)]
@@ -110,8 +113,20 @@ impl Tap {
             }
         };
         let mtu = mtu.to_string();
+        // A TSO frame with its Ethernet and virtio-net headers must fit the
+        // protocol's 64 KiB: keep the kernel's segments a little smaller.
+        let gso = GSO_MAX_SIZE.to_string();
         ip(&[
-            "link", "set", "dev", &self.name, "address", mac, "mtu", &mtu,
+            "link",
+            "set",
+            "dev",
+            &self.name,
+            "address",
+            mac,
+            "mtu",
+            &mtu,
+            "gso_max_size",
+            &gso,
         ])?;
         for address in addresses {
             ip(&["addr", "replace", address, "dev", &self.name])?;
@@ -119,17 +134,21 @@ impl Tap {
         ip(&["link", "set", "dev", &self.name, "up"])
     }
 
-    /// Reads one frame (virtio-net header first) into `buf`; `Ok(None)`
-    /// when none waits.
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        // SAFETY: `buf` is valid writable memory of the length passed.
-        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    /// Reads one frame (virtio-net header first) into `iov`, which may
+    /// point into the shared region: the kernel writes there, nothing
+    /// here reads it. Returns 0 when no frame waits.
+    pub fn readv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `iov` is a valid array of `count` iovecs whose buffers the
+        // caller guarantees writable for the call (slots it holds in the
+        // mapped region).
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), count) };
         if n >= 0 {
-            return Ok(Some(n as usize));
+            return Ok(n as usize);
         }
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
+            Ok(0)
         } else {
             Err(err)
         }
@@ -150,6 +169,17 @@ impl Tap {
         } else {
             Ok(n as usize)
         }
+    }
+
+    /// Whether a frame waits to be read (a poll that does not wait).
+    pub fn readable(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `poll` is one valid pollfd that outlives the call.
+        unsafe { libc::poll(&mut poll, 1, 0) == 1 }
     }
 
     /// The fd to poll.

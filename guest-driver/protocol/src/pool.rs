@@ -211,18 +211,25 @@ impl<'a> Pool<'a> {
     /// the slots are the caller's alone until enqueued.
     pub(crate) fn fill(&self, me: NodeId, chain: &[u32], frame: &[u8]) {
         let slot_size = self.layout.geometry.slot_size as usize;
-        for (i, (&slot, chunk)) in chain.iter().zip(frame.chunks(slot_size)).enumerate() {
+        for (&slot, chunk) in chain.iter().zip(frame.chunks(slot_size)) {
             self.region.write_bytes(self.layout.slot(slot), chunk);
+        }
+        self.describe(me, chain, frame.len());
+    }
+
+    /// Writes the descriptors of a frame of `len` bytes whose data already
+    /// fills `chain` (held by the caller), in order.
+    pub(crate) fn describe(&self, me: NodeId, chain: &[u32], len: usize) {
+        let slot_size = self.layout.geometry.slot_size as usize;
+        for (i, &slot) in chain.iter().enumerate() {
             let next = chain.get(i + 1).copied().unwrap_or(NO_SLOT);
             self.region
                 .store_u32(self.desc(slot, D_NEXT), next, Ordering::Relaxed);
-            self.region.store_u32(
-                self.desc(slot, D_LEN),
-                chunk.len() as u32,
-                Ordering::Relaxed,
-            );
+            let chunk = (len - i * slot_size).min(slot_size);
+            self.region
+                .store_u32(self.desc(slot, D_LEN), chunk as u32, Ordering::Relaxed);
         }
-        let meta = frame.len() as u32 | (me as u32) << 24;
+        let meta = len as u32 | (me as u32) << 24;
         self.region
             .store_u32(self.desc(chain[0], D_META), meta, Ordering::Relaxed);
     }

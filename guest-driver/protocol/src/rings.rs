@@ -100,14 +100,26 @@ impl Rings<'_> {
     pub(crate) fn write(&self, src: NodeId, dst: NodeId, tail: u32, frame: &[u8]) {
         let slot_size = self.layout.geometry.slot_size as usize;
         for (i, chunk) in frame.chunks(slot_size).enumerate() {
-            self.region
-                .write_bytes(self.data_off(src, dst, tail.wrapping_add(i as u32)), chunk);
+            self.region.write_bytes(
+                self.entry_data(src, dst, tail.wrapping_add(i as u32)),
+                chunk,
+            );
         }
+        self.describe(src, dst, tail, frame.len());
+    }
+
+    /// Offset of the data of entry `index` of ring (src, dst): one slot.
+    pub(crate) fn entry_data(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
+        self.data_off(src, dst, index)
+    }
+
+    /// Writes the descriptor of a frame of `len` bytes whose data already
+    /// fills the entries from `tail` on.
+    pub(crate) fn describe(&self, src: NodeId, dst: NodeId, tail: u32, len: usize) {
         let desc = self.desc_off(src, dst, tail);
+        self.region.store_u32(desc, len as u32, Ordering::Relaxed);
         self.region
-            .store_u32(desc, frame.len() as u32, Ordering::Relaxed);
-        self.region
-            .store_u32(desc + 4, self.span(frame.len()), Ordering::Relaxed);
+            .store_u32(desc + 4, self.span(len), Ordering::Relaxed);
     }
 
     /// Reads and validates the descriptor at `head`, given `avail` published
