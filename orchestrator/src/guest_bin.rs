@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The guest binaries, installed in `/usr/local/bin` of every guest.
-pub const BINARIES: &[&str] = &["vni-driver"];
+pub const BINARIES: &[&str] = &["vni-driver", "vni-frames"];
 /// The Rust target of the guests.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Where the binaries land in the guest.
