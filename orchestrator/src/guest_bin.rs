@@ -243,7 +243,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let base = dir.join("base");
         std::fs::write(&base, b"12345").unwrap();
-        std::fs::write(dir.join("vni-driver"), b"\x7fELF driver").unwrap();
+        for bin in BINARIES {
+            std::fs::write(dir.join(bin), b"\x7fELF").unwrap();
+        }
         let out = dir.join("initrd");
         let modules = dir.join("modules");
         std::fs::create_dir_all(modules.join("6.1.0-x/kernel")).unwrap();
@@ -263,19 +265,23 @@ mod tests {
             names.push((entry.entry().name().to_owned(), entry.entry().mode()));
             reader = entry.finish().unwrap();
         }
-        assert_eq!(
-            names,
-            vec![
-                ("usr".to_owned(), 0o40755),
-                ("usr/local".to_owned(), 0o40755),
-                ("usr/local/bin".to_owned(), 0o40755),
-                ("usr/local/bin/vni-driver".to_owned(), 0o100755),
-                ("lib/modules/6.1.0-x".to_owned(), 0o40755),
-                ("lib/modules/6.1.0-x/build".to_owned(), 0o120777),
-                ("lib/modules/6.1.0-x/kernel".to_owned(), 0o40755),
-                ("lib/modules/6.1.0-x/kernel/a.ko".to_owned(), 0o100644),
-            ]
+        let mut want = vec![
+            ("usr".to_owned(), 0o40755),
+            ("usr/local".to_owned(), 0o40755),
+            ("usr/local/bin".to_owned(), 0o40755),
+        ];
+        want.extend(
+            BINARIES
+                .iter()
+                .map(|b| (format!("usr/local/bin/{b}"), 0o100755)),
         );
+        want.extend([
+            ("lib/modules/6.1.0-x".to_owned(), 0o40755),
+            ("lib/modules/6.1.0-x/build".to_owned(), 0o120777),
+            ("lib/modules/6.1.0-x/kernel".to_owned(), 0o40755),
+            ("lib/modules/6.1.0-x/kernel/a.ko".to_owned(), 0o100644),
+        ]);
+        assert_eq!(names, want);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
