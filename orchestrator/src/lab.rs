@@ -188,6 +188,16 @@ pub struct Cleaned {
     pub shm_removed: bool,
 }
 
+impl std::fmt::Display for Cleaned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} processes killed", self.killed.len())?;
+        if self.shm_removed {
+            write!(f, ", shared memory removed")?;
+        }
+        Ok(())
+    }
+}
+
 impl LabDir {
     /// The directory of lab `name` under `run`.
     pub fn new(run: &Path, name: &str) -> Self {
@@ -254,6 +264,19 @@ impl LabDir {
             Ok(f) => !try_flock(&f),
             Err(_) => false,
         }
+    }
+
+    /// Waits up to `timeout` for the lab's supervisor to let go of its
+    /// lock; true if it did.
+    pub fn wait_dead(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.is_live() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
     }
 
     /// Creates the directory (0700) and takes its lock, for `up`. A
@@ -367,7 +390,7 @@ impl LabDir {
 }
 
 /// Takes `file`'s exclusive flock without waiting; false if someone holds it.
-fn try_flock(file: &File) -> bool {
+pub fn try_flock(file: &File) -> bool {
     // SAFETY: flock on an fd we own; no memory is involved.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
@@ -381,9 +404,9 @@ pub fn cmdline_mentions(pid: u32, needle: &Path) -> bool {
     !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
-/// SIGKILLs `pid` if it is still ours (its command line names `dir`) and
-/// waits up to 5 s for it to go; true if it was killed.
-fn kill_if_ours(pid: u32, dir: &Path) -> bool {
+/// Sends `sig` to `pid` if its command line names the lab directory `dir`
+/// (a recycled pid belongs to someone else); true if it was sent.
+pub fn signal_if_ours(pid: u32, dir: &Path, sig: i32) -> bool {
     if pid == 0 || !cmdline_mentions(pid, dir) {
         return false;
     }
@@ -391,7 +414,15 @@ fn kill_if_ours(pid: u32, dir: &Path) -> bool {
         return false;
     };
     // SAFETY: kill has no memory effects; the pid was checked to be ours.
-    unsafe { libc::kill(raw, libc::SIGKILL) };
+    unsafe { libc::kill(raw, sig) == 0 }
+}
+
+/// SIGKILLs `pid` if it is still ours (its command line names `dir`) and
+/// waits up to 5 s for it to go; true if it was killed.
+fn kill_if_ours(pid: u32, dir: &Path) -> bool {
+    if !signal_if_ours(pid, dir, libc::SIGKILL) {
+        return false;
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while cmdline_mentions(pid, dir) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -502,14 +502,13 @@ fn spawn_node(
     socket: &Path,
 ) -> Result<Running, String> {
     let paths = lab.node(&node.name);
-    let append = topology.append.clone();
     let spec = NodeSpec {
         lab: &plan.name,
         node,
         accel: &plan.accel,
         kernel: &plan.kernel,
         initrd: &plan.initrd,
-        append: &append,
+        append: &topology.append,
         ivshmem: socket,
         paths: &paths,
         sandbox: plan.sandbox,

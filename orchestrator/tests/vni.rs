@@ -150,57 +150,21 @@ fn raw_frames(run: &Run) {
     let mac = |i: usize| macs[i]["mac"].as_str().unwrap().to_owned();
     listen(run, "node1", 11, 60, Some(1455 + 20));
     listen(run, "node0", 11, 20, None);
-    let sent = run.exec_ok(
-        "node0",
-        &[
-            "vni-frames",
-            "send",
-            "--to",
-            &mac(1),
-            "--run",
-            "11",
-            "--count",
-            "1455",
-            "--size",
-            "60",
-            "--max-size",
-            "1514",
-        ],
+    // `vni-frames send` of run 11 from node0; its JSON report.
+    let send = |to: &str, args: &[&str]| {
+        let mut all = vec!["vni-frames", "send", "--run", "11", "--to", to];
+        all.extend_from_slice(args);
+        run.exec_ok("node0", &all)
+    };
+    let sent = send(
+        &mac(1),
+        &["--count", "1455", "--size", "60", "--max-size", "1514"],
     );
     assert!(sent.contains("\"sent\":1455"), "{sent}");
-    let sent = run.exec_ok(
-        "node0",
-        &[
-            "vni-frames",
-            "send",
-            "--to",
-            "ff:ff:ff:ff:ff:ff",
-            "--run",
-            "11",
-            "--count",
-            "20",
-            "--size",
-            "100",
-            "--first-seq",
-            "1455",
-        ],
-    );
+    let broadcast = ["--count", "20", "--size", "100", "--first-seq", "1455"];
+    let sent = send("ff:ff:ff:ff:ff:ff", &broadcast);
     assert!(sent.contains("\"sent\":20"), "{sent}");
-    let over = run.exec_ok(
-        "node0",
-        &[
-            "vni-frames",
-            "send",
-            "--to",
-            &mac(1),
-            "--run",
-            "11",
-            "--count",
-            "1",
-            "--size",
-            "1515",
-        ],
-    );
+    let over = send(&mac(1), &["--count", "1", "--size", "1515"]);
     assert!(
         over.contains("\"sent\":0") && over.contains("Message too long"),
         "{over}"

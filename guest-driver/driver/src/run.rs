@@ -25,6 +25,7 @@
 //! grows from 50 µs to 1 ms while idle, so an idle node costs little CPU
 //! and a busy one reacts within microseconds.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,7 +166,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
 
         if blocked {
             // Wait for room, not for the TAP (it is readable anyway).
-            wait(&[rx_bell_fd(rx_bell)], POLL_MAX);
+            wait(&[rx_bell.as_raw_fd()], POLL_MAX);
             continue;
         }
         if read > 0 || received > 0 || report.published > 0 || report.deferred > 0 {
@@ -184,7 +185,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
             Notification::Interrupt => {
                 ep.set_sleeping(true);
                 if !ep.pending() {
-                    wait(&[tap.fd(), rx_bell_fd(rx_bell)], TICK);
+                    wait(&[tap.fd(), rx_bell.as_raw_fd()], TICK);
                 }
                 ep.set_sleeping(false);
                 // Drain the doorbell; a count of zero is fine.
@@ -199,11 +200,6 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
     tap.set_carrier(false)?;
     ep.detach()?;
     Ok(stats)
-}
-
-fn rx_bell_fd(fd: &vmm_sys_util::eventfd::EventFd) -> std::os::fd::RawFd {
-    use std::os::fd::AsRawFd;
-    fd.as_raw_fd()
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes.

@@ -616,23 +616,16 @@ impl Endpoint {
                     unreachable!("direct frames have one destination")
                 };
                 let from = state.cache.len() - need;
-                let chain: Vec<u32> = state.cache.drain(from..from + used).collect();
+                let start = state.staged_slots.len();
+                state
+                    .staged_slots
+                    .extend(state.cache.drain(from..from + used));
                 Pool {
                     region: &self.region,
                     layout: &self.layout,
                 }
-                .describe(self.me, &chain, n);
-                let start = state.staged_slots.len();
-                state.staged_slots.extend_from_slice(&chain);
-                state.staged.push(Staged {
-                    dest,
-                    start,
-                    count: used,
-                    len: n,
-                });
-                if state.staged.len() >= BATCH {
-                    self.flush_pool(0)?;
-                }
+                .describe(self.me, &state.staged_slots[start..], n);
+                self.push_staged(dest, start, used, n)?;
             }
             (Backend::Rings(state), Some((dest, tail))) => {
                 Rings {
@@ -640,14 +633,8 @@ impl Endpoint {
                     layout: &self.layout,
                 }
                 .describe(self.me, dest, tail, n);
-                state.tails[dest] = tail.wrapping_add(used as u32);
-                state.dirty |= 1 << dest;
                 state.last_dest = Some(dest);
-                self.counters.tx_frames += 1;
-                self.counters.tx_bytes += n as u64;
-                if state.tails[dest].wrapping_sub(state.published[dest]) >= BATCH as u32 {
-                    self.flush_rings();
-                }
+                self.commit_ring(dest, tail, used as u32, n);
             }
             (Backend::Rings(_), None) => unreachable!("rings always speculate"),
         }
@@ -702,16 +689,7 @@ impl Endpoint {
                     layout: &self.layout,
                 }
                 .fill(self.me, &state.staged_slots[start..], frame);
-                state.staged.push(Staged {
-                    dest,
-                    start,
-                    count: need,
-                    len: frame.len(),
-                });
-                if state.staged.len() >= BATCH {
-                    self.flush_pool(0)?;
-                }
-                Ok(())
+                self.push_staged(dest, start, need, frame.len())
             }
             Backend::Rings(state) => {
                 let rings = Rings {
@@ -739,15 +717,50 @@ impl Endpoint {
                     }
                 }
                 rings.write(self.me, dest, tail, frame);
-                state.tails[dest] = tail.wrapping_add(span);
-                state.dirty |= 1 << dest;
-                self.counters.tx_frames += 1;
-                self.counters.tx_bytes += frame.len() as u64;
-                if state.tails[dest].wrapping_sub(state.published[dest]) >= BATCH as u32 {
-                    self.flush_rings();
-                }
+                self.commit_ring(dest, tail, span, frame.len());
                 Ok(())
             }
+        }
+    }
+
+    /// Configuration 2: records the frame whose chain of `count` slots
+    /// starts at `staged_slots[start]` as staged for `dest`, and flushes a
+    /// full batch.
+    fn push_staged(
+        &mut self,
+        dest: NodeId,
+        start: usize,
+        count: usize,
+        len: usize,
+    ) -> Result<(), SendError> {
+        let Backend::Pool(state) = &mut self.backend else {
+            unreachable!("only configuration 2 stages chains")
+        };
+        state.staged.push(Staged {
+            dest,
+            start,
+            count,
+            len,
+        });
+        if state.staged.len() >= BATCH {
+            self.flush_pool(0)?;
+        }
+        Ok(())
+    }
+
+    /// Configuration 1: counts the frame of `len` bytes written at `tail` of
+    /// the ring to `dest` (`span` entries) for the next publish, and
+    /// publishes a full batch.
+    fn commit_ring(&mut self, dest: NodeId, tail: u32, span: u32, len: usize) {
+        let Backend::Rings(state) = &mut self.backend else {
+            unreachable!("only configuration 1 has rings")
+        };
+        state.tails[dest] = tail.wrapping_add(span);
+        state.dirty |= 1 << dest;
+        self.counters.tx_frames += 1;
+        self.counters.tx_bytes += len as u64;
+        if state.tails[dest].wrapping_sub(state.published[dest]) >= BATCH as u32 {
+            self.flush_rings();
         }
     }
 

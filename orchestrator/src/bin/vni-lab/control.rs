@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -29,6 +28,19 @@ fn topology(lab: &LabDir) -> anyhow::Result<Topology> {
         .with_context(|| format!("lab {}'s recorded topology", lab.name))
 }
 
+/// `node` exists in the lab, or an error naming the nodes that do.
+fn check_node(lab: &LabDir, topology: &Topology, node: &str) -> anyhow::Result<()> {
+    if topology.node(node).is_none() {
+        let names: Vec<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
+        bail!(
+            "lab {} has no node {node:?}; its nodes: {}",
+            lab.name,
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// A live lab and one of its nodes, or a message naming what exists.
 fn node_of(name: Option<&str>, node: &str) -> anyhow::Result<(LabDir, Topology)> {
     let lab = lab::find(&lab::run_dir(), name)?;
@@ -40,14 +52,7 @@ fn node_of(name: Option<&str>, node: &str) -> anyhow::Result<(LabDir, Topology)>
         );
     }
     let topology = topology(&lab)?;
-    if topology.node(node).is_none() {
-        let names: Vec<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
-        bail!(
-            "lab {} has no node {node:?}; its nodes: {}",
-            lab.name,
-            names.join(", ")
-        );
-    }
+    check_node(&lab, &topology, node)?;
     Ok((lab, topology))
 }
 
@@ -144,9 +149,7 @@ impl AgentLock {
             .with_context(|| format!("cannot open {}", path.display()))?;
         let deadline = Instant::now() + timeout;
         loop {
-            // SAFETY: flock on an fd we own; no memory is involved.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
+            if lab::try_flock(&file) {
                 return Ok(AgentLock(file));
             }
             if Instant::now() >= deadline {
@@ -264,14 +267,7 @@ fn summarise_ping(out: &str) -> String {
 pub fn console(name: Option<&str>, node: &str, follow: bool) -> anyhow::Result<ExitCode> {
     let lab = lab::find(&lab::run_dir(), name)?;
     let topology = topology(&lab)?;
-    if topology.node(node).is_none() {
-        let names: Vec<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
-        bail!(
-            "lab {} has no node {node:?}; its nodes: {}",
-            lab.name,
-            names.join(", ")
-        );
-    }
+    check_node(&lab, &topology, node)?;
     let path = lab.node(node).console;
     let mut file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut out = std::io::stdout().lock();

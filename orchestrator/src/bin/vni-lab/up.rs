@@ -96,13 +96,7 @@ pub fn up(
     let lock = lab.create(&mut cleaned)?;
     if let Some(cleaned) = cleaned {
         progress.note(&format!(
-            "cleaned up lab {name} left over by a killed vni-lab ({} processes killed{})",
-            cleaned.killed.len(),
-            if cleaned.shm_removed {
-                ", shared memory removed"
-            } else {
-                ""
-            }
+            "cleaned up lab {name} left over by a killed vni-lab ({cleaned})"
         ));
     }
     // The lab runs from its own copies: a rebuilt image or kernel never
@@ -303,10 +297,7 @@ async fn drive(
             status.map_or("unknown".into(), |s| s.to_string()),
         );
         match cleaned {
-            Ok(c) => eprintln!(
-                "vni-lab: cleaned up after it ({} processes killed)",
-                c.killed.len()
-            ),
+            Ok(c) => eprintln!("vni-lab: cleaned up after it ({c})"),
             Err(e) => eprintln!("vni-lab: cleaning up after it failed: {e}"),
         }
         return Ok(ExitCode::from(2));
@@ -383,21 +374,14 @@ pub fn down(name: Option<&str>, all: bool) -> anyhow::Result<ExitCode> {
 fn down_one(lab: &LabDir) -> anyhow::Result<()> {
     if lab.is_live() {
         let pid = lab.state().map(|s| s.supervisor).unwrap_or(0);
-        signal_if_ours(pid, &lab.dir, libc::SIGTERM);
-        let deadline = Instant::now() + DOWN_TIMEOUT;
-        while lab.is_live() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if lab.is_live() {
+        lab::signal_if_ours(pid, &lab.dir, libc::SIGTERM);
+        if !lab.wait_dead(DOWN_TIMEOUT) {
             eprintln!(
                 "vni-lab: the supervisor of {} did not stop within {DOWN_TIMEOUT:?}; killing it",
                 lab.name
             );
-            signal_if_ours(pid, &lab.dir, libc::SIGKILL);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while lab.is_live() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            lab::signal_if_ours(pid, &lab.dir, libc::SIGKILL);
+            lab.wait_dead(Duration::from_secs(5));
         }
         if lab.dir.exists() {
             lab.clean_leftover()?;
@@ -406,28 +390,11 @@ fn down_one(lab: &LabDir) -> anyhow::Result<()> {
     } else {
         let cleaned = lab.clean_leftover()?;
         eprintln!(
-            "vni-lab: lab {} was left over by a killed vni-lab; cleaned up ({} processes killed{})",
-            lab.name,
-            cleaned.killed.len(),
-            if cleaned.shm_removed {
-                ", shared memory removed"
-            } else {
-                ""
-            }
+            "vni-lab: lab {} was left over by a killed vni-lab; cleaned up ({cleaned})",
+            lab.name
         );
     }
     Ok(())
-}
-
-/// Sends `sig` to `pid` if its command line names the lab directory.
-fn signal_if_ours(pid: u32, dir: &Path, sig: i32) {
-    if pid != 0 && lab::cmdline_mentions(pid, dir) {
-        if let Ok(pid) = i32::try_from(pid) {
-            // SAFETY: kill has no memory effects; the pid was checked to
-            // be this lab's supervisor.
-            unsafe { libc::kill(pid, sig) };
-        }
-    }
 }
 
 pub fn supervise(dir: &Path, tied: bool) -> anyhow::Result<ExitCode> {
