@@ -1,12 +1,13 @@
 //! `vni-frames`: sends and receives VNI test frames on a guest's interface
 //! with pnet. Runs inside lab guests (built static, added by `vni-lab up`).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender, NetworkInterface};
-use vni_frames::{build, mac_text, Mac, Tally};
+use vni_frames::{answer, build, build_as, mac_text, parse, Kind, Mac, Rtts, Sent, Tally};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +44,9 @@ enum Cmd {
         /// Cycle sizes up to this one.
         #[arg(long)]
         max_size: Option<usize>,
+        /// Size step when cycling.
+        #[arg(long, default_value_t = 1)]
+        step: usize,
         /// Pause between frames, in microseconds.
         #[arg(long, default_value_t = 0)]
         gap_us: u64,
@@ -67,6 +71,52 @@ enum Cmd {
         /// Longest wait.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Create this file once listening.
+        #[arg(long)]
+        ready: Option<PathBuf>,
+        /// Stop once no frame of the run came for this many milliseconds
+        /// (after the first one).
+        #[arg(long)]
+        idle_ms: Option<u64>,
+    },
+    /// Answers echo requests of run RUN sent to this node, for --seconds
+    /// or until --count were answered. Prints JSON: requests answered.
+    Echo {
+        /// Run id.
+        #[arg(long)]
+        run: u32,
+        /// Stop after answering this many.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Longest run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Create this file once listening.
+        #[arg(long)]
+        ready: Option<PathBuf>,
+    },
+    /// Sends COUNT echo requests to a MAC, one at a time, and times the
+    /// answers. Prints JSON: sent, answered, damaged, p50/p99/max/min/mean
+    /// round trip in microseconds.
+    Ping {
+        /// Destination MAC (a node running `echo`).
+        #[arg(long)]
+        to: String,
+        /// Run id.
+        #[arg(long)]
+        run: u32,
+        /// Requests.
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// How long to wait for each answer, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        wait_ms: u64,
+        /// Pause between requests, in microseconds.
+        #[arg(long, default_value_t = 0)]
+        gap_us: u64,
     },
 }
 
@@ -88,13 +138,49 @@ fn parse_mac(text: &str) -> anyhow::Result<Mac> {
         .map_err(|_| anyhow::anyhow!("bad MAC {text:?}: six bytes expected"))
 }
 
+/// Receive buffer of the packet socket: room for a burst that arrives
+/// while this process is not scheduled (the default holds a few hundred
+/// small frames).
+const SOCKET_BUFFER: libc::c_int = 16 << 20;
+
+/// A packet socket for every protocol, with a large receive buffer.
+fn packet_socket() -> anyhow::Result<i32> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: socket() takes no pointers; the fd it returns is handed to
+    // pnet, which owns and closes it.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, libc::c_int::from(proto)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening a packet socket");
+    }
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: the option value is a live c_int and its size is given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&SOCKET_BUFFER).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // FORCE needs CAP_NET_ADMIN; the plain option is capped by
+        // rmem_max but is better than nothing.
+        if rc == 0 {
+            break;
+        }
+    }
+    Ok(fd)
+}
+
 fn open(
     iface: &NetworkInterface,
 ) -> anyhow::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
     let config = Config {
         read_timeout: Some(Duration::from_millis(100)),
+        // The largest frame: MTU 65500 plus its Ethernet header.
         read_buffer_size: 1 << 17,
         write_buffer_size: 1 << 17,
+        socket_fd: Some(packet_socket()?),
         ..Config::default()
     };
     match pnet_datalink::channel(iface, config).context("opening a packet socket")? {
@@ -118,15 +204,18 @@ fn main() -> anyhow::Result<()> {
             count,
             size,
             max_size,
+            step,
             gap_us,
             first_seq,
         } => {
             let dst = parse_mac(&to)?;
             let top = max_size.unwrap_or(size).max(size);
+            let step = step.max(1);
+            let sizes = (top - size) / step + 1;
             let (mut sent, mut refused) = (0u64, Vec::new());
             for i in 0..count {
                 let seq = first_seq.wrapping_add(i);
-                let len = size + (i as usize % (top - size + 1));
+                let len = size + (i as usize % sizes) * step;
                 let frame = build(dst, me, run, seq, len);
                 match tx.send_to(&frame, None) {
                     Some(Ok(())) => sent += 1,
@@ -137,24 +226,42 @@ fn main() -> anyhow::Result<()> {
                     std::thread::sleep(Duration::from_micros(gap_us));
                 }
             }
-            let report =
-                serde_json::json!({ "from": mac_text(&me), "sent": sent, "refused": refused });
-            println!("{report}");
+            let report = Sent {
+                from: mac_text(&me),
+                sent,
+                refused,
+            };
+            println!("{}", serde_json::to_string(&report)?);
         }
         Cmd::Recv {
             run,
             expect,
             senders,
             seconds,
+            ready,
+            idle_ms,
         } => {
             let mut tally = Tally::default();
             let deadline = Instant::now() + Duration::from_secs(seconds);
-            println!("{}", serde_json::json!({ "listening": mac_text(&me) }));
+            let idle = idle_ms.map(Duration::from_millis);
+            let mut last: Option<Instant> = None;
+            announce(ready.as_deref())?;
             while Instant::now() < deadline {
                 match rx.next() {
-                    Ok(frame) => tally.count(frame, run, &me),
+                    Ok(frame) => {
+                        let before = tally.ignored;
+                        tally.count(frame, run, &me);
+                        if tally.ignored == before {
+                            last = Some(Instant::now());
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
                     Err(e) => return Err(e).context("receiving"),
+                }
+                if let (Some(idle), Some(last)) = (idle, last) {
+                    if last.elapsed() >= idle {
+                        break;
+                    }
                 }
                 if let Some(n) = expect {
                     if tally.senders.len() >= senders
@@ -166,6 +273,80 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", serde_json::to_string(&tally)?);
         }
+        Cmd::Echo {
+            run,
+            count,
+            seconds,
+            ready,
+        } => {
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let mut answered = 0u64;
+            announce(ready.as_deref())?;
+            while Instant::now() < deadline && count.is_none_or(|c| answered < c) {
+                let reply = match rx.next() {
+                    Ok(frame) => answer(frame, run, &me),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
+                    Err(e) => return Err(e).context("receiving"),
+                };
+                if let Some(reply) = reply {
+                    if let Some(Ok(())) = tx.send_to(&reply, None) {
+                        answered += 1;
+                    }
+                }
+            }
+            println!("{}", serde_json::json!({ "answered": answered }));
+        }
+        Cmd::Ping {
+            to,
+            run,
+            count,
+            size,
+            wait_ms,
+            gap_us,
+        } => {
+            let dst = parse_mac(&to)?;
+            let wait = Duration::from_millis(wait_ms);
+            let (mut samples, mut damaged) = (Vec::new(), 0u64);
+            for seq in 0..count {
+                let request = build_as(Kind::EchoRequest, dst, me, run, seq, size);
+                let sent_at = Instant::now();
+                match tx.send_to(&request, None) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => return Err(e).context("sending an echo request"),
+                    None => bail!("sending an echo request: no buffer"),
+                }
+                while sent_at.elapsed() < wait {
+                    let frame = match rx.next() {
+                        Ok(frame) => frame,
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                        Err(e) => return Err(e).context("receiving"),
+                    };
+                    let Some(p) = parse(frame) else { continue };
+                    if p.kind == Kind::EchoAnswer && p.run == run && p.seq == seq && p.src == dst {
+                        if p.intact {
+                            samples.push(sent_at.elapsed().as_secs_f64() * 1e6);
+                        } else {
+                            damaged += 1;
+                        }
+                        break;
+                    }
+                }
+                if gap_us > 0 {
+                    std::thread::sleep(Duration::from_micros(gap_us));
+                }
+            }
+            let rtts = Rtts::from_samples(u64::from(count), damaged, samples);
+            println!("{}", serde_json::to_string(&rtts)?);
+        }
     }
+    Ok(())
+}
+
+/// Says on stderr that the socket is open, and creates `ready` if given.
+fn announce(ready: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(path) = ready {
+        std::fs::write(path, b"").with_context(|| format!("creating {}", path.display()))?;
+    }
+    eprintln!("listening");
     Ok(())
 }
