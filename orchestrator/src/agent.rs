@@ -167,6 +167,13 @@ impl GuestAgent {
         args: &[&str],
         timeout: Duration,
     ) -> Result<ExecOutput, AgentError> {
+        let pid = self.spawn(path, args).await?;
+        self.wait(pid, timeout).await
+    }
+
+    /// Starts `path` with `args` in the guest, capturing its output, and
+    /// returns its guest pid at once (see [`GuestAgent::wait`]).
+    pub async fn spawn(&self, path: &str, args: &[&str]) -> Result<i64, AgentError> {
         let started = bounded(
             "guest-exec",
             self.call_timeout,
@@ -179,14 +186,19 @@ impl GuestAgent {
             }),
         )
         .await?;
+        Ok(started.pid)
+    }
+
+    /// Waits at most `timeout` for the command started as `pid` to finish,
+    /// and returns what it did. On timeout the command keeps running.
+    pub async fn wait(&self, pid: i64, timeout: Duration) -> Result<ExecOutput, AgentError> {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(20);
         loop {
             let status = bounded(
                 "guest-exec-status",
                 self.call_timeout,
-                self.service
-                    .execute(qga::guest_exec_status { pid: started.pid }),
+                self.service.execute(qga::guest_exec_status { pid }),
             )
             .await?;
             if status.exited {

@@ -110,6 +110,10 @@ pub struct Plan {
     pub sandbox: bool,
     /// The shared-memory file to create.
     pub shm: PathBuf,
+    /// Where to copy every console and the supervisor's log when the lab
+    /// goes down (`up --keep-logs`).
+    #[serde(default)]
+    pub keep_logs: Option<PathBuf>,
 }
 
 /// A node's life as the supervisor records it.
@@ -393,6 +397,39 @@ impl LabDir {
 pub fn try_flock(file: &File) -> bool {
     // SAFETY: flock on an fd we own; no memory is involved.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// A node's guest-agent lock, held while talking to its agent: the agent
+/// channel takes one client at a time, so concurrent `exec`s and test runs
+/// on one node queue here instead of colliding.
+#[derive(Debug)]
+pub struct AgentLock(#[allow(dead_code, reason = "held for its flock")] File);
+
+impl AgentLock {
+    /// Takes the lock at `path`, waiting at most `timeout`.
+    pub fn take(path: &Path, timeout: Duration) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if try_flock(&file) {
+                return Ok(AgentLock(file));
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "another vni-lab command holds this node's guest agent for over {timeout:?}"
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Whether process `pid` runs with `needle` in its command line.

@@ -15,5 +15,7 @@ pub mod ivshmem_server;
 pub mod lab;
 pub mod qemu;
 pub mod spans;
+pub mod suite;
 pub mod supervisor;
+pub mod test_spec;
 pub mod topology;

@@ -742,9 +742,36 @@ async fn teardown(
     if let Some(shm) = shm {
         let _ = std::fs::remove_file(shm);
     }
+    if let Some(to) = lab.plan().and_then(|p| p.keep_logs) {
+        if let Err(e) = keep_logs(lab, &nodes, &to) {
+            eprintln!(
+                "{} cannot keep the logs in {}: {e}",
+                timestamp(),
+                to.display()
+            );
+        }
+    }
     if let Err(e) = std::fs::remove_dir_all(&lab.dir) {
         eprintln!("{} cannot remove {}: {e}", timestamp(), lab.dir.display());
     }
+}
+
+/// Copies every node's console and QEMU log, and the supervisor's log,
+/// into `to` (created if needed): `NODE.console.log`, `NODE.qemu.log`,
+/// `supervisor.log`.
+fn keep_logs(lab: &LabDir, nodes: &[Running], to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for running in nodes {
+        let name = &running.node.name;
+        let paths = lab.node(name);
+        for (from, suffix) in [(&paths.console, "console"), (&paths.qemu_log, "qemu")] {
+            if from.exists() {
+                std::fs::copy(from, to.join(format!("{name}.{suffix}.log")))?;
+            }
+        }
+    }
+    std::fs::copy(lab.supervisor_log(), to.join("supervisor.log"))?;
+    Ok(())
 }
 
 fn signal(pid: u32, sig: i32) {

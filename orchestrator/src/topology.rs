@@ -28,6 +28,7 @@ use serde::Deserialize;
 use vni_protocol::{BufferConfig, Geometry, Layout, MacAddr, MAX_NODES};
 
 use crate::spans::{Pos, Spans};
+use crate::test_spec::{RawTests, Tests};
 
 /// Default guest memory: 8 nodes fit in 24 GiB with room to spare.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
@@ -103,6 +104,9 @@ pub struct RawTopology {
     /// How long to wait.
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// What `vni-lab test` checks, and its thresholds.
+    #[serde(default)]
+    pub tests: RawTests,
 }
 
 /// One node as written.
@@ -247,7 +251,7 @@ pub struct Vni {
 }
 
 /// A lab that can be started: every field checked.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Topology {
     /// Lab name.
     pub name: String,
@@ -271,6 +275,8 @@ pub struct Topology {
     pub boot_timeout: Duration,
     /// Command timeout.
     pub command_timeout: Duration,
+    /// What `vni-lab test` checks.
+    pub tests: Tests,
 }
 
 /// One thing wrong with a lab file.
@@ -728,6 +734,10 @@ impl Topology {
             DEFAULT_COMMAND_TIMEOUT,
         );
 
+        let tests = Tests::from_raw(&raw.tests, &mut |field, message| {
+            check.report(field, message)
+        });
+
         Some(Topology {
             name: raw.name,
             nodes,
@@ -744,6 +754,7 @@ impl Topology {
             append,
             boot_timeout,
             command_timeout,
+            tests,
         })
     }
 

@@ -78,6 +78,16 @@ impl Run {
         if let Some(shm) = shm {
             assert!(!Path::new(shm).exists(), "{shm} left");
         }
+        // Whatever its name, no region of this lab is left.
+        let infix = format!("-{name}-");
+        let left: Vec<String> = std::fs::read_dir("/dev/shm")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vni-lab-") && n.contains(&infix))
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "shared memory left");
         let status = self.status();
         assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
     }
@@ -154,4 +164,48 @@ impl Run {
         assert_eq!(out.status.code(), Some(0));
         serde_json::from_slice(&out.stdout).expect("inspect --json is JSON")
     }
+}
+
+impl Run {
+    /// `vni-lab test FILE ARGS`, writing JSON, JUnit and artifacts into the
+    /// run directory. Returns the exit code, the JSON results and the JUnit
+    /// XML.
+    pub fn test(&self, file: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+        let json = self.dir.join("results.json");
+        let junit = self.dir.join("junit.xml");
+        let artifacts = self.dir.join("artifacts");
+        let mut all = vec![
+            "test",
+            file.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+            "--artifacts",
+            artifacts.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            text(&out.stdout).contains("vni-lab test "),
+            "a summary line"
+        );
+        let results = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let junit = std::fs::read_to_string(&junit).unwrap();
+        (out.status.code(), results, junit)
+    }
+}
+
+/// The case `check` on `subject` in `vni-lab test` results.
+pub fn case<'a>(
+    results: &'a serde_json::Value,
+    check: &str,
+    subject: &str,
+) -> &'a serde_json::Value {
+    results["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == check && c["subject"] == subject)
+        .unwrap_or_else(|| panic!("no case {check} {subject} in {results:#}"))
 }

@@ -2,13 +2,12 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use vni_lab::agent::{AgentError, GuestAgent};
-use vni_lab::lab::{self, LabDir, NodeState};
+use vni_lab::lab::{self, AgentLock, LabDir, NodeState};
 use vni_lab::topology::Topology;
 
 /// Exit status when vni-lab itself fails around a guest command.
@@ -134,32 +133,6 @@ pub fn status(name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Holds a node's agent lock: the agent channel takes one client at a time,
-/// so concurrent `exec`s on one node queue here instead of colliding.
-struct AgentLock(#[allow(dead_code, reason = "held for its flock")] File);
-
-impl AgentLock {
-    fn take(path: &Path, timeout: Duration) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if lab::try_flock(&file) {
-                return Ok(AgentLock(file));
-            }
-            if Instant::now() >= deadline {
-                bail!("another vni-lab command holds this node's guest agent for over {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 /// Runs `command` in `node` of `lab` through its guest agent, queued on
 /// the node's agent lock.
 pub async fn run_in(
@@ -168,11 +141,10 @@ pub async fn run_in(
     command: &[&str],
     timeout: Duration,
 ) -> Result<vni_lab::agent::ExecOutput, AgentError> {
-    let _lock = AgentLock::take(&lab.agent_lock_path(node), timeout + AGENT_CALL).map_err(|e| {
-        AgentError::Failed {
-            what: "agent lock",
-            message: format!("{e:#}"),
-        }
+    let path = lab.agent_lock_path(node);
+    let _lock = AgentLock::take(&path, timeout + AGENT_CALL).map_err(|e| AgentError::Failed {
+        what: "agent lock",
+        message: format!("{}: {e}", path.display()),
     })?;
     let agent = GuestAgent::connect(&lab.node(node).agent, AGENT_CALL).await?;
     agent.exec(command[0], &command[1..], timeout).await

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod control;
 mod progress;
+mod test;
 mod up;
 
 use progress::Progress;
@@ -46,6 +47,54 @@ enum Command {
         /// labs of one file at once).
         #[arg(long)]
         name: Option<String>,
+        /// Plain lines only, and fewer of them.
+        #[arg(short, long)]
+        quiet: bool,
+        /// When the lab goes down (or fails to come up), copy every node's
+        /// console and QEMU log, and the supervisor's log, into this
+        /// directory.
+        #[arg(long, value_name = "DIR")]
+        keep_logs: Option<PathBuf>,
+    },
+    /// Tests a lab's VNI: boots the lab (or uses it when it is up), checks
+    /// every node (driver, interface, MTU, region), then runs raw-frame
+    /// checks with pnet (unicast, broadcast, multicast, every frame size,
+    /// a burst, echo round trips), an nc string and iperf3 TCP and UDP on
+    /// each node pair, and finally checks the region (every slot back, no
+    /// protocol errors). Which checks run and their thresholds come from
+    /// the file's `tests:` section. Prints a line per case; writes JSON,
+    /// JUnit XML, consoles and driver logs to the artifacts folder. Takes
+    /// down a lab it started. Exits 0 when every case passed, 1 when one
+    /// failed or could not run (a boot failure included), 2 when nothing
+    /// could be run (an invalid file, bad options).
+    Test {
+        /// The lab file (YAML).
+        file: PathBuf,
+        /// The lab's name (default: the file's).
+        #[arg(long)]
+        name: Option<String>,
+        /// Also write the JSON results here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Also write the JUnit XML here.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Results folder: results.json, junit.xml, each node's console,
+        /// QEMU and driver log, the region (default:
+        /// vni-lab-results/LAB; an earlier run's results there are
+        /// replaced).
+        #[arg(long, value_name = "DIR")]
+        artifacts: Option<PathBuf>,
+        /// Run only these checks (comma-separated), instead of the file's.
+        #[arg(long, value_delimiter = ',', value_parser = vni_lab::test_spec::Check::from_name)]
+        checks: Vec<vni_lab::test_spec::Check>,
+        /// Multiply every timeout by this (default: the file's
+        /// tests.timeout_scale, else 1 with KVM, 4 with TCG).
+        #[arg(long)]
+        timeout_scale: Option<f64>,
+        /// Leave a lab this run started up afterwards.
+        #[arg(long)]
+        keep: bool,
         /// Plain lines only, and fewer of them.
         #[arg(short, long)]
         quiet: bool,
@@ -188,7 +237,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             detach,
             name,
             quiet,
-        } => up::up(&file, detach, name, quiet),
+            keep_logs,
+        } => up::up(&file, detach, name, quiet, keep_logs),
+        Command::Test {
+            file,
+            name,
+            json,
+            junit,
+            artifacts,
+            checks,
+            timeout_scale,
+            keep,
+            quiet,
+        } => test::test(test::Options {
+            file,
+            name,
+            json,
+            junit,
+            artifacts,
+            checks,
+            timeout_scale,
+            keep,
+            quiet,
+        }),
         Command::Down { lab, all } => up::down(lab.as_deref(), all),
         Command::Status { lab, json } => control::status(lab.as_deref(), json),
         Command::Exec {

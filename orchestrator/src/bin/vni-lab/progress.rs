@@ -46,6 +46,14 @@ impl Progress {
         }
     }
 
+    /// A line of results on stdout (above the spinner, which goes on).
+    pub fn out(&mut self, line: &str) {
+        match self {
+            Progress::Spinner(bar) => bar.suspend(|| println!("{line}")),
+            _ => println!("{line}"),
+        }
+    }
+
     /// Clears the spinner.
     pub fn done(&mut self) {
         if let Progress::Spinner(bar) = self {

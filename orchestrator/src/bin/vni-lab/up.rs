@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,11 @@ pub fn up(
     detach: bool,
     name: Option<String>,
     quiet: bool,
+    keep_logs: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
+    let keep_logs = keep_logs
+        .map(|p| std::path::absolute(&p).with_context(|| format!("--keep-logs {}", p.display())))
+        .transpose()?;
     let topology = match Topology::load(file) {
         Ok(t) => t,
         Err(e @ TopologyError::Invalid { .. }) => {
@@ -125,6 +129,7 @@ pub fn up(
             kernel_release: release.clone(),
             sandbox: qemu::supports_sandbox(),
             shm: lab.default_shm(),
+            keep_logs: keep_logs.clone(),
         };
         lab.write_json(&lab.plan_path(), &plan)?;
         Ok(())
@@ -371,7 +376,7 @@ pub fn down(name: Option<&str>, all: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn down_one(lab: &LabDir) -> anyhow::Result<()> {
+pub fn down_one(lab: &LabDir) -> anyhow::Result<()> {
     if lab.is_live() {
         let pid = lab.state().map(|s| s.supervisor).unwrap_or(0);
         lab::signal_if_ours(pid, &lab.dir, libc::SIGTERM);

@@ -1,0 +1,366 @@
+//! `test`: boots a lab (or uses the one that is up), runs the checks,
+//! writes the results, tears down what it started.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use vni_lab::agent::GuestAgent;
+use vni_lab::lab::{self, AgentLock, LabDir};
+use vni_lab::suite::report::{self, Report};
+use vni_lab::suite::{self, CaseResult, Counts, Observer, Status};
+use vni_lab::supervisor::DRIVER_LOG;
+use vni_lab::test_spec::Check;
+use vni_lab::topology::{Topology, TopologyError};
+
+use crate::Progress;
+
+/// What `vni-lab test` was asked.
+pub struct Options {
+    pub file: PathBuf,
+    pub name: Option<String>,
+    pub json: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
+    pub artifacts: Option<PathBuf>,
+    pub checks: Vec<Check>,
+    pub timeout_scale: Option<f64>,
+    pub keep: bool,
+    pub quiet: bool,
+}
+
+/// The file every results folder has, so a later run knows it may clear it.
+const RESULTS: &str = "results.json";
+
+struct Table<'a> {
+    progress: &'a mut Progress,
+    done: usize,
+    total: usize,
+}
+
+impl Observer for Table<'_> {
+    fn started(&mut self, check: &str, subject: &str) {
+        self.progress.step(&format!(
+            "[{}/{}] {check} {subject}",
+            self.done + 1,
+            self.total
+        ));
+    }
+
+    fn finished(&mut self, result: &CaseResult) {
+        self.done += 1;
+        self.progress.out(&report::row(result));
+        if result.status != Status::Passed && result.status != Status::Skipped {
+            if let Some(details) = &result.details {
+                for line in details.lines().take(30) {
+                    self.progress.out(&format!("      {line}"));
+                }
+            }
+        }
+    }
+}
+
+/// Empties `dir` if it holds an earlier run's results; refuses a folder
+/// that holds something else.
+fn prepare_artifacts(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty && !dir.join(RESULTS).exists() {
+            bail!(
+                "{} is not empty and holds no earlier results; choose another --artifacts folder",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Boots the lab as `vni-lab up --detach` does, showing its progress;
+/// on failure, its own account of what went wrong.
+fn boot(opts: &Options, name: &str, logs: &Path) -> anyhow::Result<Result<(), String>> {
+    let exe = std::env::current_exe().context("cannot find vni-lab's own executable")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["up", "--detach", "--name", name, "--keep-logs"])
+        .arg(logs)
+        .arg(&opts.file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if opts.quiet {
+        command.arg("--quiet");
+    }
+    let mut child = command.spawn().context("cannot run vni-lab up")?;
+    let stdout = child.stdout.take().context("up's stdout")?;
+    let passthrough = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    let mut said = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            said.push(line);
+        }
+    }
+    let status = child.wait().context("waiting for vni-lab up")?;
+    let _ = passthrough.join();
+    if status.success() {
+        return Ok(Ok(()));
+    }
+    // `up` says "lab X did not come up after N s:" and then why; other
+    // failures end with vni-lab's error line.
+    let why: Vec<&str> = match said.iter().position(|l| l.contains("did not come up")) {
+        Some(i) => said[i + 1..]
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.starts_with("vni-lab: everything was torn down"))
+            .collect(),
+        None => said
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| vec![l.trim_start_matches("vni-lab: ")])
+            .unwrap_or_default(),
+    };
+    Ok(Err(if why.is_empty() {
+        format!("vni-lab up failed ({status})")
+    } else {
+        why.join("\n")
+    }))
+}
+
+/// Copies what a lab that is still up can tell: consoles (from the lab
+/// directory), driver logs (from the guests), the region.
+async fn collect(lab: &LabDir, topology: &Topology, to: &Path) {
+    for node in &topology.nodes {
+        let paths = lab.node(&node.name);
+        let _ = std::fs::copy(
+            &paths.console,
+            to.join(format!("{}.console.log", node.name)),
+        );
+        let log = async {
+            let _lock =
+                AgentLock::take(&lab.agent_lock_path(&node.name), Duration::from_secs(10)).ok()?;
+            let agent = GuestAgent::connect(&paths.agent, Duration::from_secs(10))
+                .await
+                .ok()?;
+            let out = agent
+                .exec("/bin/cat", &[DRIVER_LOG], Duration::from_secs(20))
+                .await
+                .ok()?;
+            Some(out.stdout)
+        };
+        let text = log
+            .await
+            .unwrap_or_else(|| b"(the guest did not give its driver log)\n".to_vec());
+        let _ = std::fs::write(to.join(format!("{}.driver.log", node.name)), text);
+    }
+    let region = lab
+        .plan()
+        .and_then(|p| vni_protocol::Region::open(&p.shm).ok())
+        .and_then(|r| vni_protocol::inspect(&r).ok());
+    if let Some(region) = region {
+        if let Ok(json) = serde_json::to_string_pretty(&region) {
+            let _ = std::fs::write(to.join("region.json"), json);
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut topology = match Topology::load(&opts.file) {
+        Ok(t) => t,
+        Err(e @ TopologyError::Invalid { .. }) => {
+            eprintln!("{e}");
+            eprintln!("vni-lab: nothing was run");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e).context("cannot test the lab"),
+    };
+    if !opts.checks.is_empty() {
+        let mut checks = opts.checks.clone();
+        checks.sort();
+        checks.dedup();
+        topology.tests.checks = checks;
+    }
+    if let Some(scale) = opts.timeout_scale {
+        if !(0.1..=100.0).contains(&scale) {
+            bail!("--timeout-scale {scale}: from 0.1 to 100");
+        }
+        topology.tests.timeout_scale = Some(scale);
+    }
+    let name = opts.name.clone().unwrap_or_else(|| topology.name.clone());
+    if let Err(allowed) = vni_lab::topology::check_name(&name) {
+        bail!("--name {name:?}: {allowed}");
+    }
+    let artifacts = opts
+        .artifacts
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("vni-lab-results").join(&name));
+    prepare_artifacts(&artifacts)?;
+    let text = std::fs::read_to_string(&opts.file)
+        .with_context(|| format!("cannot read {}", opts.file.display()))?;
+
+    // Ctrl-C from here on ends the run in order: during the boot, `up`
+    // (which gets it too) tears its lab down; during the checks, the
+    // case under way is recorded as interrupted. Either way the results
+    // are written.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut interrupt = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    })?;
+
+    let lab = LabDir::new(&lab::run_dir(), &name);
+    let reused = lab.is_live();
+    let mut progress = Progress::new(opts.quiet);
+    let mut cases = Vec::new();
+    let mut booted = false;
+    if reused {
+        let plan = lab.plan().context("the running lab has no readable plan")?;
+        if plan.topology_text != text {
+            bail!(
+                "lab {name} is up from another version of {} (or another file); take it down with `vni-lab down {name}`, or test under another --name",
+                opts.file.display()
+            );
+        }
+        if !lab.state().is_some_and(|s| s.ready) {
+            bail!("lab {name} is still starting; run the test once `vni-lab status` says it is up");
+        }
+        progress.note(&format!("testing lab {name}, which is up (it stays up)"));
+    } else {
+        progress.note(&format!("starting lab {name} for the test"));
+        match boot(&opts, &name, &artifacts)? {
+            Ok(()) => booted = true,
+            Err(why) => {
+                let first = why
+                    .lines()
+                    .next()
+                    .unwrap_or("the lab did not come up")
+                    .to_owned();
+                let mut case = CaseResult::skipped("boot", "lab", first);
+                case.status = Status::Error;
+                case.details = Some(why);
+                case.seconds = started.elapsed().as_secs_f64();
+                progress.out(&report::row(&case));
+                cases.push(case);
+            }
+        }
+    }
+
+    let plan = lab.plan();
+    let accel = plan.as_ref().map_or_else(
+        || {
+            vni_lab::host::HostFacts::probe()
+                .accel(topology.accel)
+                .map(|a| a.accel.to_owned())
+                .unwrap_or_default()
+        },
+        |p| p.accel.clone(),
+    );
+    let kernel_release = plan
+        .as_ref()
+        .map(|p| p.kernel_release.clone())
+        .unwrap_or_default();
+    let scale = suite::timeout_scale(&topology, &accel);
+    if booted || reused {
+        if booted {
+            let mut ok = CaseResult::skipped(
+                "boot",
+                "lab",
+                format!(
+                    "{} nodes up ({})",
+                    topology.nodes.len(),
+                    accel.to_uppercase()
+                ),
+            );
+            ok.status = Status::Passed;
+            ok.seconds = started.elapsed().as_secs_f64();
+            progress.out(&report::row(&ok));
+            cases.push(ok);
+        }
+        let total = suite::plan(&topology).len();
+        let mut table = Table {
+            progress: &mut progress,
+            done: 0,
+            total,
+        };
+        let results = runtime.block_on(async {
+            let mut stop = Box::pin(async {
+                interrupt.recv().await;
+                "SIGINT".to_owned()
+            });
+            suite::run(&lab, &topology, scale, &mut table, &mut stop).await
+        });
+        cases.extend(results);
+        progress.step("collecting consoles and driver logs");
+        runtime.block_on(collect(&lab, &topology, &artifacts));
+    }
+    if booted && !opts.keep {
+        progress.step(&format!("taking lab {name} down"));
+        crate::up::down_one(&lab)?;
+    }
+    progress.done();
+
+    let counts = Counts::of(&cases);
+    let report = Report {
+        lab: name.clone(),
+        topology: opts.file.clone(),
+        accel,
+        kernel_release,
+        reused_lab: reused,
+        timeout_scale: scale,
+        started_at,
+        seconds: started.elapsed().as_secs_f64(),
+        counts,
+        artifacts: artifacts.clone(),
+        cases,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    let junit = report.junit();
+    write(&artifacts.join(RESULTS), &json)?;
+    write(&artifacts.join("junit.xml"), &junit)?;
+    if let Some(path) = &opts.json {
+        write(path, &json)?;
+    }
+    if let Some(path) = &opts.junit {
+        write(path, &junit)?;
+    }
+    println!(
+        "vni-lab test {name}: {} passed, {} failed, {} errors, {} skipped in {:.0} s; results and logs in {}",
+        counts.passed,
+        counts.failed,
+        counts.errors,
+        counts.skipped,
+        report.seconds,
+        artifacts.display()
+    );
+    if booted && opts.keep {
+        println!("Lab {name} is still up (--keep); stop it with `vni-lab down {name}`.");
+    }
+    Ok(if counts.ok() && counts.passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,1120 @@
+//! The checks: what runs in which guest, and the verdicts on what comes
+//! back. Verdicts are pure functions of the parsed output, tested below;
+//! the guests run `vni-frames`, `nc` and `iperf3`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use vni_frames::{Rtts, Sent, Tally};
+
+use super::guests::{Guests, Trouble};
+use super::{scaled, Subject};
+use crate::agent::ExecOutput;
+use crate::lab::LabDir;
+use crate::supervisor::{DRIVER_LOG, DRIVER_PID};
+use crate::topology::{Node, Topology};
+
+/// The smallest Ethernet frame (without FCS).
+const MIN_FRAME: usize = 60;
+/// At most this many sizes in the sizes check (larger MTUs are stepped).
+const MOST_SIZES: usize = 2048;
+/// A multicast group no other protocol uses.
+const MULTICAST: &str = "01:00:5e:7f:56:49";
+const BROADCAST: &str = "ff:ff:ff:ff:ff:ff";
+/// The base of TCP ports the checks listen on.
+const PORT_BASE: u32 = 15_000;
+
+/// How a case that ran turned out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Verdict {
+    /// Every condition met.
+    pub passed: bool,
+    /// Figures, or what was missed.
+    pub message: String,
+    /// More lines.
+    pub details: Option<String>,
+    /// Figures by name.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl Verdict {
+    /// Passed when `problems` is empty; the message is `figures` then, the
+    /// problems otherwise.
+    fn of(problems: Vec<String>, figures: String) -> Self {
+        Verdict {
+            passed: problems.is_empty(),
+            message: if problems.is_empty() {
+                figures
+            } else {
+                problems.join("; ")
+            },
+            ..Verdict::default()
+        }
+    }
+
+    fn metric(mut self, name: &str, value: f64) -> Self {
+        self.metrics.insert(name.to_owned(), value);
+        self
+    }
+}
+
+/// The last line of `out`'s stdout as JSON of type `T`.
+fn last_json<T: DeserializeOwned>(node: &str, what: &str, out: &ExecOutput) -> Result<T, Trouble> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty());
+    line.and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| Trouble {
+            message: format!("{node}: {what} gave no result (exit {:?})", out.code),
+            details: Some(output_text(out)),
+        })
+}
+
+fn output_text(out: &ExecOutput) -> String {
+    format!(
+        "--- stdout:\n{}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}
+
+/// What is wrong with `from`'s frames in `tally`, `expected` of them.
+pub fn frame_problems(tally: &Tally, from: &str, expected: u64) -> Vec<String> {
+    let Some(s) = tally.senders.get(from) else {
+        return vec![format!("none of {expected} frames arrived")];
+    };
+    let mut problems = Vec::new();
+    if s.received < expected {
+        problems.push(format!(
+            "{} of {expected} frames lost",
+            expected - s.received
+        ));
+    }
+    if s.received > expected + s.duplicates {
+        problems.push(format!("{} frames more than sent", s.received - expected));
+    }
+    if s.damaged > 0 {
+        problems.push(format!("{} frames damaged", s.damaged));
+    }
+    if s.out_of_order > 0 {
+        problems.push(format!("{} frames out of order", s.out_of_order));
+    }
+    if s.duplicates > 0 {
+        problems.push(format!("{} frames duplicated", s.duplicates));
+    }
+    problems
+}
+
+/// The burst verdict: loss within `max_loss` percent, nothing damaged,
+/// reordered or duplicated.
+pub fn judge_burst(offered: u64, sent: &Sent, tally: &Tally, from: &str, max_loss: f64) -> Verdict {
+    let s = tally.senders.get(from).cloned().unwrap_or_default();
+    let loss = 100.0 * (offered.saturating_sub(s.received)) as f64 / offered.max(1) as f64;
+    let mut problems: Vec<String> = frame_problems(tally, from, offered)
+        .into_iter()
+        .filter(|p| !p.contains("lost") && !p.contains("none of"))
+        .collect();
+    if loss > max_loss {
+        problems.insert(
+            0,
+            format!(
+                "{:.2} % lost ({} of {offered}; the sender's interface refused {}), more than {max_loss} %",
+                loss,
+                offered - s.received.min(offered),
+                sent.refused.len()
+            ),
+        );
+    }
+    Verdict::of(
+        problems,
+        format!("{}/{offered} arrived, {loss:.2} % lost", s.received),
+    )
+    .metric("offered", offered as f64)
+    .metric("sent", sent.sent as f64)
+    .metric("received", s.received as f64)
+    .metric("loss_percent", loss)
+}
+
+/// The echo verdict: every request answered intact, percentiles within
+/// their limits.
+pub fn judge_echo(r: &Rtts, max_p50: Option<Duration>, max_p99: Option<Duration>) -> Verdict {
+    let mut problems = Vec::new();
+    if r.answered < r.sent {
+        problems.push(format!(
+            "{} of {} requests unanswered",
+            r.sent - r.answered,
+            r.sent
+        ));
+    }
+    if r.damaged > 0 {
+        problems.push(format!("{} answers damaged", r.damaged));
+    }
+    let ms = |us: f64| us / 1000.0;
+    for (name, value, limit) in [("p50", r.p50_us, max_p50), ("p99", r.p99_us, max_p99)] {
+        if let Some(limit) = limit {
+            if value > limit.as_secs_f64() * 1e6 {
+                problems.push(format!(
+                    "{name} {:.3} ms over the limit of {:.3} ms",
+                    ms(value),
+                    limit.as_secs_f64() * 1e3
+                ));
+            }
+        }
+    }
+    Verdict::of(
+        problems,
+        format!(
+            "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({}/{} answered)",
+            ms(r.p50_us),
+            ms(r.p99_us),
+            ms(r.max_us),
+            r.answered,
+            r.sent
+        ),
+    )
+    .metric("rtt_p50_ms", ms(r.p50_us))
+    .metric("rtt_p99_ms", ms(r.p99_us))
+    .metric("rtt_max_ms", ms(r.max_us))
+    .metric("rtt_min_ms", ms(r.min_us))
+    .metric("rtt_mean_ms", ms(r.mean_us))
+    .metric("answered", r.answered as f64)
+    .metric("sent", r.sent as f64)
+}
+
+/// Figures of one iperf3 run, from its `--json` output.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Iperf {
+    /// Throughput at the receiver, bit/s.
+    pub bits_per_second: f64,
+    /// TCP retransmissions.
+    pub retransmits: Option<f64>,
+    /// UDP datagrams lost, percent.
+    pub lost_percent: Option<f64>,
+    /// UDP jitter, ms.
+    pub jitter_ms: Option<f64>,
+}
+
+/// Reads iperf3's `--json` output; its own error when it reported one.
+pub fn parse_iperf(json: &str, udp: bool) -> Result<Iperf, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("iperf3 printed no JSON ({e})"))?;
+    if let Some(error) = v["error"].as_str() {
+        return Err(format!("iperf3: {error}"));
+    }
+    let end = &v["end"];
+    let number = |x: &serde_json::Value| x.as_f64();
+    if udp {
+        // The receiver's view: iperf3 3.12 puts it in `sum` (jitter, loss).
+        let sum = &end["sum"];
+        let bits = number(&end["sum_received"]["bits_per_second"])
+            .or_else(|| number(&sum["bits_per_second"]))
+            .ok_or("iperf3 JSON has no end.sum.bits_per_second")?;
+        Ok(Iperf {
+            bits_per_second: bits,
+            retransmits: None,
+            lost_percent: number(&sum["lost_percent"]),
+            jitter_ms: number(&sum["jitter_ms"]),
+        })
+    } else {
+        Ok(Iperf {
+            bits_per_second: number(&end["sum_received"]["bits_per_second"])
+                .ok_or("iperf3 JSON has no end.sum_received.bits_per_second")?,
+            retransmits: number(&end["sum_sent"]["retransmits"]),
+            lost_percent: None,
+            jitter_ms: None,
+        })
+    }
+}
+
+fn mbit(bits: f64) -> f64 {
+    bits / 1e6
+}
+
+/// The TCP verdict: data flowed, at least `min` bit/s when given.
+pub fn judge_tcp(r: &Iperf, min: Option<u64>) -> Verdict {
+    let mut problems = Vec::new();
+    if r.bits_per_second <= 0.0 {
+        problems.push("no data arrived".to_owned());
+    } else if let Some(min) = min {
+        if r.bits_per_second < min as f64 {
+            problems.push(format!(
+                "{:.1} Mbit/s, below the least of {:.1} Mbit/s",
+                mbit(r.bits_per_second),
+                mbit(min as f64)
+            ));
+        }
+    }
+    let mut v = Verdict::of(
+        problems,
+        format!(
+            "{:.1} Mbit/s, {} retransmits",
+            mbit(r.bits_per_second),
+            r.retransmits.unwrap_or(0.0)
+        ),
+    )
+    .metric("mbit_per_s", mbit(r.bits_per_second));
+    if let Some(rt) = r.retransmits {
+        v = v.metric("retransmits", rt);
+    }
+    v
+}
+
+/// The UDP verdict: loss within `max_loss` percent.
+pub fn judge_udp(r: &Iperf, max_loss: f64) -> Verdict {
+    let lost = r.lost_percent.unwrap_or(100.0);
+    let mut problems = Vec::new();
+    if r.lost_percent.is_none() {
+        problems.push("iperf3 reported no loss figure".to_owned());
+    } else if lost > max_loss {
+        problems.push(format!("{lost:.2} % lost, more than {max_loss} %"));
+    }
+    Verdict::of(
+        problems,
+        format!(
+            "{:.1} Mbit/s, {lost:.2} % lost, jitter {:.3} ms",
+            mbit(r.bits_per_second),
+            r.jitter_ms.unwrap_or(0.0)
+        ),
+    )
+    .metric("mbit_per_s", mbit(r.bits_per_second))
+    .metric("loss_percent", lost)
+    .metric("jitter_ms", r.jitter_ms.unwrap_or(0.0))
+}
+
+/// A node's VNI as seen from inside and from the region.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The driver process is alive.
+    pub driver_running: bool,
+    /// vni0 exists.
+    pub interface: bool,
+    /// Its MTU.
+    pub mtu: Option<u32>,
+    /// `up`, `down`, …
+    pub operstate: String,
+    /// Carrier (another node in RUN).
+    pub carrier: bool,
+    /// Its MAC.
+    pub mac: String,
+    /// Its IPv4 addresses with prefix.
+    pub addresses: Vec<String>,
+    /// The node's state in the region (`None`: not readable).
+    pub region_state: Option<String>,
+}
+
+/// The script that prints a node's [`NodeFacts`] as `key=value` lines.
+fn facts_script() -> String {
+    format!(
+        "if kill -0 \"$(cat {DRIVER_PID} 2>/dev/null)\" 2>/dev/null; then echo driver=1; else echo driver=0; fi; \
+         d=/sys/class/net/vni0; [ -d $d ] && echo interface=1; \
+         for f in mtu operstate carrier address; do echo \"$f=$(cat $d/$f 2>/dev/null)\"; done; \
+         ip -4 -o addr show dev vni0 2>/dev/null | while read -r _ _ _ a _; do echo ip=$a; done"
+    )
+}
+
+/// Parses [`facts_script`]'s output.
+pub fn parse_facts(out: &str) -> NodeFacts {
+    let mut f = NodeFacts::default();
+    for line in out.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "driver" => f.driver_running = value == "1",
+            "interface" => f.interface = value == "1",
+            "mtu" => f.mtu = value.parse().ok(),
+            "operstate" => f.operstate = value.to_owned(),
+            "carrier" => f.carrier = value == "1",
+            "address" => f.mac = value.to_owned(),
+            "ip" => f.addresses.push(value.to_owned()),
+            _ => {}
+        }
+    }
+    f
+}
+
+/// The preflight verdict for `node` in a lab of MTU `mtu`.
+pub fn judge_preflight(f: &NodeFacts, node: &Node, mtu: u32) -> Verdict {
+    let mut problems = Vec::new();
+    if !f.driver_running {
+        problems.push("the VNI driver is not running".to_owned());
+    }
+    if !f.interface {
+        problems.push("it has no vni0 interface".to_owned());
+    } else {
+        if f.mtu != Some(mtu) {
+            problems.push(format!(
+                "vni0's MTU is {}, the lab's is {mtu} (every node must use the same)",
+                f.mtu.map_or("unreadable".into(), |m| m.to_string())
+            ));
+        }
+        if !f.carrier {
+            problems.push("vni0 has no carrier (no other node running on the region)".to_owned());
+        } else if f.operstate == "down" {
+            problems.push("vni0 is down".to_owned());
+        }
+        if !f.mac.eq_ignore_ascii_case(&node.mac.to_string()) {
+            problems.push(format!(
+                "vni0's MAC is {}, the lab's is {}",
+                f.mac, node.mac
+            ));
+        }
+        if !f.addresses.contains(&node.ip.to_string()) {
+            problems.push(format!(
+                "vni0 has {}, not {}",
+                if f.addresses.is_empty() {
+                    "no IPv4 address".to_owned()
+                } else {
+                    f.addresses.join(", ")
+                },
+                node.ip
+            ));
+        }
+    }
+    match f.region_state.as_deref() {
+        Some("Run") => {}
+        Some(state) => problems.push(format!("the region shows it in state {state}, not Run")),
+        None => problems.push("its entry in the region is unreadable".to_owned()),
+    }
+    Verdict::of(
+        problems,
+        format!(
+            "driver running, vni0 up with MTU {mtu}, {} in the region: Run",
+            node.ip
+        ),
+    )
+}
+
+/// What every check needs: the lab, its guests, the timeout scale.
+pub struct Context {
+    topology: Topology,
+    shm: Option<PathBuf>,
+    pub(super) guests: Guests,
+    scale: f64,
+    runs: u32,
+}
+
+impl Context {
+    /// A context for running `topology`'s checks in `lab`.
+    pub fn new(lab: &LabDir, topology: &Topology, guests: Guests, scale: f64) -> Self {
+        // Run ids differ between runs of vni-lab test, so frames left over
+        // from an earlier run are never counted.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos()
+            ^ std::process::id().rotate_left(16);
+        Context {
+            topology: topology.clone(),
+            shm: lab.plan().map(|p| p.shm),
+            guests,
+            scale,
+            runs: seed & 0x00ff_ffff,
+        }
+    }
+
+    fn t(&self, seconds: f64) -> Duration {
+        scaled(Duration::from_secs_f64(seconds), self.scale)
+    }
+
+    fn next_run(&mut self) -> u32 {
+        self.runs = self.runs.wrapping_add(1);
+        self.runs
+    }
+
+    fn node(&self, i: usize) -> Node {
+        self.topology.nodes[i].clone()
+    }
+
+    /// Runs `check` on `subject`.
+    pub async fn run(&mut self, check: &str, subject: &Subject) -> Result<Verdict, Trouble> {
+        match (check, subject) {
+            ("preflight", &Subject::Node(a)) => self.preflight(a).await,
+            ("unicast", &Subject::Pair(a, b)) => self.unicast(a, b).await,
+            ("sizes", &Subject::Pair(a, b)) => self.sizes(a, b).await,
+            ("burst", &Subject::Pair(a, b)) => self.burst(a, b).await,
+            ("broadcast", &Subject::Sender(a)) => self.flood(a, BROADCAST).await,
+            ("multicast", &Subject::Sender(a)) => self.flood(a, MULTICAST).await,
+            ("echo", &Subject::Pair(a, b)) => self.echo(a, b).await,
+            ("tcp-string", &Subject::Pair(a, b)) => self.tcp_string(a, b).await,
+            ("iperf-tcp", &Subject::Pair(a, b)) => self.iperf(a, b, false).await,
+            ("iperf-udp", &Subject::Pair(a, b)) => self.iperf(a, b, true).await,
+            ("region", Subject::Lab) => self.region().await,
+            (check, subject) => Err(Trouble::new(format!("no check {check} on {subject:?}"))),
+        }
+    }
+
+    fn region_report(&self) -> Result<vni_protocol::RegionReport, String> {
+        let shm = self.shm.as_ref().ok_or("the lab has no readable plan")?;
+        let region = vni_protocol::Region::open(shm).map_err(|e| e.to_string())?;
+        vni_protocol::inspect(&region).map_err(|e| e.to_string())
+    }
+
+    async fn preflight(&mut self, a: usize) -> Result<Verdict, Trouble> {
+        let node = self.node(a);
+        let out = self
+            .guests
+            .sh(&node.name, &facts_script(), self.t(10.0))
+            .await?;
+        let mut facts = parse_facts(&String::from_utf8_lossy(&out.stdout));
+        facts.region_state = self
+            .region_report()
+            .ok()
+            .and_then(|r| r.nodes.get(a).and_then(|n| n.state))
+            .map(|s| format!("{s:?}"));
+        let mut verdict = judge_preflight(&facts, &node, self.topology.vni.mtu);
+        if !verdict.passed {
+            let log = self
+                .guests
+                .sh(
+                    &node.name,
+                    &format!("tail -n 20 {DRIVER_LOG}"),
+                    self.t(10.0),
+                )
+                .await
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|t| t.message);
+            verdict.details = Some(format!(
+                "--- {DRIVER_LOG} in {}:\n{}",
+                node.name,
+                log.trim_end()
+            ));
+        }
+        Ok(verdict)
+    }
+
+    fn ready_file(run: u32) -> String {
+        format!("/run/vni-test-{run}.ready")
+    }
+
+    /// Starts a `vni-frames recv` in node `i` and waits until it listens.
+    async fn start_receiver(
+        &mut self,
+        i: usize,
+        run: u32,
+        expect: Option<u64>,
+        seconds: f64,
+    ) -> Result<i64, Trouble> {
+        let name = self.node(i).name;
+        let ready = Self::ready_file(run);
+        let seconds = self.t(seconds).as_secs().max(1).to_string();
+        // With nothing to expect it stops when frames stop: soon after
+        // the last, but late enough to see anything echoed back.
+        let idle = self
+            .t(if expect.is_some() { 1.0 } else { 0.3 })
+            .as_millis()
+            .to_string();
+        let run_text = run.to_string();
+        let mut command = vec![
+            "vni-frames",
+            "recv",
+            "--run",
+            &run_text,
+            "--seconds",
+            &seconds,
+            "--ready",
+            &ready,
+            "--idle-ms",
+            &idle,
+        ];
+        let expect_text = expect.map(|n| n.to_string());
+        if let Some(n) = &expect_text {
+            command.extend(["--expect", n]);
+        }
+        let pid = self.guests.spawn(&name, &command).await?;
+        self.wait_for_file(&name, &ready).await?;
+        Ok(pid)
+    }
+
+    async fn wait_for_file(&mut self, node: &str, path: &str) -> Result<(), Trouble> {
+        let script = format!("i=0; while [ ! -e {path} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e {path} ] && rm -f {path}");
+        let out = self.guests.sh(node, &script, self.t(30.0)).await?;
+        if out.code != Some(0) {
+            return Err(Trouble::new(format!(
+                "{node}: vni-frames did not start listening"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn wait_for_port(&mut self, node: &str, port: u32) -> Result<(), Trouble> {
+        let script = format!(
+            "i=0; while ! ss -Hltn 'sport = :{port}' | grep -q . && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; ss -Hltn 'sport = :{port}' | grep -q ."
+        );
+        let out = self.guests.sh(node, &script, self.t(30.0)).await?;
+        if out.code != Some(0) {
+            return Err(Trouble::new(format!(
+                "{node}: nothing listens on port {port}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends frames from node `a`; returns vni-frames' report.
+    async fn send(
+        &mut self,
+        a: usize,
+        to: &str,
+        run: u32,
+        extra: &[&str],
+        seconds: f64,
+    ) -> Result<Sent, Trouble> {
+        let name = self.node(a).name;
+        let run_text = run.to_string();
+        let mut command = vec!["vni-frames", "send", "--to", to, "--run", &run_text];
+        command.extend_from_slice(extra);
+        let out = self.guests.run(&name, &command, self.t(seconds)).await?;
+        last_json(&name, "vni-frames send", &out)
+    }
+
+    async fn tally(&mut self, i: usize, pid: i64, seconds: f64) -> Result<Tally, Trouble> {
+        let name = self.node(i).name;
+        let out = self
+            .guests
+            .wait(&name, pid, "vni-frames recv", self.t(seconds))
+            .await?;
+        last_json(&name, "vni-frames recv", &out)
+    }
+
+    async fn unicast(&mut self, a: usize, b: usize) -> Result<Verdict, Trouble> {
+        let n = u64::from(self.topology.tests.frames);
+        let run = self.next_run();
+        let pid = self.start_receiver(b, run, Some(n), 10.0).await?;
+        let to = self.node(b).mac.to_string();
+        let count = n.to_string();
+        self.send(
+            a,
+            &to,
+            run,
+            &["--count", &count, "--size", "64", "--gap-us", "200"],
+            30.0,
+        )
+        .await?;
+        let tally = self.tally(b, pid, 15.0).await?;
+        let from = self.node(a).mac.to_string();
+        let got = tally.senders.get(&from).map_or(0, |s| s.received);
+        Ok(Verdict::of(
+            frame_problems(&tally, &from, n),
+            format!("{got}/{n} frames arrived intact, in order"),
+        )
+        .metric("received", got as f64))
+    }
+
+    async fn sizes(&mut self, a: usize, b: usize) -> Result<Verdict, Trouble> {
+        let largest = self.topology.vni.mtu as usize + 14;
+        let step = (largest - MIN_FRAME + 1).div_ceil(MOST_SIZES).max(1);
+        let count = ((largest - MIN_FRAME) / step + 1) as u64;
+        let top = MIN_FRAME + (count as usize - 1) * step;
+        let run = self.next_run();
+        let pid = self.start_receiver(b, run, None, 20.0).await?;
+        let to = self.node(b).mac.to_string();
+        let (count_t, min_t, top_t, step_t) = (
+            count.to_string(),
+            MIN_FRAME.to_string(),
+            top.to_string(),
+            step.to_string(),
+        );
+        let sent = self
+            .send(
+                a,
+                &to,
+                run,
+                &[
+                    "--count",
+                    &count_t,
+                    "--size",
+                    &min_t,
+                    "--max-size",
+                    &top_t,
+                    "--step",
+                    &step_t,
+                    "--gap-us",
+                    "100",
+                ],
+                60.0,
+            )
+            .await?;
+        // One byte over the MTU: the sender's kernel must refuse it.
+        let (over, first) = ((largest + 1).to_string(), count.to_string());
+        let over_sent = self
+            .send(
+                a,
+                &to,
+                run,
+                &["--count", "1", "--size", &over, "--first-seq", &first],
+                10.0,
+            )
+            .await?;
+        let tally = self.tally(b, pid, 30.0).await?;
+        let from = self.node(a).mac.to_string();
+        let mut problems = frame_problems(&tally, &from, count);
+        if !sent.refused.is_empty() {
+            problems.push(format!(
+                "the sender refused {} frames: {}",
+                sent.refused.len(),
+                sent.refused[0]
+            ));
+        }
+        if over_sent.sent != 0 {
+            problems.push(format!(
+                "a {}-byte frame (MTU + 15) was sent, not refused",
+                largest + 1
+            ));
+        }
+        let sizes = tally
+            .senders
+            .get(&from)
+            .map(|s| s.sizes)
+            .unwrap_or_default();
+        if problems.is_empty() && sizes != (MIN_FRAME, top) {
+            problems.push(format!(
+                "sizes {}..{} arrived, {MIN_FRAME}..{top} sent",
+                sizes.0, sizes.1
+            ));
+        }
+        let stepped = if step > 1 {
+            format!(" every {step} bytes")
+        } else {
+            String::new()
+        };
+        Ok(Verdict::of(
+            problems,
+            format!("{count} sizes from {MIN_FRAME} to {top} bytes{stepped} arrived intact; {} bytes refused", largest + 1),
+        )
+        .metric("sizes", count as f64)
+        .metric("largest", top as f64))
+    }
+
+    async fn burst(&mut self, a: usize, b: usize) -> Result<Verdict, Trouble> {
+        let n = u64::from(self.topology.tests.burst);
+        let run = self.next_run();
+        let pid = self.start_receiver(b, run, Some(n), 30.0).await?;
+        let to = self.node(b).mac.to_string();
+        let count = n.to_string();
+        let started = std::time::Instant::now();
+        let sent = self
+            .send(a, &to, run, &["--count", &count, "--size", "64"], 60.0)
+            .await?;
+        let send_seconds = started.elapsed().as_secs_f64();
+        let tally = self.tally(b, pid, 40.0).await?;
+        let from = self.node(a).mac.to_string();
+        Ok(
+            judge_burst(n, &sent, &tally, &from, self.topology.tests.max_burst_loss)
+                .metric("send_seconds", send_seconds),
+        )
+    }
+
+    async fn flood(&mut self, a: usize, to: &str) -> Result<Verdict, Trouble> {
+        let n = u64::from(self.topology.tests.frames);
+        let run = self.next_run();
+        let everyone: Vec<usize> = (0..self.topology.nodes.len()).collect();
+        let mut receivers = Vec::new();
+        for &i in &everyone {
+            // The sender's own receiver only counts its own frames: it
+            // stops when they stop.
+            let expect = (i != a).then_some(n);
+            receivers.push((i, self.start_receiver(i, run, expect, 10.0).await?));
+        }
+        let count = n.to_string();
+        self.send(
+            a,
+            to,
+            run,
+            &["--count", &count, "--size", "64", "--gap-us", "200"],
+            30.0,
+        )
+        .await?;
+        let from = self.node(a).mac.to_string();
+        let mut problems = Vec::new();
+        for (i, pid) in receivers {
+            let name = self.node(i).name;
+            let tally = self.tally(i, pid, 15.0).await?;
+            if i == a {
+                // A packet socket sees each frame its node sends once;
+                // twice means the VNI delivered it back to the sender.
+                if tally.own > n {
+                    problems.push(format!(
+                        "{name} (the sender) got {} of its own frames back",
+                        tally.own - n
+                    ));
+                }
+                continue;
+            }
+            problems.extend(
+                frame_problems(&tally, &from, n)
+                    .into_iter()
+                    .map(|p| format!("{name}: {p}")),
+            );
+        }
+        let others = match self.topology.nodes.len() - 1 {
+            1 => "the other node".to_owned(),
+            n => format!("all {n} other nodes"),
+        };
+        Ok(Verdict::of(
+            problems,
+            format!("{n} frames to {to} reached {others}, not the sender"),
+        ))
+    }
+
+    async fn echo(&mut self, a: usize, b: usize) -> Result<Verdict, Trouble> {
+        let n = self.topology.tests.echo_count;
+        let run = self.next_run();
+        let (run_t, count_t) = (run.to_string(), n.to_string());
+        let ready = Self::ready_file(run);
+        let server = self.node(b).name;
+        let seconds = self.t(30.0 + f64::from(n) * 0.01).as_secs().to_string();
+        let pid = self
+            .guests
+            .spawn(
+                &server,
+                &[
+                    "vni-frames",
+                    "echo",
+                    "--run",
+                    &run_t,
+                    "--count",
+                    &count_t,
+                    "--seconds",
+                    &seconds,
+                    "--ready",
+                    &ready,
+                ],
+            )
+            .await?;
+        self.wait_for_file(&server, &ready).await?;
+        let client = self.node(a).name;
+        let to = self.node(b).mac.to_string();
+        let wait_ms = self.t(1.0).as_millis().to_string();
+        let out = self
+            .guests
+            .run(
+                &client,
+                &[
+                    "vni-frames",
+                    "ping",
+                    "--to",
+                    &to,
+                    "--run",
+                    &run_t,
+                    "--count",
+                    &count_t,
+                    "--wait-ms",
+                    &wait_ms,
+                ],
+                self.t(20.0 + f64::from(n) * 0.01),
+            )
+            .await?;
+        let rtts: Rtts = last_json(&client, "vni-frames ping", &out)?;
+        // The server stops after answering them all; one left waiting for
+        // a lost request is killed when the case ends.
+        if rtts.answered == rtts.sent {
+            self.guests
+                .wait(&server, pid, "vni-frames echo", self.t(10.0))
+                .await?;
+        }
+        let tests = &self.topology.tests;
+        Ok(judge_echo(&rtts, tests.max_rtt_p50, tests.max_rtt_p99))
+    }
+
+    async fn tcp_string(&mut self, a: usize, b: usize) -> Result<Verdict, Trouble> {
+        let run = self.next_run();
+        let port = PORT_BASE + run % 10_000;
+        let message = format!("vni-lab test {run}: the quick brown fox jumps over the lazy dog");
+        let server = self.node(b).name;
+        let listen = format!("timeout {} nc -l -p {port}", self.t(30.0).as_secs());
+        let pid = self
+            .guests
+            .spawn(&server, &["/bin/sh", "-c", &listen])
+            .await?;
+        self.wait_for_port(&server, port).await?;
+        let client = self.node(a).name;
+        let ip = self.node(b).ip.addr();
+        let send = format!("printf '%s' '{message}' | nc -N -w 5 {ip} {port}");
+        let out = self.guests.sh(&client, &send, self.t(20.0)).await?;
+        if out.code != Some(0) {
+            return Ok(Verdict {
+                passed: false,
+                message: format!("nc in {client} failed (exit {:?})", out.code),
+                details: Some(output_text(&out)),
+                ..Verdict::default()
+            });
+        }
+        let got = self
+            .guests
+            .wait(&server, pid, "nc -l", self.t(20.0))
+            .await?;
+        let received = String::from_utf8_lossy(&got.stdout);
+        let problems = if received == message {
+            Vec::new()
+        } else {
+            vec![format!(
+                "{} bytes arrived, {} sent, and differ",
+                received.len(),
+                message.len()
+            )]
+        };
+        Ok(Verdict::of(
+            problems,
+            format!("{} bytes through nc intact", message.len()),
+        ))
+    }
+
+    async fn iperf(&mut self, a: usize, b: usize, udp: bool) -> Result<Verdict, Trouble> {
+        let run = self.next_run();
+        let port = (PORT_BASE + 10_000 + run % 10_000).to_string();
+        let server = self.node(b).name;
+        let pid = self
+            .guests
+            .spawn(&server, &["iperf3", "-s", "-1", "-p", &port])
+            .await?;
+        self.wait_for_port(&server, PORT_BASE + 10_000 + run % 10_000)
+            .await?;
+        let client = self.node(a).name;
+        let ip = self.node(b).ip.addr().to_string();
+        let secs = self.topology.tests.iperf_time.as_secs().max(1);
+        let (secs_t, rate) = (secs.to_string(), self.topology.tests.udp_rate.to_string());
+        let mut command = vec!["iperf3", "-c", &ip, "-p", &port, "-t", &secs_t, "-J"];
+        if udp {
+            command.extend(["-u", "-b", &rate]);
+        }
+        let out = self
+            .guests
+            .run(&client, &command, self.t(30.0) + Duration::from_secs(secs))
+            .await?;
+        let figures = match parse_iperf(&String::from_utf8_lossy(&out.stdout), udp) {
+            Ok(f) => {
+                // The server ends after its one test.
+                let _ = self
+                    .guests
+                    .wait(&server, pid, "iperf3 -s", self.t(10.0))
+                    .await;
+                f
+            }
+            Err(e) => {
+                return Ok(Verdict {
+                    passed: false,
+                    message: e,
+                    details: Some(output_text(&out)),
+                    ..Verdict::default()
+                })
+            }
+        };
+        let tests = &self.topology.tests;
+        Ok(if udp {
+            judge_udp(&figures, tests.max_udp_loss)
+        } else {
+            judge_tcp(&figures, tests.min_tcp_rate)
+        })
+    }
+
+    async fn region(&mut self) -> Result<Verdict, Trouble> {
+        // Drivers give idle slots back after 100 ms.
+        let deadline = std::time::Instant::now() + self.t(5.0);
+        loop {
+            let report = self
+                .region_report()
+                .map_err(|e| Trouble::new(format!("cannot read the region: {e}")))?;
+            let errors: u64 = report
+                .nodes
+                .iter()
+                .map(|n| n.counters.protocol_errors)
+                .sum();
+            let not_running: Vec<String> = self
+                .topology
+                .nodes
+                .iter()
+                .filter(|n| {
+                    report.nodes.get(n.id).and_then(|r| r.state)
+                        != Some(vni_protocol::NodeState::Run)
+                })
+                .map(|n| n.name.clone())
+                .collect();
+            let mut problems = Vec::new();
+            if errors > 0 {
+                problems.push(format!("{errors} protocol errors counted"));
+            }
+            if !not_running.is_empty() {
+                problems.push(format!("not in Run: {}", not_running.join(", ")));
+            }
+            let (free, slots) = (report.pool.free, report.pool.slots);
+            if free != slots {
+                problems.push(format!(
+                    "{} of {slots} slots not back in the pool",
+                    slots - free
+                ));
+            }
+            let dropped: u64 = report
+                .nodes
+                .iter()
+                .map(|n| n.counters.tx_dropped + n.counters.rx_dropped)
+                .sum();
+            if problems.is_empty() || std::time::Instant::now() >= deadline {
+                let mut details = String::new();
+                for n in &report.nodes {
+                    let _ = writeln!(
+                        details,
+                        "node {}: {:?}, counters {:?}",
+                        n.id, n.state, n.counters
+                    );
+                }
+                let mut v = Verdict::of(
+                    problems,
+                    format!("all {slots} slots back in the pool, no protocol errors, {dropped} frames dropped"),
+                )
+                .metric("slots", slots as f64)
+                .metric("free", free as f64)
+                .metric("protocol_errors", errors as f64)
+                .metric("dropped", dropped as f64);
+                v.details = Some(details);
+                return Ok(v);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vni_frames::{build, mac_text};
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    fn tally(seqs: impl IntoIterator<Item = u32>) -> Tally {
+        let mut t = Tally::default();
+        for seq in seqs {
+            t.count(&build(B, A, 1, seq, 64), 1, &B);
+        }
+        t
+    }
+
+    #[test]
+    fn frame_problems_name_loss_damage_order_and_duplicates() {
+        let from = mac_text(&A);
+        assert!(frame_problems(&tally(0..10), &from, 10).is_empty());
+        assert_eq!(
+            frame_problems(&tally(0..8), &from, 10),
+            ["2 of 10 frames lost"]
+        );
+        assert_eq!(
+            frame_problems(&tally([0, 2, 1]), &from, 3),
+            ["1 frames out of order"]
+        );
+        assert_eq!(
+            frame_problems(&tally([0, 1, 1, 2]), &from, 3),
+            ["1 frames duplicated"]
+        );
+        assert_eq!(
+            frame_problems(&Tally::default(), &from, 5),
+            ["none of 5 frames arrived"]
+        );
+        let mut damaged = build(B, A, 1, 0, 64);
+        damaged[40] ^= 0xff;
+        let mut t = Tally::default();
+        t.count(&damaged, 1, &B);
+        assert_eq!(frame_problems(&t, &from, 1), ["1 frames damaged"]);
+    }
+
+    #[test]
+    fn burst_loss_is_measured_against_its_threshold() {
+        let from = mac_text(&A);
+        let sent = Sent {
+            from: from.clone(),
+            sent: 100,
+            refused: vec![],
+        };
+        let v = judge_burst(100, &sent, &tally(0..99), &from, 0.0);
+        assert!(!v.passed);
+        assert!(
+            v.message.starts_with("1.00 % lost (1 of 100"),
+            "{}",
+            v.message
+        );
+        let v = judge_burst(100, &sent, &tally(0..99), &from, 1.0);
+        assert!(v.passed, "{}", v.message);
+        assert_eq!(v.metrics["loss_percent"], 1.0);
+        let v = judge_burst(100, &sent, &Tally::default(), &from, 100.0);
+        assert!(v.passed, "all lost is within 100 %: {}", v.message);
+    }
+
+    #[test]
+    fn echo_checks_answers_and_limits() {
+        let r = Rtts::from_samples(4, 0, vec![1000.0, 2000.0, 3000.0, 9000.0]);
+        assert!(judge_echo(&r, None, None).passed);
+        let v = judge_echo(
+            &r,
+            Some(Duration::from_millis(5)),
+            Some(Duration::from_millis(5)),
+        );
+        assert!(!v.passed);
+        assert_eq!(v.message, "p99 9.000 ms over the limit of 5.000 ms");
+        let lost = Rtts::from_samples(5, 1, vec![1000.0]);
+        assert_eq!(
+            judge_echo(&lost, None, None).message,
+            "4 of 5 requests unanswered; 1 answers damaged"
+        );
+    }
+
+    #[test]
+    fn iperf_json_is_read_for_tcp_and_udp() {
+        let tcp = r#"{"end": {"sum_sent": {"bits_per_second": 4.1e8, "retransmits": 3},
+                      "sum_received": {"bits_per_second": 4.0e8}}}"#;
+        let r = parse_iperf(tcp, false).unwrap();
+        assert_eq!((r.bits_per_second, r.retransmits), (4.0e8, Some(3.0)));
+        assert!(judge_tcp(&r, Some(300_000_000)).passed);
+        let v = judge_tcp(&r, Some(500_000_000));
+        assert_eq!(v.message, "400.0 Mbit/s, below the least of 500.0 Mbit/s");
+        let udp =
+            r#"{"end": {"sum": {"bits_per_second": 5e7, "lost_percent": 7.5, "jitter_ms": 0.2}}}"#;
+        let r = parse_iperf(udp, true).unwrap();
+        assert_eq!(r.lost_percent, Some(7.5));
+        assert!(!judge_udp(&r, 5.0).passed);
+        assert!(judge_udp(&r, 10.0).passed);
+        assert_eq!(
+            parse_iperf(r#"{"error": "unable to connect to server"}"#, false),
+            Err("iperf3: unable to connect to server".into())
+        );
+        assert!(parse_iperf("iperf3: error", false).is_err());
+    }
+
+    #[test]
+    fn preflight_names_what_is_broken() {
+        let topology = Topology::parse(
+            "name: t\nnodes:\n  - {name: a, ip: 10.0.0.1/24, mac: '02:00:00:00:00:01'}\n  - {name: b, ip: 10.0.0.2/24}\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let node = &topology.nodes[0];
+        let good = "driver=1\ninterface=1\nmtu=1500\noperstate=unknown\ncarrier=1\naddress=02:00:00:00:00:01\nip=10.0.0.1/24\n";
+        let mut facts = parse_facts(good);
+        facts.region_state = Some("Run".into());
+        assert!(
+            judge_preflight(&facts, node, 1500).passed,
+            "{:?}",
+            judge_preflight(&facts, node, 1500)
+        );
+        let mut bad = parse_facts(
+            &good
+                .replace("mtu=1500", "mtu=1400")
+                .replace("driver=1", "driver=0"),
+        );
+        bad.region_state = Some("Reset".into());
+        let v = judge_preflight(&bad, node, 1500);
+        assert!(!v.passed);
+        assert_eq!(
+            v.message,
+            "the VNI driver is not running; vni0's MTU is 1400, the lab's is 1500 (every node must use the same); the region shows it in state Reset, not Run"
+        );
+        let none = parse_facts("driver=0\nmtu=\noperstate=\ncarrier=\naddress=\n");
+        let v = judge_preflight(&none, node, 1500);
+        assert!(
+            v.message.contains("it has no vni0 interface"),
+            "{}",
+            v.message
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! `vni-lab test` on labs that are broken on purpose: a node with another
+//! MTU, a node whose driver is not running, a hung guest, a guest that
+//! never boots. Each must fail with a readable reason in the table, the
+//! JSON and the JUnit XML, never pass and never hang. (The passing run of
+//! `vni-lab test topologies/two-node.yaml` is in tests/run.)
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+
+use common::{case, Run};
+
+const LAB: &str = "name: broken\nnodes:\n  - {name: node0, ip: 10.20.0.1/24}\n  - {name: node1, ip: 10.20.0.2/24}\n";
+
+/// Sends `command` to the node's QMP socket.
+fn qmp(run: &Run, lab: &str, node: &str, command: &str) {
+    let stream = UnixStream::connect(run.dir.join(lab).join(format!("{node}.qmp"))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap(); // greeting
+    for execute in ["qmp_capabilities", command] {
+        writeln!(writer, "{{\"execute\": \"{execute}\"}}").unwrap();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line.contains("\"return\"") || line.contains("\"error\"") {
+                break;
+            }
+        }
+        assert!(line.contains("\"return\""), "QMP {execute}: {line}");
+    }
+}
+
+#[test]
+fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
+    let run = Run::new("suite-broken");
+    let file = run.lab_file("broken", LAB);
+    run.up(&file);
+
+    // The lab that is up is used, and stays up.
+    let (code, results, _) = run.test(&file, &["--checks", "unicast,region"]);
+    assert_eq!(code, Some(0), "{results:#}");
+    assert_eq!(results["reused_lab"], true);
+    assert_eq!(results["counts"]["passed"], 5, "{results:#}");
+    assert_eq!(run.status()[0]["state"], "up");
+
+    // Mismatched MTUs: node1's vni0 no longer has the lab's MTU.
+    run.exec_ok("node1", &["ip", "link", "set", "vni0", "mtu", "1400"]);
+    let (code, results, junit) = run.test(&file, &["--checks", "unicast"]);
+    assert_eq!(code, Some(1), "{results:#}");
+    let preflight = case(&results, "preflight", "node1");
+    assert_eq!(preflight["status"], "failed");
+    assert!(
+        preflight["message"]
+            .as_str()
+            .unwrap()
+            .contains("vni0's MTU is 1400, the lab's is 1500"),
+        "{preflight}"
+    );
+    assert_eq!(case(&results, "preflight", "node0")["status"], "passed");
+    let unicast = case(&results, "unicast", "node0->node1");
+    assert_eq!(unicast["status"], "skipped");
+    assert!(
+        unicast["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("node1 failed preflight: vni0's MTU"),
+        "{unicast}"
+    );
+    assert!(
+        junit.contains(r#"<failure message="vni0&apos;s MTU is 1400"#)
+            || junit.contains("vni0's MTU is 1400"),
+        "{junit}"
+    );
+    assert!(junit.contains("<skipped"), "{junit}");
+    run.exec_ok("node1", &["ip", "link", "set", "vni0", "mtu", "1500"]);
+
+    // A node whose driver is not running.
+    run.exec_ok("node1", &["sh", "-c", "kill $(cat /run/vni-driver.pid)"]);
+    let (code, results, _) = run.test(&file, &["--checks", "unicast"]);
+    assert_eq!(code, Some(1), "{results:#}");
+    let preflight = case(&results, "preflight", "node1");
+    assert_eq!(preflight["status"], "failed");
+    assert!(
+        preflight["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the VNI driver is not running"),
+        "{preflight}"
+    );
+    assert!(
+        preflight["details"]
+            .as_str()
+            .unwrap()
+            .contains("/run/vni-driver.log"),
+        "the driver's log comes with it: {preflight}"
+    );
+
+    // A hung guest: QEMU stops its vCPUs; its agent cannot answer.
+    qmp(&run, "broken", "node1", "stop");
+    let started = std::time::Instant::now();
+    let (code, results, junit) = run.test(&file, &["--checks", "unicast", "--timeout-scale", "1"]);
+    assert_eq!(code, Some(1), "{results:#}");
+    assert!(started.elapsed().as_secs() < 120, "it must not hang");
+    let preflight = case(&results, "preflight", "node1");
+    assert_eq!(preflight["status"], "error", "{preflight}");
+    assert!(
+        preflight["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not answer its agent; it may hang"),
+        "{preflight}"
+    );
+    assert!(
+        preflight["details"]
+            .as_str()
+            .unwrap()
+            .contains("node1's console"),
+        "{preflight}"
+    );
+    assert!(junit.contains("<error"), "{junit}");
+    assert_eq!(
+        case(&results, "unicast", "node0->node1")["status"],
+        "skipped"
+    );
+    qmp(&run, "broken", "node1", "cont");
+    let out = run.run(&["down", "broken"]);
+    assert!(out.status.success());
+    run.assert_gone("broken", None);
+}
+
+#[test]
+fn a_guest_that_does_not_boot_is_a_boot_error_with_its_console() {
+    let run = Run::new("suite-boot");
+    // The kernel finds no init and panics.
+    let file = run.lab_file(
+        "panics",
+        "name: panics\nguest: {append: rdinit=/no/such/init}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+    );
+    let (code, results, junit) = run.test(&file, &[]);
+    assert_eq!(code, Some(1), "{results:#}");
+    assert_eq!(results["counts"]["errors"], 1, "{results:#}");
+    let boot = case(&results, "boot", "lab");
+    assert_eq!(boot["status"], "error");
+    assert!(
+        boot["message"]
+            .as_str()
+            .unwrap()
+            .contains("the guest kernel panicked"),
+        "{boot}"
+    );
+    assert!(
+        boot["details"]
+            .as_str()
+            .unwrap()
+            .contains("Kernel panic - not syncing"),
+        "{boot}"
+    );
+    assert!(
+        junit.contains(r#"classname="vni-lab.boot""#) && junit.contains("<error"),
+        "{junit}"
+    );
+    // The consoles are kept in the artifacts folder.
+    let console = std::fs::read_to_string(run.dir.join("artifacts").join("a.console.log"))
+        .or_else(|_| std::fs::read_to_string(run.dir.join("artifacts").join("b.console.log")))
+        .unwrap();
+    assert!(console.contains("Kernel panic"), "{console}");
+    run.assert_gone("panics", None);
+}
