@@ -9,11 +9,12 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use qapi::futures::{QapiService, QgaStreamTokio};
 use qapi::qga;
-use tokio::io::WriteHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
@@ -109,28 +110,87 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
+/// A sync id no earlier client of any agent used: a counter, the process
+/// and the time, within the positive `i32` range the agent takes.
+fn fresh_id() -> i64 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let mixed = nanos
+        ^ std::process::id().rotate_left(13)
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(23);
+    i64::from(mixed & 0x7fff_ffff)
+}
+
+/// The agent's own resynchronisation (`guest-sync-delimited`), done on the
+/// raw stream before the `qapi` client takes it over. The channel may hold
+/// replies meant for earlier clients (an agent that starts late answers
+/// every request queued while it was down), and the `qapi` client would
+/// take them for replies to its own commands. So: a 0xFF byte resets the
+/// agent's parser, the agent puts 0xFF before its answer, and everything
+/// is read and dropped until a delimited answer carries our id. Nothing
+/// can follow it, since nothing else was asked.
+async fn sync(stream: &mut UnixStream, id: i64) -> std::io::Result<()> {
+    let request =
+        format!("{{\"execute\":\"guest-sync-delimited\",\"arguments\":{{\"id\":{id}}}}}\n");
+    let mut bytes = vec![0xff];
+    bytes.extend_from_slice(request.as_bytes());
+    stream.write_all(&bytes).await?;
+    loop {
+        // Skip to the next delimiter, then read its line.
+        while stream.read_u8().await? != 0xff {}
+        let mut line = Vec::new();
+        loop {
+            match stream.read_u8().await? {
+                b'\n' => break,
+                0xff => line.clear(),
+                b => line.push(b),
+            }
+            if line.len() > 4096 {
+                break;
+            }
+        }
+        let answer: Option<serde_json::Value> = serde_json::from_slice(&line).ok();
+        if answer.as_ref().and_then(|a| a["return"].as_i64()) == Some(id) {
+            return Ok(());
+        }
+    }
+}
+
 impl GuestAgent {
     /// Connects to the agent socket at `path` and syncs; each call then
     /// gets `call_timeout`.
     pub async fn connect(path: &Path, call_timeout: Duration) -> Result<Self, AgentError> {
-        let stream = qapi::futures::QgaStreamTokio::open_uds(path)
+        let mut stream = UnixStream::connect(path)
             .await
             .map_err(|source| AgentError::Connect {
                 path: path.to_owned(),
                 source,
             })?;
-        let (service, events) = stream.spawn_tokio();
-        let agent = GuestAgent {
+        let after = call_timeout;
+        match tokio::time::timeout(after, sync(&mut stream, fresh_id())).await {
+            Err(_) => {
+                return Err(AgentError::Timeout {
+                    what: "guest-sync",
+                    after,
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(AgentError::Failed {
+                    what: "guest-sync",
+                    message: e.to_string(),
+                })
+            }
+            Ok(Ok(())) => {}
+        }
+        let (service, events) = QgaStreamTokio::open(stream).spawn_tokio();
+        Ok(GuestAgent {
             service,
             events,
             call_timeout,
-        };
-        // A fresh value each time: a reply left over from an earlier
-        // client cannot pass for ours.
-        let id =
-            (Instant::now().elapsed().subsec_nanos() ^ std::process::id()) as i32 & 0x3fff_ffff;
-        bounded("guest-sync", call_timeout, agent.service.guest_sync(id)).await?;
-        Ok(agent)
+        })
     }
 
     /// Reconnects until the agent answers, for at most `timeout`; stops at
@@ -280,6 +340,54 @@ mod tests {
             "{err}"
         );
         keep.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn replies_meant_for_earlier_clients_are_skipped() {
+        use tokio::io::AsyncBufReadExt;
+        let dir = std::env::temp_dir().join(format!("vni-agent-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stale.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let agent_side = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = tokio::io::split(stream);
+            let mut lines = tokio::io::BufReader::new(read).split(b'\n');
+            // Our sync, behind its 0xFF.
+            let sync = lines.next_segment().await.unwrap().unwrap();
+            assert_eq!(sync[0], 0xff);
+            let sync: serde_json::Value = serde_json::from_slice(&sync[1..]).unwrap();
+            assert_eq!(sync["execute"], "guest-sync-delimited");
+            let id = sync["arguments"]["id"].as_i64().unwrap();
+            // Two replies an earlier client left (one plain, one
+            // delimited), then ours.
+            let mut replies = b"{\"return\": 17}\n\xff{\"return\": 18}\n\xff".to_vec();
+            replies.extend_from_slice(format!("{{\"return\": {id}}}\n").as_bytes());
+            write.write_all(&replies).await.unwrap();
+            // Then guest-exec and its status.
+            for reply in [
+                r#"{"return": {"pid": 42}}"#,
+                r#"{"return": {"exited": true, "exitcode": 0, "out-data": "aGk="}}"#,
+            ] {
+                let request = lines.next_segment().await.unwrap().unwrap();
+                assert!(String::from_utf8_lossy(&request).contains("guest-exec"));
+                write
+                    .write_all(format!("{reply}\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+        });
+        let agent = GuestAgent::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let out = agent
+            .exec("/bin/echo", &["hi"], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!((out.code, out.stdout.as_slice()), (Some(0), &b"hi"[..]));
+        agent_side.await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
