@@ -9,7 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
-use common::{case, Run};
+use common::{case, details_contain, Run};
 
 const LAB: &str = "name: broken\nnodes:\n  - {name: node0, ip: 10.20.0.1/24}\n  - {name: node1, ip: 10.20.0.2/24}\n";
 
@@ -50,53 +50,22 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
     run.exec_ok("node1", &["ip", "link", "set", "vni0", "mtu", "1400"]);
     let (code, results, junit) = run.test(&file, &["--checks", "unicast"]);
     assert_eq!(code, Some(1), "{results:#}");
-    let preflight = case(&results, "preflight", "node1");
-    assert_eq!(preflight["status"], "failed");
-    assert!(
-        preflight["message"]
-            .as_str()
-            .unwrap()
-            .contains("vni0's MTU is 1400, the lab's is 1500"),
-        "{preflight}"
-    );
-    assert_eq!(case(&results, "preflight", "node0")["status"], "passed");
-    let unicast = case(&results, "unicast", "node0->node1");
-    assert_eq!(unicast["status"], "skipped");
-    assert!(
-        unicast["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("node1 failed preflight: vni0's MTU"),
-        "{unicast}"
-    );
-    assert!(
-        junit.contains(r#"<failure message="vni0&apos;s MTU is 1400"#)
-            || junit.contains("vni0's MTU is 1400"),
-        "{junit}"
-    );
+    let mtu = "vni0's MTU is 1400, the lab's is 1500";
+    case(&results, "preflight", "node1", "failed", mtu);
+    case(&results, "preflight", "node0", "passed", "");
+    let why = format!("node1 failed preflight: {mtu}");
+    case(&results, "unicast", "node0->node1", "skipped", &why);
+    assert!(junit.contains("MTU is 1400, the lab"), "{junit}");
     assert!(junit.contains("<skipped"), "{junit}");
     run.exec_ok("node1", &["ip", "link", "set", "vni0", "mtu", "1500"]);
 
-    // A node whose driver is not running.
+    // A node whose driver is not running; its log comes with the reason.
     run.exec_ok("node1", &["sh", "-c", "kill $(cat /run/vni-driver.pid)"]);
     let (code, results, _) = run.test(&file, &["--checks", "unicast"]);
     assert_eq!(code, Some(1), "{results:#}");
-    let preflight = case(&results, "preflight", "node1");
-    assert_eq!(preflight["status"], "failed");
-    assert!(
-        preflight["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("the VNI driver is not running"),
-        "{preflight}"
-    );
-    assert!(
-        preflight["details"]
-            .as_str()
-            .unwrap()
-            .contains("/run/vni-driver.log"),
-        "the driver's log comes with it: {preflight}"
-    );
+    let not_running = "the VNI driver is not running";
+    let preflight = case(&results, "preflight", "node1", "failed", not_running);
+    details_contain(preflight, "/run/vni-driver.log");
 
     // A hung guest: QEMU stops its vCPUs; its agent cannot answer.
     qmp(&run, "broken", "node1", "stop");
@@ -104,27 +73,11 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
     let (code, results, junit) = run.test(&file, &["--checks", "unicast", "--timeout-scale", "1"]);
     assert_eq!(code, Some(1), "{results:#}");
     assert!(started.elapsed().as_secs() < 120, "it must not hang");
-    let preflight = case(&results, "preflight", "node1");
-    assert_eq!(preflight["status"], "error", "{preflight}");
-    assert!(
-        preflight["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not answer its agent; it may hang"),
-        "{preflight}"
-    );
-    assert!(
-        preflight["details"]
-            .as_str()
-            .unwrap()
-            .contains("node1's console"),
-        "{preflight}"
-    );
+    let hangs = "does not answer its agent; it may hang";
+    let preflight = case(&results, "preflight", "node1", "error", hangs);
+    details_contain(preflight, "node1's console");
     assert!(junit.contains("<error"), "{junit}");
-    assert_eq!(
-        case(&results, "unicast", "node0->node1")["status"],
-        "skipped"
-    );
+    case(&results, "unicast", "node0->node1", "skipped", hangs);
     qmp(&run, "broken", "node1", "cont");
     let out = run.run(&["down", "broken"]);
     assert!(out.status.success());
@@ -142,22 +95,14 @@ fn a_guest_that_does_not_boot_is_a_boot_error_with_its_console() {
     let (code, results, junit) = run.test(&file, &[]);
     assert_eq!(code, Some(1), "{results:#}");
     assert_eq!(results["counts"]["errors"], 1, "{results:#}");
-    let boot = case(&results, "boot", "lab");
-    assert_eq!(boot["status"], "error");
-    assert!(
-        boot["message"]
-            .as_str()
-            .unwrap()
-            .contains("the guest kernel panicked"),
-        "{boot}"
+    let boot = case(
+        &results,
+        "boot",
+        "lab",
+        "error",
+        "the guest kernel panicked",
     );
-    assert!(
-        boot["details"]
-            .as_str()
-            .unwrap()
-            .contains("Kernel panic - not syncing"),
-        "{boot}"
-    );
+    details_contain(boot, "Kernel panic - not syncing");
     assert!(
         junit.contains(r#"classname="vni-lab.boot""#) && junit.contains("<error"),
         "{junit}"

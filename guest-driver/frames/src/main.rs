@@ -23,24 +23,31 @@ struct Cli {
     command: Cmd,
 }
 
+/// Where frames go, and how many of what size.
+#[derive(clap::Args, Debug)]
+struct Frames {
+    /// Destination MAC.
+    #[arg(long)]
+    to: String,
+    /// Run id.
+    #[arg(long)]
+    run: u32,
+    /// Frames to send.
+    #[arg(long, default_value_t = 100)]
+    count: u32,
+    /// Frame size in bytes (Ethernet header included).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Sends COUNT frames of run RUN to a MAC (or ff:ff:ff:ff:ff:ff), sizes
     /// from --size to --max-size in turn. Prints JSON: frames sent, frames
     /// the interface refused.
     Send {
-        /// Destination MAC.
-        #[arg(long)]
-        to: String,
-        /// Run id.
-        #[arg(long)]
-        run: u32,
-        /// Frames to send.
-        #[arg(long, default_value_t = 100)]
-        count: u32,
-        /// Frame size in bytes (Ethernet header included).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
+        #[command(flatten)]
+        frames: Frames,
         /// Cycle sizes up to this one.
         #[arg(long)]
         max_size: Option<usize>,
@@ -99,18 +106,8 @@ enum Cmd {
     /// answers. Prints JSON: sent, answered, damaged, p50/p99/max/min/mean
     /// round trip in microseconds.
     Ping {
-        /// Destination MAC (a node running `echo`).
-        #[arg(long)]
-        to: String,
-        /// Run id.
-        #[arg(long)]
-        run: u32,
-        /// Requests.
-        #[arg(long, default_value_t = 100)]
-        count: u32,
-        /// Frame size in bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
+        #[command(flatten)]
+        frames: Frames,
         /// How long to wait for each answer, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         wait_ms: u64,
@@ -199,15 +196,18 @@ fn main() -> anyhow::Result<()> {
     let (mut tx, mut rx) = open(&iface)?;
     match cli.command {
         Cmd::Send {
-            to,
-            run,
-            count,
-            size,
+            frames,
             max_size,
             step,
             gap_us,
             first_seq,
         } => {
+            let Frames {
+                to,
+                run,
+                count,
+                size,
+            } = frames;
             let dst = parse_mac(&to)?;
             let top = max_size.unwrap_or(size).max(size);
             let step = step.max(1);
@@ -297,14 +297,12 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::json!({ "answered": answered }));
         }
         Cmd::Ping {
-            to,
-            run,
-            count,
-            size,
+            frames,
             wait_ms,
             gap_us,
         } => {
-            let dst = parse_mac(&to)?;
+            let dst = parse_mac(&frames.to)?;
+            let (run, count, size) = (frames.run, frames.count, frames.size);
             let wait = Duration::from_millis(wait_ms);
             let (mut samples, mut damaged) = (Vec::new(), 0u64);
             for seq in 0..count {

@@ -196,16 +196,31 @@ impl Run {
     }
 }
 
-/// The case `check` on `subject` in `vni-lab test` results.
+/// The case `check` on `subject` in `vni-lab test` results, asserting
+/// its status and that its message contains `says`.
 pub fn case<'a>(
     results: &'a serde_json::Value,
     check: &str,
     subject: &str,
+    status: &str,
+    says: &str,
 ) -> &'a serde_json::Value {
-    results["cases"]
+    let case = results["cases"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["check"] == check && c["subject"] == subject)
-        .unwrap_or_else(|| panic!("no case {check} {subject} in {results:#}"))
+        .unwrap_or_else(|| panic!("no case {check} {subject} in {results:#}"));
+    assert_eq!(case["status"], status, "{case}");
+    assert!(case["message"].as_str().unwrap().contains(says), "{case}");
+    case
+}
+
+/// Asserts that `case`'s details contain `text`.
+pub fn details_contain(case: &serde_json::Value, text: &str) {
+    let details = case["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains(text),
+        "{text:?} not in the details of {case}"
+    );
 }

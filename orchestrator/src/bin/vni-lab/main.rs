@@ -67,38 +67,7 @@ enum Command {
     /// down a lab it started. Exits 0 when every case passed, 1 when one
     /// failed or could not run (a boot failure included), 2 when nothing
     /// could be run (an invalid file, bad options).
-    Test {
-        /// The lab file (YAML).
-        file: PathBuf,
-        /// The lab's name (default: the file's).
-        #[arg(long)]
-        name: Option<String>,
-        /// Also write the JSON results here.
-        #[arg(long, value_name = "FILE")]
-        json: Option<PathBuf>,
-        /// Also write the JUnit XML here.
-        #[arg(long, value_name = "FILE")]
-        junit: Option<PathBuf>,
-        /// Results folder: results.json, junit.xml, each node's console,
-        /// QEMU and driver log, the region (default:
-        /// vni-lab-results/LAB; an earlier run's results there are
-        /// replaced).
-        #[arg(long, value_name = "DIR")]
-        artifacts: Option<PathBuf>,
-        /// Run only these checks (comma-separated), instead of the file's.
-        #[arg(long, value_delimiter = ',', value_parser = vni_lab::test_spec::Check::from_name)]
-        checks: Vec<vni_lab::test_spec::Check>,
-        /// Multiply every timeout by this (default: the file's
-        /// tests.timeout_scale, else 1 with KVM, 4 with TCG).
-        #[arg(long)]
-        timeout_scale: Option<f64>,
-        /// Leave a lab this run started up afterwards.
-        #[arg(long)]
-        keep: bool,
-        /// Plain lines only, and fewer of them.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Test(test::Options),
     /// Tears a lab down: every QEMU, the ivshmem server, the shared memory,
     /// the lab directory. Also cleans a lab left over by a killed vni-lab.
     Down {
@@ -239,27 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quiet,
             keep_logs,
         } => up::up(&file, detach, name, quiet, keep_logs),
-        Command::Test {
-            file,
-            name,
-            json,
-            junit,
-            artifacts,
-            checks,
-            timeout_scale,
-            keep,
-            quiet,
-        } => test::test(test::Options {
-            file,
-            name,
-            json,
-            junit,
-            artifacts,
-            checks,
-            timeout_scale,
-            keep,
-            quiet,
-        }),
+        Command::Test(options) => test::test(options),
         Command::Down { lab, all } => up::down(lab.as_deref(), all),
         Command::Status { lab, json } => control::status(lab.as_deref(), json),
         Command::Exec {

@@ -18,15 +18,36 @@ use vni_lab::topology::{Topology, TopologyError};
 use crate::Progress;
 
 /// What `vni-lab test` was asked.
+#[derive(clap::Args, Debug)]
 pub struct Options {
+    /// The lab file (YAML).
     pub file: PathBuf,
+    /// The lab's name (default: the file's).
+    #[arg(long)]
     pub name: Option<String>,
+    /// Also write the JSON results here.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also write the JUnit XML here.
+    #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Results folder: results.json, junit.xml, each node's console, QEMU
+    /// and driver log, the region (default: vni-lab-results/LAB; an
+    /// earlier run's results there are replaced).
+    #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
+    /// Run only these checks (comma-separated), instead of the file's.
+    #[arg(long, value_delimiter = ',', value_parser = Check::from_name)]
     pub checks: Vec<Check>,
+    /// Multiply every timeout by this (default: the file's
+    /// tests.timeout_scale, else 1 with KVM, 4 with TCG).
+    #[arg(long)]
     pub timeout_scale: Option<f64>,
+    /// Leave a lab this run started up afterwards.
+    #[arg(long)]
     pub keep: bool,
+    /// Plain lines only, and fewer of them.
+    #[arg(short, long)]
     pub quiet: bool,
 }
 
