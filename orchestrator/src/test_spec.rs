@@ -170,7 +170,8 @@ pub struct RawTests {
     pub iperf_time: Option<DurationSpec>,
     /// Least iperf3 TCP throughput. Default: anything above zero.
     pub min_tcp_rate: Option<RateSpec>,
-    /// Rate iperf3 offers in UDP checks. Default 50M.
+    /// Rate iperf3 offers in UDP checks. Default 20M (a check, not a benchmark:
+    /// well below what TCG guests carry, so that loss means a fault).
     pub udp_rate: Option<RateSpec>,
     /// Largest UDP loss allowed at that rate. Default 5%.
     pub max_udp_loss: Option<PercentSpec>,
@@ -222,7 +223,7 @@ impl Default for Tests {
             max_rtt_p99: None,
             iperf_time: Duration::from_secs(3),
             min_tcp_rate: None,
-            udp_rate: 50_000_000,
+            udp_rate: 20_000_000,
             max_udp_loss: 5.0,
             timeout_scale: None,
         }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use vni_protocol::{members, Endpoint, MacAddr, NodeState, BATCH};
+use vni_protocol::{members, Endpoint, EndpointError, LockError, MacAddr, NodeState, BATCH};
 
 use crate::device::Ivshmem;
 use crate::tap::{Tap, VNET_HDR_LEN};
@@ -79,34 +79,78 @@ pub struct LoopStats {
     pub tap_rejected: u64,
     /// Doorbells rung.
     pub doorbells: u64,
+    /// Times the node attached (more than one after being fenced).
+    pub incarnations: u64,
 }
 
 /// Runs the driver until `stop` is set or the endpoint fails.
+///
+/// A node its peers declared dead (it stood still for a lease: a guest
+/// paused, or starved of CPU on a loaded host) is fenced: its buffers are
+/// reclaimed and it may not touch the region's shared state again. The
+/// driver then attaches again as a new incarnation of the same node and
+/// carries on; frames in flight are lost, as on a NIC reset.
 pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
     let device = Ivshmem::open(2).context("opening the ivshmem device")?;
     let region = Arc::new(device.map_region()?);
-    let mut ep = Endpoint::attach(region, config.node, config.mac)
-        .with_context(|| format!("attaching as node {}", config.node))?;
-    ep.set_doorbell_peer(Some(device.position()?));
     let tap = Tap::open(&config.interface).context("creating the TAP interface")?;
     tap.set_carrier(false)?;
     tap.configure(&config.mac.to_string(), config.mtu, &config.addresses)?;
-    ep.set_state(NodeState::Run)?;
-    eprintln!(
-        "vni-driver: node {} up on {} ({}, MAC {}, MTU {}, {:?})",
-        config.node,
-        tap.name(),
-        device.bdf(),
-        config.mac,
-        config.mtu,
-        config.notification
-    );
+    let mut stats = LoopStats::default();
+    loop {
+        let mut ep = Endpoint::attach(region.clone(), config.node, config.mac)
+            .with_context(|| format!("attaching as node {}", config.node))?;
+        ep.set_doorbell_peer(Some(device.position()?));
+        ep.set_state(NodeState::Run)?;
+        eprintln!(
+            "vni-driver: node {} up on {} ({}, MAC {}, MTU {}, {:?}; incarnation {})",
+            config.node,
+            tap.name(),
+            device.bdf(),
+            config.mac,
+            config.mtu,
+            config.notification,
+            stats.incarnations + 1,
+        );
+        stats.incarnations += 1;
+        match serve(config, stop, &device, &tap, &mut ep, &mut stats) {
+            Ok(()) => {
+                tap.set_carrier(false)?;
+                ep.detach()?;
+                return Ok(stats);
+            }
+            Err(e) if fenced(&e) => {
+                tap.set_carrier(false)?;
+                eprintln!("vni-driver: {e:#}; attaching again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
+/// Whether `e` says this node was fenced by its peers.
+fn fenced(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<EndpointError>(),
+            Some(EndpointError::Lock(LockError::Fenced))
+        ) || matches!(cause.downcast_ref::<LockError>(), Some(LockError::Fenced))
+    })
+}
+
+/// One incarnation's loop, until `stop` or an error.
+fn serve(
+    config: &Config,
+    stop: &AtomicBool,
+    device: &Ivshmem,
+    tap: &Tap,
+    ep: &mut Endpoint,
+    stats: &mut LoopStats,
+) -> anyhow::Result<()> {
     let rx_bell = device
         .vector(usize::from(RX_VECTOR))
         .context("no doorbell vector")?;
     let mut iov: Vec<libc::iovec> = Vec::new();
-    let mut stats = LoopStats::default();
     let mut carrier = false;
     let mut last_tick = Instant::now() - TICK;
     let mut idle_wait = POLL_MIN;
@@ -197,9 +241,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
             }
         }
     }
-    tap.set_carrier(false)?;
-    ep.detach()?;
-    Ok(stats)
+    Ok(())
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes.
