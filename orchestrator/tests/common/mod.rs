@@ -78,16 +78,11 @@ impl Run {
         if let Some(shm) = shm {
             assert!(!Path::new(shm).exists(), "{shm} left");
         }
-        // Whatever its name, no region of this lab is left.
-        let infix = format!("-{name}-");
-        let left: Vec<String> = std::fs::read_dir("/dev/shm")
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("vni-lab-") && n.contains(&infix))
-            .collect();
-        assert_eq!(left, Vec::<String>::new(), "shared memory left");
+        // Its region, by the name vni-lab gives it (labs of the same name
+        // in other run directories are not ours).
+        let region = vni_lab::lab::LabDir::new(&self.dir, name).default_shm();
+        let left: Vec<PathBuf> = Some(region).filter(|r| r.exists()).into_iter().collect();
+        assert_eq!(left, Vec::<PathBuf>::new(), "shared memory left");
         let status = self.status();
         assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
     }
