@@ -241,18 +241,23 @@ impl LabDir {
         self.dir.join(format!("{node}.qga.lock"))
     }
 
-    /// The default shared-memory file of a lab: per user, lab name and
-    /// run directory, so labs of one name in two run directories (tests,
-    /// users with their own `VNI_LAB_RUN_DIR`) never share a region.
-    pub fn default_shm(&self) -> PathBuf {
-        let hash = self
-            .dir
+    /// A number of this lab's own (FNV-1a of its directory), for names it
+    /// must not share with other labs.
+    pub fn seed(&self) -> u32 {
+        self.dir
             .as_os_str()
             .as_encoded_bytes()
             .iter()
             .fold(0x811c_9dc5u32, |h, &b| {
                 (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-            });
+            })
+    }
+
+    /// The default shared-memory file of a lab: per user, lab name and
+    /// run directory, so labs of one name in two run directories (tests,
+    /// users with their own `VNI_LAB_RUN_DIR`) never share a region.
+    pub fn default_shm(&self) -> PathBuf {
+        let hash = self.seed();
         let name = format!("vni-lab-{}-{}-{hash:08x}", uid(), self.name);
         let shm = Path::new("/dev/shm");
         if shm.is_dir() {

@@ -74,6 +74,8 @@ pub struct NodeSpec<'a> {
     pub paths: &'a NodePaths,
     /// Whether this QEMU supports `-sandbox` (built with seccomp).
     pub sandbox: bool,
+    /// `network: virtio-net`: the `-netdev` of the node's virtio-net NIC.
+    pub netdev: Option<String>,
 }
 
 /// The kernel command line of a node.
@@ -151,7 +153,35 @@ pub fn args(spec: &NodeSpec<'_>) -> Vec<OsString> {
         "-device",
         &format!("ivshmem-doorbell,chardev=ivshmem,vectors={VECTORS}"),
     ]);
+    if let Some(netdev) = &spec.netdev {
+        push(&[
+            "-netdev",
+            netdev,
+            "-device",
+            &format!("virtio-net-pci,netdev=net0,mac={}", node.mac),
+        ]);
+    }
     args
+}
+
+/// The `-netdev` of node `index` of `count` for `network: virtio-net`:
+/// two nodes are joined by a stream on a Unix socket in the lab directory
+/// (node 0 listens), more by a datagram multicast group on the loopback
+/// interface, chosen from `seed` so that labs do not share one.
+pub fn baseline_netdev(dir: &Path, index: usize, count: usize, seed: u32) -> String {
+    if count == 2 {
+        format!(
+            "stream,id=net0,server={},addr.type=unix,addr.path={}",
+            if index == 0 { "on" } else { "off" },
+            dir.join("net.sock").display()
+        )
+    } else {
+        let group = format!("239.255.{}.{}", (seed >> 8) & 0xff, (seed & 0xff).max(1));
+        let port = 20_000 + (seed >> 16) % 20_000;
+        format!(
+            "dgram,id=net0,remote.type=inet,remote.host={group},remote.port={port},local.type=inet,local.host=127.0.0.1,local.port={port}"
+        )
+    }
 }
 
 /// Whether this QEMU was built with seccomp (`-sandbox`). Asked once per
@@ -337,6 +367,7 @@ mod tests {
             ivshmem: Path::new("/run/lab/ivshmem.sock"),
             paths: &paths,
             sandbox: true,
+            netdev: None,
         };
         let line = rendered(&spec);
         for part in [
@@ -360,6 +391,26 @@ mod tests {
             "console=ttyS0 panic=-1 quiet intel_iommu=on vni.node=a vni.id=0 loglevel=7"
         );
         assert!(!line.contains("-netdev") && !line.contains("-nic user"));
+        let baseline = NodeSpec {
+            netdev: Some(baseline_netdev(Path::new("/run/lab"), 1, 2, 7)),
+            ..spec
+        };
+        let line = rendered(&baseline);
+        assert!(
+            line.contains(
+                "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/lab/net.sock"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(
+                "-device virtio-net-pci,netdev=net0,mac={}",
+                lab.nodes[0].mac
+            )),
+            "{line}"
+        );
+        assert!(baseline_netdev(Path::new("/x"), 0, 4, 0x0102_0304)
+            .starts_with("dgram,id=net0,remote.type=inet,remote.host=239.255.3.4,remote.port="));
         let spec = NodeSpec {
             accel: "kvm",
             sandbox: false,

@@ -31,7 +31,7 @@ use crate::agent::{AgentError, GuestAgent};
 use crate::ivshmem_server::IvshmemServer;
 use crate::lab::{LabDir, LabLock, NodeRecord, NodeState, Plan, State};
 use crate::qemu::{self, NodeSpec, Qmp};
-use crate::topology::{Node, Topology};
+use crate::topology::{Network, Node, Topology};
 
 /// Lines of a console shown with a boot failure.
 pub const CONSOLE_TAIL: usize = 30;
@@ -331,6 +331,14 @@ async fn start(
             pid: running.pid,
         });
         nodes.push(running);
+        // A stream's client needs its server listening.
+        if topology.network == Network::VirtioNet && node.id == 0 {
+            let socket = lab.dir.join("net.sock");
+            let until = Instant::now() + Duration::from_secs(10);
+            while !socket.exists() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     // Every node at once, sharing one deadline; the first failure (a
@@ -351,6 +359,9 @@ async fn start(
     // Every driver attached and in RUN: each node can reach every other.
     // The agents are dropped afterwards: their channels take one client
     // at a time, and `vni-lab exec` is next.
+    if topology.network == Network::VirtioNet {
+        return Ok(());
+    }
     emit(&Event::Step {
         message: "waiting for every node's VNI driver".into(),
     });
@@ -369,31 +380,50 @@ pub const DRIVER_LOG: &str = "/run/vni-driver.log";
 /// Where the driver's pid is, in the guest.
 pub const DRIVER_PID: &str = "/run/vni-driver.pid";
 
-/// Starts the VNI driver in a node, in the background, logging to
-/// [`DRIVER_LOG`].
-async fn start_driver(
+/// Gives a node its network: with `network: vni`, starts the VNI driver in
+/// the background, logging to [`DRIVER_LOG`]; with `virtio-net`, names
+/// the node's virtio-net NIC `vni0` (so that every tool finds the lab's
+/// interface by one name) and gives it the node's MTU and address.
+async fn setup_network(
     agent: &GuestAgent,
     running: &Running,
     topology: &Topology,
     timeout: Duration,
 ) -> Result<(), String> {
     let node = &running.node;
-    let notification = match topology.vni.notification {
-        crate::topology::Notification::Interrupt => "interrupt",
-        crate::topology::Notification::Polling => "polling",
+    let (what, script) = match topology.network {
+        Network::Vni => {
+            let notification = match topology.vni.notification {
+                crate::topology::Notification::Interrupt => "interrupt",
+                crate::topology::Notification::Polling => "polling",
+            };
+            let script = format!(
+                "vni-driver run --node {} --mac {} --mtu {} --address {} --notification {notification} \
+                 > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",
+                node.id, node.mac, topology.vni.mtu, node.ip
+            );
+            ("start the VNI driver", script)
+        }
+        Network::VirtioNet => {
+            let script = format!(
+                "modprobe virtio_net; \
+                 for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && n=${{d##*/}}; done; \
+                 [ -n \"$n\" ] || {{ echo no NIC with MAC {mac} >&2; exit 1; }}; \
+                 ip link set \"$n\" name vni0 && ip link set vni0 mtu {mtu} && ip addr add {ip} dev vni0 && ip link set vni0 up",
+                mac = node.mac,
+                mtu = topology.vni.mtu,
+                ip = node.ip
+            );
+            ("configure its virtio-net NIC", script)
+        }
     };
-    let command = format!(
-        "vni-driver run --node {} --mac {} --mtu {} --address {} --notification {notification} \
-         > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",
-        node.id, node.mac, topology.vni.mtu, node.ip
-    );
     let out = agent
-        .exec("/bin/sh", &["-c", &command], timeout)
+        .exec("/bin/sh", &["-c", &script], timeout)
         .await
-        .map_err(|e| format!("node {}: cannot start the VNI driver: {e}", node.name))?;
+        .map_err(|e| format!("node {}: cannot {what}: {e}", node.name))?;
     if out.code != Some(0) {
         return Err(format!(
-            "node {}: starting the VNI driver failed: {}",
+            "node {}: could not {what}: {}",
             node.name,
             String::from_utf8_lossy(&out.stderr)
         ));
@@ -512,6 +542,8 @@ fn spawn_node(
         ivshmem: socket,
         paths: &paths,
         sandbox: plan.sandbox,
+        netdev: (topology.network == Network::VirtioNet)
+            .then(|| qemu::baseline_netdev(&lab.dir, node.id, topology.nodes.len(), lab.seed())),
     };
     let log = File::create(&paths.qemu_log)
         .map_err(|e| format!("cannot create {}: {e}", paths.qemu_log.display()))?;
@@ -594,7 +626,7 @@ async fn wait_node(
     .await;
     match ready {
         Ok(agent) => {
-            start_driver(&agent, running, topology, command_timeout).await?;
+            setup_network(&agent, running, topology, command_timeout).await?;
             let after = started.elapsed().as_secs_f64();
             recorder.node(name, |n| {
                 n.state = NodeState::Ready;

@@ -107,6 +107,23 @@ pub struct RawTopology {
     /// What `vni-lab test` checks, and its thresholds.
     #[serde(default)]
     pub tests: RawTests,
+    /// The network between the nodes: `vni` (the VNI over the shared
+    /// region; default) or `virtio-net` (a virtio-net NIC per node joined
+    /// by QEMU's own networking: the baseline the VNI is measured against).
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// What carries the nodes' frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Network {
+    /// The VNI driver over the shared region.
+    #[default]
+    Vni,
+    /// A virtio-net NIC per node on QEMU's networking (`-netdev stream`
+    /// for two nodes, `-netdev dgram` multicast for more).
+    VirtioNet,
 }
 
 /// One node as written.
@@ -277,6 +294,8 @@ pub struct Topology {
     pub command_timeout: Duration,
     /// What `vni-lab test` checks.
     pub tests: Tests,
+    /// What carries the frames.
+    pub network: Network,
 }
 
 /// One thing wrong with a lab file.
@@ -755,6 +774,7 @@ impl Topology {
             boot_timeout,
             command_timeout,
             tests,
+            network: raw.network,
         })
     }
 

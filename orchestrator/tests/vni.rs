@@ -147,3 +147,28 @@ fn four_nodes_talk_all_pairs_at_once() {
     assert_eq!(out.status.code(), Some(0));
     run.assert_gone("four-node", lab["shm"].as_str());
 }
+
+#[test]
+fn the_virtio_net_baseline_passes_the_same_checks() {
+    // `network: virtio-net`: a virtio-net NIC per node on QEMU's own
+    // networking (a stream between two nodes), named vni0 like the VNI,
+    // so the same checks run on it; there is no region to check.
+    let run = Run::new("vni-virtio");
+    let file = run.lab_file(
+        "baseline",
+        "name: baseline\nnetwork: virtio-net\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+    );
+    let (code, results, _) = run.test(&file, &["--checks", "unicast,echo,iperf-tcp,region"]);
+    assert_eq!(code, Some(0), "{results:#}");
+    assert_eq!(results["counts"]["passed"], 1 + 2 + 3 * 2, "{results:#}");
+    case(
+        &results,
+        "preflight",
+        "a",
+        "passed",
+        "vni0 (virtio-net) up with MTU 1500",
+    );
+    let cases = results["cases"].as_array().unwrap();
+    assert!(cases.iter().all(|c| c["check"] != "region"), "{results:#}");
+    run.assert_gone("baseline", None);
+}

@@ -15,7 +15,7 @@ use super::{scaled, Subject};
 use crate::agent::ExecOutput;
 use crate::lab::LabDir;
 use crate::supervisor::{DRIVER_LOG, DRIVER_PID};
-use crate::topology::{Node, Topology};
+use crate::topology::{Network, Node, Topology};
 
 /// The smallest Ethernet frame (without FCS).
 const MIN_FRAME: usize = 60;
@@ -336,10 +336,12 @@ pub fn parse_facts(out: &str) -> NodeFacts {
     f
 }
 
-/// The preflight verdict for `node` in a lab of MTU `mtu`.
-pub fn judge_preflight(f: &NodeFacts, node: &Node, mtu: u32) -> Verdict {
+/// The preflight verdict for `node` in a lab of MTU `mtu`; `vni`: the
+/// VNI carries the frames (a driver runs, the region lists the node), not
+/// the virtio-net baseline.
+pub fn judge_preflight(f: &NodeFacts, node: &Node, mtu: u32, vni: bool) -> Verdict {
     let mut problems = Vec::new();
-    if !f.driver_running {
+    if vni && !f.driver_running {
         problems.push("the VNI driver is not running".to_owned());
     }
     if !f.interface {
@@ -373,6 +375,12 @@ pub fn judge_preflight(f: &NodeFacts, node: &Node, mtu: u32) -> Verdict {
                 node.ip
             ));
         }
+    }
+    if !vni {
+        return Verdict::of(
+            problems,
+            format!("vni0 (virtio-net) up with MTU {mtu}, {}", node.ip),
+        );
     }
     match f.region_state.as_deref() {
         Some("Run") => {}
@@ -465,7 +473,8 @@ impl Context {
             .ok()
             .and_then(|r| r.nodes.get(a).and_then(|n| n.state))
             .map(|s| format!("{s:?}"));
-        let mut verdict = judge_preflight(&facts, &node, self.topology.vni.mtu);
+        let vni = self.topology.network == Network::Vni;
+        let mut verdict = judge_preflight(&facts, &node, self.topology.vni.mtu, vni);
         if !verdict.passed {
             let log = self
                 .guests
@@ -1093,9 +1102,9 @@ mod tests {
         let mut facts = parse_facts(good);
         facts.region_state = Some("Run".into());
         assert!(
-            judge_preflight(&facts, node, 1500).passed,
+            judge_preflight(&facts, node, 1500, true).passed,
             "{:?}",
-            judge_preflight(&facts, node, 1500)
+            judge_preflight(&facts, node, 1500, true)
         );
         let mut bad = parse_facts(
             &good
@@ -1103,14 +1112,14 @@ mod tests {
                 .replace("driver=1", "driver=0"),
         );
         bad.region_state = Some("Reset".into());
-        let v = judge_preflight(&bad, node, 1500);
+        let v = judge_preflight(&bad, node, 1500, true);
         assert!(!v.passed);
         assert_eq!(
             v.message,
             "the VNI driver is not running; vni0's MTU is 1400, the lab's is 1500 (every node must use the same); the region shows it in state Reset, not Run"
         );
         let none = parse_facts("driver=0\nmtu=\noperstate=\ncarrier=\naddress=\n");
-        let v = judge_preflight(&none, node, 1500);
+        let v = judge_preflight(&none, node, 1500, true);
         assert!(
             v.message.contains("it has no vni0 interface"),
             "{}",
