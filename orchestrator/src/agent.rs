@@ -312,14 +312,20 @@ mod tests {
         assert!(matches!(err, AgentError::QemuExited), "{err}");
     }
 
+    /// A socket in a directory of its own for a fake agent to listen on.
+    fn fake_agent(tag: &str) -> (PathBuf, PathBuf, tokio::net::UnixListener) {
+        let dir = std::env::temp_dir().join(format!("vni-agent-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        (dir, path, listener)
+    }
+
     #[tokio::test]
     async fn a_silent_agent_times_out() {
         // Something listens but never answers: guest-sync must not hang.
-        let dir = std::env::temp_dir().join(format!("vni-agent-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("silent.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = fake_agent("silent");
         let keep = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((s, _)) = listener.accept().await {
@@ -346,11 +352,7 @@ mod tests {
     #[tokio::test]
     async fn replies_meant_for_earlier_clients_are_skipped() {
         use tokio::io::AsyncBufReadExt;
-        let dir = std::env::temp_dir().join(format!("vni-agent-stale-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("stale.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = fake_agent("stale");
         let agent_side = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let (read, mut write) = tokio::io::split(stream);

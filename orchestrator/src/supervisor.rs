@@ -447,9 +447,7 @@ async fn wait_for_vni(
         let missing: Vec<&Node> = topology
             .nodes
             .iter()
-            .filter(|n| {
-                report.nodes.get(n.id).and_then(|r| r.state) != Some(vni_protocol::NodeState::Run)
-            })
+            .filter(|n| !report.runs(n.id))
             .collect();
         if missing.is_empty() {
             return Ok(());

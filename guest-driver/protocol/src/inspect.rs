@@ -63,6 +63,13 @@ pub struct RegionReport {
     pub addresses: Vec<(MacAddr, usize)>,
 }
 
+impl RegionReport {
+    /// Whether node `id` is in `Run`.
+    pub fn runs(&self, id: usize) -> bool {
+        self.nodes.get(id).and_then(|n| n.state) == Some(NodeState::Run)
+    }
+}
+
 /// Takes a snapshot of `region`.
 pub fn inspect(region: &Region) -> Result<RegionReport, LayoutError> {
     let (layout, epoch) = Layout::read(region)?;

@@ -55,6 +55,16 @@ impl Verdict {
         }
     }
 
+    /// Failed with `message`, the command's output as details.
+    fn failed(message: String, out: &ExecOutput) -> Self {
+        Verdict {
+            passed: false,
+            message,
+            details: Some(output_text(out)),
+            ..Verdict::default()
+        }
+    }
+
     fn metric(mut self, name: &str, value: f64) -> Self {
         self.metrics.insert(name.to_owned(), value);
         self
@@ -538,28 +548,29 @@ impl Context {
         Ok(pid)
     }
 
-    async fn wait_for_file(&mut self, node: &str, path: &str) -> Result<(), Trouble> {
-        let script = format!("i=0; while [ ! -e {path} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e {path} ] && rm -f {path}");
+    /// Waits until the shell condition `test` holds in `node` (polled
+    /// every 50 ms, 400 times at most); `what` says what did not happen.
+    async fn wait_until(&mut self, node: &str, test: &str, what: &str) -> Result<(), Trouble> {
+        let script =
+            format!("i=0; until {test}; do [ $i -ge 400 ] && exit 1; sleep 0.05; i=$((i+1)); done");
         let out = self.guests.sh(node, &script, self.t(30.0)).await?;
         if out.code != Some(0) {
-            return Err(Trouble::new(format!(
-                "{node}: vni-frames did not start listening"
-            )));
+            return Err(Trouble::new(format!("{node}: {what}")));
         }
         Ok(())
     }
 
+    /// Waits for a `--ready` file of vni-frames, and removes it.
+    async fn wait_for_file(&mut self, node: &str, path: &str) -> Result<(), Trouble> {
+        let test = format!("[ -e {path} ] && rm -f {path}");
+        self.wait_until(node, &test, "vni-frames did not start listening")
+            .await
+    }
+
     async fn wait_for_port(&mut self, node: &str, port: u32) -> Result<(), Trouble> {
-        let script = format!(
-            "i=0; while ! ss -Hltn 'sport = :{port}' | grep -q . && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; ss -Hltn 'sport = :{port}' | grep -q ."
-        );
-        let out = self.guests.sh(node, &script, self.t(30.0)).await?;
-        if out.code != Some(0) {
-            return Err(Trouble::new(format!(
-                "{node}: nothing listens on port {port}"
-            )));
-        }
-        Ok(())
+        let test = format!("ss -Hltn 'sport = :{port}' | grep -q .");
+        self.wait_until(node, &test, &format!("nothing listens on port {port}"))
+            .await
     }
 
     /// Sends frames from node `a`; returns vni-frames' report.
@@ -719,9 +730,8 @@ impl Context {
     async fn flood(&mut self, a: usize, to: &str) -> Result<Verdict, Trouble> {
         let n = u64::from(self.topology.tests.frames);
         let run = self.next_run();
-        let everyone: Vec<usize> = (0..self.topology.nodes.len()).collect();
         let mut receivers = Vec::new();
-        for &i in &everyone {
+        for i in 0..self.topology.nodes.len() {
             // The sender's own receiver only counts its own frames: it
             // stops when they stop.
             let expect = (i != a).then_some(n);
@@ -844,12 +854,8 @@ impl Context {
         let send = format!("printf '%s' '{message}' | nc -N -w 5 {ip} {port}");
         let out = self.guests.sh(&client, &send, self.t(20.0)).await?;
         if out.code != Some(0) {
-            return Ok(Verdict {
-                passed: false,
-                message: format!("nc in {client} failed (exit {:?})", out.code),
-                details: Some(output_text(&out)),
-                ..Verdict::default()
-            });
+            let message = format!("nc in {client} failed (exit {:?})", out.code);
+            return Ok(Verdict::failed(message, &out));
         }
         let got = self
             .guests
@@ -873,14 +879,14 @@ impl Context {
 
     async fn iperf(&mut self, a: usize, b: usize, udp: bool) -> Result<Verdict, Trouble> {
         let run = self.next_run();
-        let port = (PORT_BASE + 10_000 + run % 10_000).to_string();
+        let port_number = PORT_BASE + 10_000 + run % 10_000;
+        let port = port_number.to_string();
         let server = self.node(b).name;
         let pid = self
             .guests
             .spawn(&server, &["iperf3", "-s", "-1", "-p", &port])
             .await?;
-        self.wait_for_port(&server, PORT_BASE + 10_000 + run % 10_000)
-            .await?;
+        self.wait_for_port(&server, port_number).await?;
         let client = self.node(a).name;
         let ip = self.node(b).ip.addr().to_string();
         let secs = self.topology.tests.iperf_time.as_secs().max(1);
@@ -902,14 +908,7 @@ impl Context {
                     .await;
                 f
             }
-            Err(e) => {
-                return Ok(Verdict {
-                    passed: false,
-                    message: e,
-                    details: Some(output_text(&out)),
-                    ..Verdict::default()
-                })
-            }
+            Err(e) => return Ok(Verdict::failed(e, &out)),
         };
         let tests = &self.topology.tests;
         Ok(if udp {
@@ -935,10 +934,7 @@ impl Context {
                 .topology
                 .nodes
                 .iter()
-                .filter(|n| {
-                    report.nodes.get(n.id).and_then(|r| r.state)
-                        != Some(vni_protocol::NodeState::Run)
-                })
+                .filter(|n| !report.runs(n.id))
                 .map(|n| n.name.clone())
                 .collect();
             let mut problems = Vec::new();

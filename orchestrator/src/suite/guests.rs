@@ -34,9 +34,8 @@ impl Trouble {
 
 struct Guest {
     name: String,
-    agent: Option<GuestAgent>,
-    /// Why the node cannot be used any more.
-    down: Option<Trouble>,
+    /// Its agent, or why the node cannot be used (any more).
+    agent: Result<GuestAgent, Trouble>,
     _lock: Option<AgentLock>,
 }
 
@@ -54,7 +53,7 @@ impl std::fmt::Debug for Guests {
         let down: Vec<(&str, &str)> = self
             .guests
             .iter()
-            .filter_map(|g| Some((g.name.as_str(), g.down.as_ref()?.message.as_str())))
+            .filter_map(|g| Some((g.name.as_str(), g.agent.as_ref().err()?.message.as_str())))
             .collect();
         f.debug_struct("Guests")
             .field("lab", &self.lab.name)
@@ -70,23 +69,20 @@ impl Guests {
         let call = AGENT_CALL.mul_f64(scale.max(1.0));
         let mut guests = Vec::new();
         for name in nodes {
-            let mut guest = Guest {
-                name: name.clone(),
-                agent: None,
-                down: None,
-                _lock: None,
+            let (agent, lock) = match AgentLock::take(&lab.agent_lock_path(name), call) {
+                Err(e) => (Err(Trouble::new(format!("{name}: {e}"))), None),
+                Ok(lock) => (
+                    GuestAgent::connect(&lab.node(name).agent, call)
+                        .await
+                        .map_err(|e| diagnose(lab, name, &e)),
+                    Some(lock),
+                ),
             };
-            match AgentLock::take(&lab.agent_lock_path(name), call) {
-                Err(e) => guest.down = Some(Trouble::new(format!("{name}: {e}"))),
-                Ok(lock) => {
-                    guest._lock = Some(lock);
-                    match GuestAgent::connect(&lab.node(name).agent, call).await {
-                        Ok(agent) => guest.agent = Some(agent),
-                        Err(e) => guest.down = Some(diagnose(lab, name, &e)),
-                    }
-                }
-            }
-            guests.push(guest);
+            guests.push(Guest {
+                name: name.clone(),
+                agent,
+                _lock: lock,
+            });
         }
         Guests {
             lab: lab.clone(),
@@ -105,31 +101,20 @@ impl Guests {
 
     /// Why `node` cannot be used, if it cannot.
     pub fn down(&self, node: &str) -> Option<&Trouble> {
-        self.guest(node).down.as_ref()
+        self.guest(node).agent.as_ref().err()
     }
 
     /// Marks `node` as unusable for the rest of the run.
     pub fn set_down(&mut self, node: &str, why: Trouble) {
         if let Some(g) = self.guests.iter_mut().find(|g| g.name == node) {
-            g.down.get_or_insert(why);
-            g.agent = None;
+            if g.agent.is_ok() {
+                g.agent = Err(why);
+            }
         }
-    }
-
-    /// The agent call timeout.
-    pub fn call_timeout(&self) -> Duration {
-        self.call
     }
 
     fn agent(&self, node: &str) -> Result<&GuestAgent, Trouble> {
-        let guest = self.guest(node);
-        if let Some(why) = &guest.down {
-            return Err(why.clone());
-        }
-        guest
-            .agent
-            .as_ref()
-            .ok_or_else(|| Trouble::new(format!("{node}: no guest agent")))
+        self.guest(node).agent.as_ref().map_err(Trouble::clone)
     }
 
     /// What a failed agent call means: the node is down (its trouble, and

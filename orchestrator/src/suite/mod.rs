@@ -84,17 +84,22 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
-    /// A case that did not run.
-    pub fn skipped(check: &str, subject: &str, why: impl Into<String>) -> Self {
+    /// A case with no figures, details or time.
+    pub fn new(check: &str, subject: &str, status: Status, message: impl Into<String>) -> Self {
         CaseResult {
             check: check.to_owned(),
             subject: subject.to_owned(),
-            status: Status::Skipped,
-            message: why.into(),
+            status,
+            message: message.into(),
             details: None,
             seconds: 0.0,
             metrics: BTreeMap::new(),
         }
+    }
+
+    /// A case that did not run.
+    pub fn skipped(check: &str, subject: &str, why: impl Into<String>) -> Self {
+        Self::new(check, subject, Status::Skipped, why)
     }
 }
 
@@ -226,13 +231,17 @@ pub async fn run(
             }
         }
         if let Some(why) = involved.iter().find_map(|&i| ctx.guests.down(&names[i])) {
-            let mut result = CaseResult::skipped(&check, &subject_text, why.message.clone());
-            if let Subject::Node(i) = subject {
+            let result = match subject {
                 // A node that cannot even be asked fails its own check.
-                result.status = Status::Error;
-                result.details = why.details.clone();
-                unfit.insert(i, why.message.clone());
-            }
+                Subject::Node(i) => {
+                    unfit.insert(i, why.message.clone());
+                    let mut result =
+                        CaseResult::new(&check, &subject_text, Status::Error, why.message.clone());
+                    result.details = why.details.clone();
+                    result
+                }
+                _ => CaseResult::skipped(&check, &subject_text, why.message.clone()),
+            };
             observer.finished(&result);
             results.push(result);
             continue;
@@ -244,8 +253,7 @@ pub async fn run(
             tokio::select! {
                 outcome = case => Some(outcome),
                 why = &mut *stop => {
-                    let mut result = CaseResult::skipped(&check, &subject_text, format!("interrupted ({why})"));
-                    result.status = Status::Error;
+                    let mut result = CaseResult::new(&check, &subject_text, Status::Error, format!("interrupted ({why})"));
                     result.seconds = started.elapsed().as_secs_f64();
                     observer.finished(&result);
                     results.push(result);

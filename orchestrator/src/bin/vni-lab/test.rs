@@ -7,8 +7,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use vni_lab::agent::GuestAgent;
-use vni_lab::lab::{self, AgentLock, LabDir};
+use vni_lab::lab::{self, LabDir};
 use vni_lab::suite::report::{self, Report};
 use vni_lab::suite::{self, CaseResult, Counts, Observer, Status};
 use vni_lab::supervisor::DRIVER_LOG;
@@ -166,21 +165,16 @@ async fn collect(lab: &LabDir, topology: &Topology, to: &Path) {
             &paths.console,
             to.join(format!("{}.console.log", node.name)),
         );
-        let log = async {
-            let _lock =
-                AgentLock::take(&lab.agent_lock_path(&node.name), Duration::from_secs(10)).ok()?;
-            let agent = GuestAgent::connect(&paths.agent, Duration::from_secs(10))
-                .await
-                .ok()?;
-            let out = agent
-                .exec("/bin/cat", &[DRIVER_LOG], Duration::from_secs(20))
-                .await
-                .ok()?;
-            Some(out.stdout)
-        };
-        let text = log
-            .await
-            .unwrap_or_else(|| b"(the guest did not give its driver log)\n".to_vec());
+        let log = crate::control::run_in(
+            lab,
+            &node.name,
+            &["/bin/cat", DRIVER_LOG],
+            Duration::from_secs(20),
+        )
+        .await
+        .ok()
+        .map(|out| out.stdout);
+        let text = log.unwrap_or_else(|| b"(the guest did not give its driver log)\n".to_vec());
         let _ = std::fs::write(to.join(format!("{}.driver.log", node.name)), text);
     }
     let region = lab
@@ -279,8 +273,7 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
                     .next()
                     .unwrap_or("the lab did not come up")
                     .to_owned();
-                let mut case = CaseResult::skipped("boot", "lab", first);
-                case.status = Status::Error;
+                let mut case = CaseResult::new("boot", "lab", Status::Error, first);
                 case.details = Some(why);
                 case.seconds = started.elapsed().as_secs_f64();
                 progress.out(&report::row(&case));
@@ -306,16 +299,12 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
     let scale = suite::timeout_scale(&topology, &accel);
     if booted || reused {
         if booted {
-            let mut ok = CaseResult::skipped(
-                "boot",
-                "lab",
-                format!(
-                    "{} nodes up ({})",
-                    topology.nodes.len(),
-                    accel.to_uppercase()
-                ),
+            let up = format!(
+                "{} nodes up ({})",
+                topology.nodes.len(),
+                accel.to_uppercase()
             );
-            ok.status = Status::Passed;
+            let mut ok = CaseResult::new("boot", "lab", Status::Passed, up);
             ok.seconds = started.elapsed().as_secs_f64();
             progress.out(&report::row(&ok));
             cases.push(ok);
