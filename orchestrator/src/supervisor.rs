@@ -399,8 +399,12 @@ async fn setup_network(
             };
             let script = format!(
                 "vni-driver run --node {} --mac {} --mtu {} --address {} --notification {notification} \
-                 > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",
-                node.id, node.mac, topology.vni.mtu, node.ip
+                 --busy-poll-us {} > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",
+                node.id,
+                node.mac,
+                topology.vni.mtu,
+                node.ip,
+                topology.vni.busy_poll.as_micros()
             );
             ("start the VNI driver", script)
         }

@@ -38,12 +38,18 @@ const _: () = assert!(
 );
 /// Default size of the shared region.
 pub const DEFAULT_SHARED_MEMORY: u64 = 64 << 20;
+/// Default time a driver keeps polling after its last frame: long enough
+/// to catch the answer of a round trip under TCG, short enough to cost no
+/// CPU in an idle lab.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_millis(1);
+/// Longest busy-poll window.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(100);
 /// Default boot timeout (TCG on a small host is slow).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default timeout of one command run in a guest.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest MTU: a frame with its Ethernet and virtio-net headers fits 64 KiB.
-pub const MAX_MTU: u32 = 65_500;
+/// Largest MTU (Linux's own limit for an Ethernet device).
+pub const MAX_MTU: u32 = 65_535;
 
 /// A byte size: a number of bytes, or a number with K, M, G or T (binary
 /// units: `512M` is 512 MiB; `KiB`, `MiB`, `GiB`, `TiB` also accepted).
@@ -169,11 +175,15 @@ pub struct RawVni {
     /// Slots (config 2: in the pool; config 1: per ring, a power of two).
     /// Default: as many as the shared memory holds.
     pub slot_count: Option<u32>,
-    /// MTU of the VNI interface, 68 to 65500. Default 1500.
+    /// MTU of the VNI interface, 68 to 65535. Default 1500.
     pub mtu: Option<u32>,
     /// How a receiver learns of frames: `interrupt` (doorbell; default) or
     /// `polling`.
     pub notification: Option<Notification>,
+    /// How long a driver keeps polling after its last frame before it
+    /// sleeps (`0` sleeps at once), e.g. `500us`, `2ms`; at most 100ms.
+    /// Default 1ms.
+    pub busy_poll: Option<DurationSpec>,
 }
 
 /// Guest settings as written.
@@ -265,6 +275,8 @@ pub struct Vni {
     pub mtu: u32,
     /// Interrupts or polling.
     pub notification: Notification,
+    /// Polling after the last frame before sleeping.
+    pub busy_poll: Duration,
 }
 
 /// A lab that can be started: every field checked.
@@ -420,13 +432,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 90s or 2m"))?;
     Ok(match unit.trim() {
+        "us" => Duration::from_micros(number),
         "ms" => Duration::from_millis(number),
         "" | "s" => Duration::from_secs(number),
         "m" => Duration::from_secs(number * 60),
         "h" => Duration::from_secs(number * 3600),
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+                "unknown unit {other:?} in {text:?}: use us, ms, s, m or h"
             ))
         }
     })
@@ -753,6 +766,27 @@ impl Topology {
             DEFAULT_COMMAND_TIMEOUT,
         );
 
+        let busy_poll = match &raw.vni.busy_poll {
+            None => DEFAULT_BUSY_POLL,
+            Some(spec) => {
+                let d = match spec {
+                    DurationSpec::Seconds(s) => Ok(Duration::from_secs(*s)),
+                    DurationSpec::Text(t) => parse_duration(t),
+                };
+                match d {
+                    Ok(d) if d <= MAX_BUSY_POLL => d,
+                    Ok(d) => {
+                        check.report("vni.busy_poll", format!("{d:?} is longer than 100ms"));
+                        DEFAULT_BUSY_POLL
+                    }
+                    Err(e) => {
+                        check.report("vni.busy_poll", e);
+                        DEFAULT_BUSY_POLL
+                    }
+                }
+            }
+        };
+
         let tests = Tests::from_raw(&raw.tests, &mut |field, message| {
             check.report(field, message)
         });
@@ -765,6 +799,7 @@ impl Topology {
                 geometry: geometry?,
                 mtu,
                 notification: raw.vni.notification.unwrap_or_default(),
+                busy_poll,
             },
             accel: raw.accel,
             kernel,
@@ -898,7 +933,7 @@ mod tests {
 defaults: {vcpus: 2, memory: 1G}
 shared_memory: 128M
 accel: tcg
-vni: {buffers: 1, slot_size: 4096, mtu: 9000, notification: polling}
+vni: {buffers: 1, slot_size: 4096, mtu: 9000, notification: polling, busy_poll: 250us}
 timeouts: {boot: 3m, command: 500ms}
 nodes:
   - {name: a, ip: 192.168.7.1/24, mac: '02:00:00:00:00:0a', host_cpus: '0-1', memory: 768M}
@@ -919,6 +954,7 @@ nodes:
             (t.vni.mtu, t.vni.notification, t.accel),
             (9000, Notification::Polling, Accel::Tcg)
         );
+        assert_eq!(t.vni.busy_poll, Duration::from_micros(250));
         assert_eq!(
             (t.boot_timeout, t.command_timeout),
             (Duration::from_secs(180), Duration::from_millis(500))
@@ -943,7 +979,7 @@ nodes:
             ("name: x\nshared_memory: 3M\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "shared_memory", "power of two"),
             ("name: x\nshared_memory: 1M\nvni: {buffers: 1}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n  - {name: c, ip: 10.0.0.3/24}\n  - {name: d, ip: 10.0.0.4/24}\n", 2, "shared_memory", "cannot hold 4 nodes"),
             ("name: x\nvni:\n  buffers: 3\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.buffers", "use 1"),
-            ("name: x\nvni:\n  mtu: 70000\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.mtu", "68 to 65500"),
+            ("name: x\nvni:\n  mtu: 70000\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.mtu", "68 to 65535"),
             ("name: x\nvni:\n  slot_size: 100\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.slot_size", "multiple of 64"),
             ("name: x\nvni:\n  slot_count: 99999999\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "vni.slot_count", "at most"),
             ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, memory: 64M}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].memory", "at least 128M"),
@@ -953,6 +989,7 @@ nodes:
             ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, host_cpus: '3-1'}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].host_cpus", "CPU list"),
             ("name: x\naccel: hvf\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "accel", "unknown variant `hvf`"),
             ("name: x\nguest: {kernel: /no/such/bzImage}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "guest.kernel", "does not exist"),
+            ("name: x\nvni: {busy_poll: 1s}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "vni.busy_poll", "longer than 100ms"),
             ("name: x\ntimeouts: {boot: 0s}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "timeouts.boot", "outside 1ms to 1h"),
             ("name: x\nnodes: [\n", 3, "", "did not find expected"),
         ];

@@ -48,6 +48,14 @@ enum Cmd {
         /// interrupt or polling.
         #[arg(long, default_value = "interrupt", value_parser = ["interrupt", "polling"])]
         notification: String,
+        /// Times the loop's phases and prints where the time went when
+        /// the driver stops.
+        #[arg(long)]
+        profile: bool,
+        /// Microseconds the driver keeps polling after its last frame
+        /// before it sleeps (0: sleep at once).
+        #[arg(long, default_value_t = 0)]
+        busy_poll_us: u64,
     },
     /// Opens the device and prints, as JSON, its PCI address, its ivshmem
     /// peer id, the size of the shared region and what the region holds.
@@ -91,6 +99,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             addresses,
             interface,
             notification,
+            profile,
+            busy_poll_us,
         } => {
             let config = Config {
                 node,
@@ -103,6 +113,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     Notification::Interrupt
                 },
+                profile,
+                busy_poll: Duration::from_micros(busy_poll_us),
             };
             let stop = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -60,6 +60,11 @@ pub struct Config {
     pub interface: String,
     /// Interrupts or polling.
     pub notification: Notification,
+    /// Time the loop's phases.
+    pub profile: bool,
+    /// How long after its last frame the loop keeps polling (yielding
+    /// the CPU between rounds) before it sleeps.
+    pub busy_poll: Duration,
 }
 
 /// Housekeeping period.
@@ -72,6 +77,52 @@ const POLL_MIN: Duration = Duration::from_micros(50);
 /// Idle time after which cached slots go back to the pool.
 const GIVE_BACK_AFTER: Duration = Duration::from_millis(100);
 
+/// Where the loop's time went, per phase (only with `Config::profile`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Profile {
+    /// Reading frames from the TAP into slots (including the readiness
+    /// checks).
+    pub tap_read: Duration,
+    /// Publishing staged frames.
+    pub flush: Duration,
+    /// Ringing doorbells.
+    pub ring: Duration,
+    /// Taking frames from the region and writing them to the TAP.
+    pub recv: Duration,
+    /// Housekeeping.
+    pub tick: Duration,
+    /// Waiting (asleep or polling).
+    pub wait: Duration,
+    /// Rounds of the loop.
+    pub rounds: u64,
+    /// Waits.
+    pub waits: u64,
+}
+
+/// Times phases of the loop when profiling is on; costs nothing otherwise.
+struct Stopwatch {
+    on: bool,
+    last: Instant,
+}
+
+impl Stopwatch {
+    fn new(on: bool) -> Self {
+        Self {
+            on,
+            last: Instant::now(),
+        }
+    }
+
+    /// Adds the time since the previous lap to `into`.
+    fn lap(&mut self, into: &mut Duration) {
+        if self.on {
+            let now = Instant::now();
+            *into += now - self.last;
+            self.last = now;
+        }
+    }
+}
+
 /// Counts of what the loop did (beyond the protocol's own counters).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoopStats {
@@ -81,6 +132,8 @@ pub struct LoopStats {
     pub doorbells: u64,
     /// Times the node attached (more than one after being fenced).
     pub incarnations: u64,
+    /// Where the time went (zero unless profiling).
+    pub profile: Profile,
 }
 
 /// Runs the driver until `stop` is set or the endpoint fails.
@@ -156,7 +209,9 @@ fn serve(
     let mut idle_wait = POLL_MIN;
     let mut last_busy = Instant::now();
     let mut gave_back = false;
+    let mut watch = Stopwatch::new(config.profile);
     while !stop.load(Ordering::Relaxed) {
+        stats.profile.rounds += 1;
         // 1. TAP -> region, read by the kernel straight into slots. Only
         // when a frame waits: reserving slots for nothing would keep an
         // idle node's cache full.
@@ -179,13 +234,16 @@ fn serve(
                 Err(e) => return Err(e.into()),
             }
         }
+        watch.lap(&mut stats.profile.tap_read);
         let report = ep.flush()?;
+        watch.lap(&mut stats.profile.flush);
         for node in members(report.wake) {
             if let Some(peer) = ep.doorbell_peer(node) {
                 device.ring(peer, RX_VECTOR);
                 stats.doorbells += 1;
             }
         }
+        watch.lap(&mut stats.profile.ring);
 
         // 2. Region -> TAP, straight from the slots.
         let mut rejected = 0;
@@ -196,6 +254,7 @@ fn serve(
             }
         })?;
         stats.tap_rejected += rejected;
+        watch.lap(&mut stats.profile.recv);
 
         // 3. Housekeeping.
         if last_tick.elapsed() >= TICK {
@@ -207,10 +266,13 @@ fn serve(
                 carrier = up;
             }
         }
+        watch.lap(&mut stats.profile.tick);
 
         if blocked {
             // Wait for room, not for the TAP (it is readable anyway).
             wait(&[rx_bell.as_raw_fd()], POLL_MAX);
+            stats.profile.waits += 1;
+            watch.lap(&mut stats.profile.wait);
             continue;
         }
         if read > 0 || received > 0 || report.published > 0 || report.deferred > 0 {
@@ -224,6 +286,13 @@ fn serve(
         if last_busy.elapsed() >= GIVE_BACK_AFTER && !gave_back {
             ep.release_idle()?;
             gave_back = true;
+        }
+        if last_busy.elapsed() < config.busy_poll {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+            stats.profile.waits += 1;
+            watch.lap(&mut stats.profile.wait);
+            continue;
         }
         match config.notification {
             Notification::Interrupt => {
@@ -240,6 +309,8 @@ fn serve(
                 idle_wait = (idle_wait * 2).min(POLL_MAX);
             }
         }
+        stats.profile.waits += 1;
+        watch.lap(&mut stats.profile.wait);
     }
     Ok(())
 }

@@ -174,7 +174,7 @@ fn open(
 ) -> anyhow::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
     let config = Config {
         read_timeout: Some(Duration::from_millis(100)),
-        // The largest frame: MTU 65500 plus its Ethernet header.
+        // The largest frame: MTU 65535 plus its Ethernet header.
         read_buffer_size: 1 << 17,
         write_buffer_size: 1 << 17,
         socket_fd: Some(packet_socket()?),

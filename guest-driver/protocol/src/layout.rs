@@ -28,8 +28,12 @@ use crate::region::Region;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MINTVNI\0");
 /// Layout version this crate reads and writes.
 pub const VERSION: u32 = 1;
-/// Largest frame carried (an offloaded TCP segment with its headers).
-pub const MAX_FRAME: usize = 64 * 1024;
+/// Largest frame carried: an offloaded TCP segment, or a frame at the
+/// largest MTU (65535) with its Ethernet header, a VLAN tag and the
+/// virtio-net header in front, rounded up to a multiple of 64.
+pub const MAX_FRAME: usize = 64 * 1024 + 64;
+/// Largest slot.
+pub const MAX_SLOT: u32 = 64 * 1024;
 /// Most nodes a region can hold; node sets fit in a `u64`.
 pub const MAX_NODES: usize = 64;
 /// Cache line size the layout aligns shared words to.
@@ -254,7 +258,7 @@ impl Geometry {
         if !(2..=MAX_NODES as u32).contains(&self.max_nodes) {
             return bad("max_nodes", self.max_nodes, "2 to 64");
         }
-        if !(64..=MAX_FRAME as u32).contains(&self.slot_size) || self.slot_size % 64 != 0 {
+        if !(64..=MAX_SLOT).contains(&self.slot_size) || self.slot_size % 64 != 0 {
             return bad(
                 "slot_size",
                 self.slot_size,
@@ -706,8 +710,8 @@ mod tests {
     #[test]
     fn sections_do_not_overlap() {
         for config in [BufferConfig::SharedPool, BufferConfig::PerPair] {
-            let g = Geometry::fit(config, 8 << 20, 8, 2048).unwrap();
-            let l = Layout::new(&g, 8 << 20).unwrap();
+            let g = Geometry::fit(config, 16 << 20, 8, 2048).unwrap();
+            let l = Layout::new(&g, 16 << 20).unwrap();
             assert!(l.nodes >= HEADER_LEN);
             assert!(l.lock >= l.nodes + 8 * NODE_ENTRY_LEN);
             assert!(l.addr >= l.lock + CACHE_LINE);
