@@ -8,6 +8,7 @@
 //! guest's [`agent`].
 
 pub mod agent;
+pub mod bench;
 pub mod guest_bin;
 pub mod host;
 pub mod image;

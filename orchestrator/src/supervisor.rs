@@ -399,12 +399,13 @@ async fn setup_network(
             };
             let script = format!(
                 "vni-driver run --node {} --mac {} --mtu {} --address {} --notification {notification} \
-                 --busy-poll-us {} > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",
+                 --busy-poll-us {}{} > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",
                 node.id,
                 node.mac,
                 topology.vni.mtu,
                 node.ip,
-                topology.vni.busy_poll.as_micros()
+                topology.vni.busy_poll.as_micros(),
+                if topology.vni.profile { " --profile" } else { "" }
             );
             ("start the VNI driver", script)
         }

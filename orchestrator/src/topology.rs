@@ -184,6 +184,10 @@ pub struct RawVni {
     /// sleeps (`0` sleeps at once), e.g. `500us`, `2ms`; at most 100ms.
     /// Default 1ms.
     pub busy_poll: Option<DurationSpec>,
+    /// Time the driver loop's phases; each driver prints where its time
+    /// went (a `vni-driver: profile {...}` line in its log) when it stops.
+    /// Default false.
+    pub profile: Option<bool>,
 }
 
 /// Guest settings as written.
@@ -277,6 +281,8 @@ pub struct Vni {
     pub notification: Notification,
     /// Polling after the last frame before sleeping.
     pub busy_poll: Duration,
+    /// Drivers time their loop's phases.
+    pub profile: bool,
 }
 
 /// A lab that can be started: every field checked.
@@ -800,6 +806,7 @@ impl Topology {
                 mtu,
                 notification: raw.vni.notification.unwrap_or_default(),
                 busy_poll,
+                profile: raw.vni.profile.unwrap_or(false),
             },
             accel: raw.accel,
             kernel,

@@ -122,6 +122,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let stats = vni_driver::run::run(&config, &stop)?;
             eprintln!("vni-driver: stopped ({stats:?})");
+            if profile {
+                let mut json = stats.profile.to_json();
+                json["doorbells"] = stats.doorbells.into();
+                eprintln!("vni-driver: profile {json}");
+            }
         }
         Cmd::Probe => probe(&Ivshmem::open(VECTORS)?)?,
         Cmd::Ring { peer, vector } => Ivshmem::open(VECTORS)?.ring(peer, vector),

@@ -99,6 +99,23 @@ pub struct Profile {
     pub waits: u64,
 }
 
+impl Profile {
+    /// The profile as JSON: milliseconds per phase, rounds and waits.
+    pub fn to_json(&self) -> serde_json::Value {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        serde_json::json!({
+            "tap_read_ms": ms(self.tap_read),
+            "flush_ms": ms(self.flush),
+            "ring_ms": ms(self.ring),
+            "recv_ms": ms(self.recv),
+            "tick_ms": ms(self.tick),
+            "wait_ms": ms(self.wait),
+            "rounds": self.rounds,
+            "waits": self.waits,
+        })
+    }
+}
+
 /// Times phases of the loop when profiling is on; costs nothing otherwise.
 struct Stopwatch {
     on: bool,

@@ -25,7 +25,7 @@ const MOST_SIZES: usize = 2048;
 const MULTICAST: &str = "01:00:5e:7f:56:49";
 const BROADCAST: &str = "ff:ff:ff:ff:ff:ff";
 /// The base of TCP ports the checks listen on.
-const PORT_BASE: u32 = 15_000;
+pub(super) const PORT_BASE: u32 = 15_000;
 
 /// How a case that ran turned out.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -72,7 +72,11 @@ impl Verdict {
 }
 
 /// The last line of `out`'s stdout as JSON of type `T`.
-fn last_json<T: DeserializeOwned>(node: &str, what: &str, out: &ExecOutput) -> Result<T, Trouble> {
+pub(super) fn last_json<T: DeserializeOwned>(
+    node: &str,
+    what: &str,
+    out: &ExecOutput,
+) -> Result<T, Trouble> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().rev().find(|l| !l.trim().is_empty());
     line.and_then(|l| serde_json::from_str(l).ok())
@@ -82,7 +86,7 @@ fn last_json<T: DeserializeOwned>(node: &str, what: &str, out: &ExecOutput) -> R
         })
 }
 
-fn output_text(out: &ExecOutput) -> String {
+pub(super) fn output_text(out: &ExecOutput) -> String {
     format!(
         "--- stdout:\n{}\n--- stderr:\n{}",
         String::from_utf8_lossy(&out.stdout).trim_end(),
@@ -407,9 +411,10 @@ pub fn judge_preflight(f: &NodeFacts, node: &Node, mtu: u32, vni: bool) -> Verdi
 }
 
 /// What every check needs: the lab, its guests, the timeout scale.
+#[derive(Debug)]
 pub struct Context {
-    topology: Topology,
-    shm: Option<PathBuf>,
+    pub(super) topology: Topology,
+    pub(super) shm: Option<PathBuf>,
     pub(super) guests: Guests,
     scale: f64,
     runs: u32,
@@ -434,16 +439,16 @@ impl Context {
         }
     }
 
-    fn t(&self, seconds: f64) -> Duration {
+    pub(super) fn t(&self, seconds: f64) -> Duration {
         scaled(Duration::from_secs_f64(seconds), self.scale)
     }
 
-    fn next_run(&mut self) -> u32 {
+    pub(super) fn next_run(&mut self) -> u32 {
         self.runs = self.runs.wrapping_add(1);
         self.runs
     }
 
-    fn node(&self, i: usize) -> Node {
+    pub(super) fn node(&self, i: usize) -> Node {
         self.topology.nodes[i].clone()
     }
 
@@ -465,7 +470,7 @@ impl Context {
         }
     }
 
-    fn region_report(&self) -> Result<vni_protocol::RegionReport, String> {
+    pub(super) fn region_report(&self) -> Result<vni_protocol::RegionReport, String> {
         let shm = self.shm.as_ref().ok_or("the lab has no readable plan")?;
         let region = vni_protocol::Region::open(shm).map_err(|e| e.to_string())?;
         vni_protocol::inspect(&region).map_err(|e| e.to_string())
@@ -567,7 +572,7 @@ impl Context {
             .await
     }
 
-    async fn wait_for_port(&mut self, node: &str, port: u32) -> Result<(), Trouble> {
+    pub(super) async fn wait_for_port(&mut self, node: &str, port: u32) -> Result<(), Trouble> {
         let test = format!("ss -Hltn 'sport = :{port}' | grep -q .");
         self.wait_until(node, &test, &format!("nothing listens on port {port}"))
             .await
@@ -779,7 +784,13 @@ impl Context {
     }
 
     async fn echo(&mut self, a: usize, b: usize) -> Result<Verdict, Trouble> {
-        let n = self.topology.tests.echo_count;
+        let rtts = self.echo_rtts(a, b, self.topology.tests.echo_count).await?;
+        let tests = &self.topology.tests;
+        Ok(judge_echo(&rtts, tests.max_rtt_p50, tests.max_rtt_p99))
+    }
+
+    /// `n` raw-frame echo round trips from `a` to `b`.
+    pub async fn echo_rtts(&mut self, a: usize, b: usize, n: u32) -> Result<Rtts, Trouble> {
         let run = self.next_run();
         let (run_t, count_t) = (run.to_string(), n.to_string());
         let ready = Self::ready_file(run);
@@ -834,8 +845,7 @@ impl Context {
                 .wait(&server, pid, "vni-frames echo", self.t(10.0))
                 .await?;
         }
-        let tests = &self.topology.tests;
-        Ok(judge_echo(&rtts, tests.max_rtt_p50, tests.max_rtt_p99))
+        Ok(rtts)
     }
 
     async fn tcp_string(&mut self, a: usize, b: usize) -> Result<Verdict, Trouble> {
@@ -878,6 +888,29 @@ impl Context {
     }
 
     async fn iperf(&mut self, a: usize, b: usize, udp: bool) -> Result<Verdict, Trouble> {
+        let tests = &self.topology.tests;
+        let (secs, rate) = (tests.iperf_time, udp.then_some(tests.udp_rate));
+        let figures = match self.iperf_run(a, b, rate, secs).await? {
+            Ok(f) => f,
+            Err((message, out)) => return Ok(Verdict::failed(message, &out)),
+        };
+        let tests = &self.topology.tests;
+        Ok(if udp {
+            judge_udp(&figures, tests.max_udp_loss)
+        } else {
+            judge_tcp(&figures, tests.min_tcp_rate)
+        })
+    }
+
+    /// One iperf3 run from `a` to `b` for `time`: TCP, or UDP offering
+    /// `udp_rate` bit/s. Its figures, or what went wrong with its output.
+    pub async fn iperf_run(
+        &mut self,
+        a: usize,
+        b: usize,
+        udp_rate: Option<u64>,
+        time: Duration,
+    ) -> Result<Result<Iperf, (String, ExecOutput)>, Trouble> {
         let run = self.next_run();
         let port_number = PORT_BASE + 10_000 + run % 10_000;
         let port = port_number.to_string();
@@ -889,33 +922,30 @@ impl Context {
         self.wait_for_port(&server, port_number).await?;
         let client = self.node(a).name;
         let ip = self.node(b).ip.addr().to_string();
-        let secs = self.topology.tests.iperf_time.as_secs().max(1);
-        let (secs_t, rate) = (secs.to_string(), self.topology.tests.udp_rate.to_string());
+        let secs = time.as_secs().max(1);
+        let secs_t = secs.to_string();
+        let rate = udp_rate.map(|r| r.to_string()).unwrap_or_default();
         let mut command = vec!["iperf3", "-c", &ip, "-p", &port, "-t", &secs_t, "-J"];
-        if udp {
+        if udp_rate.is_some() {
             command.extend(["-u", "-b", &rate]);
         }
         let out = self
             .guests
             .run(&client, &command, self.t(30.0) + Duration::from_secs(secs))
             .await?;
-        let figures = match parse_iperf(&String::from_utf8_lossy(&out.stdout), udp) {
-            Ok(f) => {
-                // The server ends after its one test.
-                let _ = self
-                    .guests
-                    .wait(&server, pid, "iperf3 -s", self.t(10.0))
-                    .await;
-                f
-            }
-            Err(e) => return Ok(Verdict::failed(e, &out)),
-        };
-        let tests = &self.topology.tests;
-        Ok(if udp {
-            judge_udp(&figures, tests.max_udp_loss)
-        } else {
-            judge_tcp(&figures, tests.min_tcp_rate)
-        })
+        Ok(
+            match parse_iperf(&String::from_utf8_lossy(&out.stdout), udp_rate.is_some()) {
+                Ok(f) => {
+                    // The server ends after its one test.
+                    let _ = self
+                        .guests
+                        .wait(&server, pid, "iperf3 -s", self.t(10.0))
+                        .await;
+                    Ok(f)
+                }
+                Err(e) => Err((e, out)),
+            },
+        )
     }
 
     async fn region(&mut self) -> Result<Verdict, Trouble> {

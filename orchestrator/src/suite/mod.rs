@@ -10,6 +10,7 @@
 
 mod checks;
 mod guests;
+mod measure;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use checks::Verdict;
+pub use checks::{Context, Iperf, Verdict};
 pub use guests::{Guests, Trouble};
+pub use measure::{parse_ping, Concurrent, Occupancy};
 
 use crate::lab::LabDir;
 use crate::test_spec::{Check, Pairs, Scope};

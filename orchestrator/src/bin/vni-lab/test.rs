@@ -51,7 +51,7 @@ pub struct Options {
 }
 
 /// The file every results folder has, so a later run knows it may clear it.
-const RESULTS: &str = "results.json";
+pub const RESULTS: &str = "results.json";
 
 struct Table<'a> {
     progress: &'a mut Progress,
@@ -83,7 +83,7 @@ impl Observer for Table<'_> {
 
 /// Empties `dir` if it holds an earlier run's results; refuses a folder
 /// that holds something else.
-fn prepare_artifacts(dir: &Path) -> anyhow::Result<()> {
+pub fn prepare_artifacts(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         let empty = std::fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -102,17 +102,22 @@ fn prepare_artifacts(dir: &Path) -> anyhow::Result<()> {
 
 /// Boots the lab as `vni-lab up --detach` does, showing its progress;
 /// on failure, its own account of what went wrong.
-fn boot(opts: &Options, name: &str, logs: &Path) -> anyhow::Result<Result<(), String>> {
+pub fn boot(
+    file: &Path,
+    quiet: bool,
+    name: &str,
+    logs: &Path,
+) -> anyhow::Result<Result<(), String>> {
     let exe = std::env::current_exe().context("cannot find vni-lab's own executable")?;
     let mut command = std::process::Command::new(exe);
     command
         .args(["up", "--detach", "--name", name, "--keep-logs"])
         .arg(logs)
-        .arg(&opts.file)
+        .arg(file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if opts.quiet {
+    if quiet {
         command.arg("--quiet");
     }
     let mut child = command.spawn().context("cannot run vni-lab up")?;
@@ -188,7 +193,7 @@ async fn collect(lab: &LabDir, topology: &Topology, to: &Path) {
     }
 }
 
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -265,7 +270,7 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         progress.note(&format!("testing lab {name}, which is up (it stays up)"));
     } else {
         progress.note(&format!("starting lab {name} for the test"));
-        match boot(&opts, &name, &artifacts)? {
+        match boot(&opts.file, opts.quiet, &name, &artifacts)? {
             Ok(()) => booted = true,
             Err(why) => {
                 let first = why
