@@ -68,6 +68,21 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         vector: u16,
     },
+    /// Measures doorbell round trips with a peer (the VNI driver must not
+    /// run on either node): rings it until it answers, then `count` times,
+    /// waiting each time for the answer, and prints the round trips as
+    /// JSON (microseconds: p50, mean, min, max). With --answer, answers
+    /// every doorbell until none came for 3 seconds.
+    Bells {
+        /// The peer's ivshmem id (its `probe` position).
+        peer: u16,
+        /// Round trips.
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        /// Answer the peer's doorbells instead of ringing.
+        #[arg(long)]
+        answer: bool,
+    },
     /// Waits for a doorbell on this node. Prints `armed` once doorbells can
     /// arrive, then `doorbell N` with the count; exits 1 on timeout.
     Wait {
@@ -130,6 +145,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Probe => probe(&Ivshmem::open(VECTORS)?)?,
         Cmd::Ring { peer, vector } => Ivshmem::open(VECTORS)?.ring(peer, vector),
+        Cmd::Bells {
+            peer,
+            count,
+            answer,
+        } => {
+            let device = Ivshmem::open(VECTORS)?;
+            if answer {
+                answer_bells(&device, peer)?;
+            } else {
+                let rtts = ring_bells(&device, peer, count)?;
+                println!("{rtts}");
+            }
+        }
         Cmd::Wait { vector, timeout } => {
             let device = Ivshmem::open(VECTORS)?;
             println!("armed");
@@ -143,6 +171,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rings `peer` and waits for its answer, `count` times after a first
+/// answer says it listens; the round trips as JSON.
+fn ring_bells(device: &Ivshmem, peer: u16, count: u32) -> anyhow::Result<serde_json::Value> {
+    // The peer may still be arming its vectors: a doorbell before that is
+    // lost, so ring until one is answered, then drop late answers.
+    let mut answered = false;
+    for _ in 0..100 {
+        device.ring(peer, 0);
+        if device.wait(0, Duration::from_millis(200))? > 0 {
+            answered = true;
+            break;
+        }
+    }
+    if !answered {
+        anyhow::bail!("peer {peer} did not answer a doorbell within 20 s");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    while device.wait(0, Duration::ZERO)? > 0 {}
+    let mut samples = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let start = std::time::Instant::now();
+        device.ring(peer, 0);
+        if device.wait(0, Duration::from_secs(2))? == 0 {
+            anyhow::bail!(
+                "peer {peer} stopped answering after {} doorbells",
+                samples.len()
+            );
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len().max(1);
+    Ok(serde_json::json!({
+        "count": samples.len(),
+        "p50_us": samples.get(n / 2).or(samples.last()).copied().unwrap_or(0.0),
+        "mean_us": samples.iter().sum::<f64>() / n as f64,
+        "min_us": samples.first().copied().unwrap_or(0.0),
+        "max_us": samples.last().copied().unwrap_or(0.0),
+    }))
+}
+
+/// Answers every doorbell with one to `peer`, until none came for 3 s.
+fn answer_bells(device: &Ivshmem, peer: u16) -> anyhow::Result<()> {
+    while device.wait(0, Duration::from_secs(3))? > 0 {
+        device.ring(peer, 0);
+    }
+    Ok(())
 }
 
 fn probe(device: &Ivshmem) -> anyhow::Result<()> {

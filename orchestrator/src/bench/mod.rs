@@ -188,6 +188,8 @@ pub struct Params {
     pub udp_rates: Vec<u64>,
     /// Loss (percent) taken as saturation.
     pub saturation_loss: f64,
+    /// Bare doorbell round trips (the VNI, after its drivers stop).
+    pub doorbells: u32,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -208,6 +210,7 @@ impl Params {
                 .map(|m| m * 1_000_000)
                 .collect(),
             saturation_loss: 30.0,
+            doorbells: 200,
         }
     }
 
@@ -221,6 +224,7 @@ impl Params {
             udp_time: Duration::from_secs(1),
             udp_rates: vec![10_000_000, 40_000_000],
             saturation_loss: 30.0,
+            doorbells: 20,
         }
     }
 }
@@ -301,6 +305,24 @@ pub struct CaseOutcome {
     pub region_ok: Option<bool>,
     /// Each driver's profile (`vni.profile`), node by node.
     pub profiles: Vec<Option<serde_json::Value>>,
+    /// Bare doorbell round trips node0 -> node1 -> node0, drivers stopped
+    /// (the VNI only).
+    pub doorbell: Option<BellRtts>,
+}
+
+/// Doorbell round trips, microseconds (`vni-driver bells`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct BellRtts {
+    /// Round trips measured.
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Smallest.
+    pub min_us: f64,
+    /// Largest.
+    pub max_us: f64,
 }
 
 impl CaseOutcome {
@@ -323,6 +345,7 @@ impl CaseOutcome {
             udp: Vec::new(),
             region_ok: None,
             profiles: Vec::new(),
+            doorbell: None,
         }
     }
 

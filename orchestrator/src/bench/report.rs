@@ -445,6 +445,34 @@ impl Results {
             }
         }
         md.push('\n');
+        let bells: Vec<&CaseOutcome> = self.cases.iter().filter(|c| c.doorbell.is_some()).collect();
+        if bells.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "A bare doorbell round trip (`vni-driver bells`, drivers stopped: a write to BAR0, QEMU, the peer's \
+             MSI-X interrupt, its eventfd, and back) against the echo round trip, which adds both drivers, both \
+             TAPs and the echo program:\n"
+        );
+        let _ = writeln!(
+            md,
+            "| case | doorbell RTT p50, ms | echo RTT p50, ms | doorbells' share |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for c in bells {
+            let bell = c.doorbell.map(|b| b.p50_us / 1e3);
+            let echo = c.echo.as_ref().map(|e| ms(e.p50_us));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                c.id,
+                num(bell, 3),
+                num(echo, 3),
+                ratio(bell, echo).map_or("–".to_owned(), |r| format!("{:.0} %", r * 100.0))
+            );
+        }
+        md.push('\n');
     }
 
     fn errors_section(&self, md: &mut String) {
@@ -522,6 +550,13 @@ pub(crate) mod tests {
                 lost_percent: 60.0,
             },
         ];
+        a.doorbell = Some(crate::bench::BellRtts {
+            count: 3,
+            p50_us: 150.0,
+            mean_us: 160.0,
+            min_us: 100.0,
+            max_us: 300.0,
+        });
         a.profiles = vec![Some(serde_json::json!({
             "tap_read_ms": 10.0, "flush_ms": 5.0, "ring_ms": 5.0, "recv_ms": 30.0,
             "tick_ms": 0.0, "wait_ms": 50.0, "doorbells": 7

@@ -223,6 +223,45 @@ impl Context {
         }))
     }
 
+    /// Each node's ivshmem doorbell id, as its driver published it.
+    pub fn doorbell_peers(&self) -> Vec<Option<u16>> {
+        self.region_report()
+            .map(|r| r.nodes.iter().map(|n| n.doorbell_peer).collect())
+            .unwrap_or_default()
+    }
+
+    /// `count` doorbell round trips from node `a` to node `b` and back,
+    /// their ivshmem ids `peers`, with `vni-driver bells` (the drivers
+    /// must be stopped: the device is theirs otherwise). Its JSON line.
+    pub async fn doorbell_rtt(
+        &mut self,
+        a: usize,
+        b: usize,
+        peers: (u16, u16),
+        count: u32,
+    ) -> Result<serde_json::Value, Trouble> {
+        let (client, server) = (self.node(a).name, self.node(b).name);
+        let (peer_a, peer_b, count_t) =
+            (peers.0.to_string(), peers.1.to_string(), count.to_string());
+        let pid = self
+            .guests
+            .spawn(&server, &["vni-driver", "bells", &peer_a, "--answer"])
+            .await?;
+        let out = self
+            .guests
+            .run(
+                &client,
+                &["vni-driver", "bells", &peer_b, "--count", &count_t],
+                self.t(30.0 + f64::from(count) * 0.01),
+            )
+            .await?;
+        let _ = self
+            .guests
+            .wait(&server, pid, "vni-driver bells --answer", self.t(10.0))
+            .await;
+        super::checks::last_json(&client, "vni-driver bells", &out)
+    }
+
     /// Stops every node's driver and returns the profile each printed
     /// (its `profile {...}` line, run with `vni.profile: true`).
     pub async fn stop_drivers_for_profile(&mut self) -> Vec<Option<serde_json::Value>> {

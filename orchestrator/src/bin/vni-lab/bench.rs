@@ -220,7 +220,18 @@ async fn measure(
                 None
             }
         };
+        let peers = ctx.doorbell_peers();
         out.profiles = ctx.stop_drivers_for_profile().await;
+        if let (Some(Some(a)), Some(Some(b))) = (peers.first(), peers.get(1)) {
+            progress.step(&format!("{label}: doorbell round trips"));
+            match ctx.doorbell_rtt(0, 1, (*a, *b), params.doorbells).await {
+                Ok(json) => match serde_json::from_value(json) {
+                    Ok(bells) => out.doorbell = Some(bells),
+                    Err(e) => note(out, "doorbells", e.to_string()),
+                },
+                Err(t) => note(out, "doorbells", t.message),
+            }
+        }
     }
     ctx.kill_leftovers().await;
     Ok(())
