@@ -57,6 +57,14 @@ fn the_quick_bench_measures_both_networks_and_reports_their_ratio() {
         let udp = case["udp"].as_array().unwrap();
         assert!(!udp.is_empty(), "{id}: the UDP sweep ran");
         assert!(number(&udp[0], &["received_mbit"]) > 0.0, "{id}");
+        assert_eq!(
+            case["udp_all"]["pairs"], 2,
+            "{id}: UDP on both directions at once"
+        );
+        assert!(
+            number(case, &["udp_all", "sum_received_mbit"]) > 0.0,
+            "{id}"
+        );
     }
     let vni = &cases[0];
     assert_eq!(vni["network"], "vni");

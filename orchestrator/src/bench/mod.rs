@@ -255,6 +255,54 @@ pub struct AllPairs {
     pub failed: Vec<String>,
 }
 
+/// UDP on every pair of the ring at once.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UdpAll {
+    /// Pairs.
+    pub pairs: usize,
+    /// Load each pair was offered, Mbit/s.
+    pub offered_mbit_each: f64,
+    /// Received, all pairs added, Mbit/s.
+    pub sum_received_mbit: f64,
+    /// Datagrams lost, mean over the pairs that ran, percent.
+    pub mean_lost_percent: f64,
+    /// Pairs whose iperf3 failed, with why.
+    pub failed: Vec<String>,
+}
+
+/// The load each pair gets in the all-pairs UDP run: the highest of the
+/// sweep that lost less than `saturation_loss`, else the lowest offered.
+pub fn udp_all_rate(sweep: &[UdpPoint], saturation_loss: f64) -> Option<f64> {
+    sweep
+        .iter()
+        .filter(|p| p.lost_percent < saturation_loss)
+        .map(|p| p.offered_mbit)
+        .max_by(f64::total_cmp)
+        .or_else(|| sweep.first().map(|p| p.offered_mbit))
+}
+
+/// Sums an all-pairs UDP run: (received Mbit/s, lost %) per pair.
+pub fn udp_all(offered_mbit_each: f64, results: &[Result<(f64, f64), String>]) -> UdpAll {
+    let ok: Vec<(f64, f64)> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    UdpAll {
+        pairs: results.len(),
+        offered_mbit_each,
+        sum_received_mbit: ok.iter().map(|r| r.0).sum(),
+        mean_lost_percent: if ok.is_empty() {
+            0.0
+        } else {
+            ok.iter().map(|r| r.1).sum::<f64>() / ok.len() as f64
+        },
+        failed: results
+            .iter()
+            .filter_map(|r| r.as_ref().err().cloned())
+            .collect(),
+    }
+}
+
 /// Frames dropped during the all-pairs run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Drops {
@@ -301,6 +349,10 @@ pub struct CaseOutcome {
     pub drops: Option<Drops>,
     /// The UDP sweep, node 0 to node 1.
     pub udp: Vec<UdpPoint>,
+    /// iperf3 UDP on all pairs of the ring at once, each offered the
+    /// highest load the sweep's pair carried with less than the saturation
+    /// loss.
+    pub udp_all: Option<UdpAll>,
     /// Every slot came back and no protocol error was counted (the VNI).
     pub region_ok: Option<bool>,
     /// Each driver's profile (`vni.profile`), node by node.
@@ -343,6 +395,7 @@ impl CaseOutcome {
             occupancy: None,
             drops: None,
             udp: Vec::new(),
+            udp_all: None,
             region_ok: None,
             profiles: Vec::new(),
             doorbell: None,
@@ -577,6 +630,20 @@ nodes:
         );
         assert_eq!(a.failed, ["iperf3: refused"]);
         assert_eq!(ring(2), [(0, 1), (1, 0)]);
+        let point = |offered_mbit, lost_percent| UdpPoint {
+            offered_mbit,
+            received_mbit: offered_mbit,
+            lost_percent,
+        };
+        let sweep = [point(25.0, 0.0), point(50.0, 10.0), point(100.0, 45.0)];
+        assert_eq!(udp_all_rate(&sweep, 30.0), Some(50.0));
+        assert_eq!(udp_all_rate(&sweep[2..], 30.0), Some(100.0));
+        assert_eq!(udp_all_rate(&[], 30.0), None);
+        let u = udp_all(50.0, &[Ok((40.0, 20.0)), Ok((50.0, 0.0)), Err("x".into())]);
+        assert_eq!(
+            (u.pairs, u.sum_received_mbit, u.mean_lost_percent),
+            (3, 90.0, 10.0)
+        );
         assert_eq!(ring(3), [(0, 1), (1, 2), (2, 0)]);
     }
 }

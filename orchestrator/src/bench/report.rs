@@ -238,21 +238,23 @@ impl Results {
         let _ = writeln!(
             md,
             "Round trips node0 → node1 (ms), TCP in Mbit/s (one pair alone; all pairs of a ring at once, summed), \
-             UDP saturation = most Mbit/s received in the sweep; ratios against virtio-net with the same nodes and MTU.\n"
+             UDP saturation = most Mbit/s received in the sweep; UDP all = every pair of the ring at once, each offered \
+             the highest load its sweep carried with less than the saturation loss (Mbit/s received, summed; mean loss); \
+             ratios against virtio-net with the same nodes and MTU.\n"
         );
         let _ = writeln!(
             md,
-            "| case | nodes | MTU | carrier | echo p50 | echo p99 | ping p50 | ping p99 | TCP pair | TCP all | UDP sat. | TCP × | echo RTT × | ping RTT × |"
+            "| case | nodes | MTU | carrier | echo p50 | echo p99 | ping p50 | ping p99 | TCP pair | TCP all | UDP sat. | UDP all (loss) | TCP × | echo RTT × | ping RTT × |"
         );
         let _ = writeln!(
             md,
-            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for c in &self.cases {
             if let Some(e) = &c.error {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | error: {} |||||||||||",
+                    "| {} | {} | {} | {} | error: {} ||||||||||||",
                     c.id,
                     c.spec.nodes,
                     c.spec.mtu,
@@ -275,7 +277,7 @@ impl Results {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.id,
                 c.spec.nodes,
                 c.spec.mtu,
@@ -287,6 +289,10 @@ impl Results {
                 num(c.tcp_pair_mbit, 0),
                 num(c.tcp_all.as_ref().map(|a| a.sum_mbit), 0),
                 num(c.udp_saturation_mbit(), 0),
+                c.udp_all.as_ref().map_or("–".to_owned(), |u| format!(
+                    "{:.0} ({:.1} %)",
+                    u.sum_received_mbit, u.mean_lost_percent
+                )),
                 times(r.tcp_pair),
                 times(r.echo_p50),
                 times(r.ping_p50),
@@ -550,6 +556,10 @@ pub(crate) mod tests {
                 lost_percent: 60.0,
             },
         ];
+        a.udp_all = Some(crate::bench::udp_all(
+            10.0,
+            &[Ok((9.0, 10.0)), Ok((10.0, 0.0))],
+        ));
         a.doorbell = Some(crate::bench::BellRtts {
             count: 3,
             p50_us: 150.0,
@@ -625,6 +635,7 @@ pub(crate) mod tests {
             "{md}"
         );
         assert!(md.contains("error: node3 did not come up"), "{md}");
+        assert!(md.contains("| 1000 | 16 | 19 (5.0 %) | 1.50× |"), "{md}");
         assert!(
             md.contains(
                 "| n2-mtu1500-c2-interrupt | node0 | 50 % | 20 % | 10 % | 10 % (7) | 60 % | 0 % |"

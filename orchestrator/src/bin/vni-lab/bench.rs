@@ -206,6 +206,31 @@ async fn measure(
         }
     }
 
+    if let Some(each) = bench::udp_all_rate(&out.udp, params.saturation_loss) {
+        progress.step(&format!(
+            "{label}: UDP, all pairs at once, {each:.0} Mbit/s each"
+        ));
+        let rate = (each * 1e6) as u64;
+        match ctx
+            .iperf_together(&bench::ring(names.len()), Some(rate), params.udp_time)
+            .await
+        {
+            Ok(c) => {
+                let per_pair: Vec<Result<(f64, f64), String>> = c
+                    .pairs
+                    .iter()
+                    .map(|p| {
+                        p.as_ref()
+                            .map(|f| (mbit(f.bits_per_second), f.lost_percent.unwrap_or(0.0)))
+                            .map_err(Clone::clone)
+                    })
+                    .collect();
+                out.udp_all = Some(bench::udp_all(each, &per_pair));
+            }
+            Err(t) => note(out, "UDP all pairs", t.message),
+        }
+    }
+
     if vni {
         progress.step(&format!("{label}: region check and driver profiles"));
         out.region_ok = match ctx.run("region", &Subject::Lab).await {
