@@ -48,8 +48,11 @@ pub const MAX_BUSY_POLL: Duration = Duration::from_millis(100);
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default timeout of one command run in a guest.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest MTU (Linux's own limit for an Ethernet device).
+/// Largest MTU (Linux's own limit for an Ethernet device; virtio-net).
 pub const MAX_MTU: u32 = 65_535;
+/// Largest MTU of the VNI: Linux lets a TAP's frames, Ethernet header
+/// included, reach 65535 bytes.
+pub const MAX_VNI_MTU: u32 = 65_521;
 
 /// A byte size: a number of bytes, or a number with K, M, G or T (binary
 /// units: `512M` is 512 MiB; `KiB`, `MiB`, `GiB`, `TiB` also accepted).
@@ -175,7 +178,7 @@ pub struct RawVni {
     /// Slots (config 2: in the pool; config 1: per ring, a power of two).
     /// Default: as many as the shared memory holds.
     pub slot_count: Option<u32>,
-    /// MTU of the VNI interface, 68 to 65535. Default 1500.
+    /// MTU of the interface, 68 to 65521 (65535 with `network: virtio-net`). Default 1500.
     pub mtu: Option<u32>,
     /// How a receiver learns of frames: `interrupt` (doorbell; default) or
     /// `polling`.
@@ -725,6 +728,13 @@ impl Topology {
         let mtu = raw.vni.mtu.unwrap_or(1500);
         if !(68..=MAX_MTU).contains(&mtu) {
             check.report("vni.mtu", format!("{mtu} is outside 68 to {MAX_MTU}"));
+        } else if mtu > MAX_VNI_MTU && raw.network == Network::Vni {
+            check.report(
+                "vni.mtu",
+                format!(
+                    "{mtu}: the VNI's TAP interface takes at most {MAX_VNI_MTU} (its frames, Ethernet header included, stop at 65535 bytes); {MAX_MTU} is for network: virtio-net"
+                ),
+            );
         }
         let geometry = Self::geometry(
             check,
@@ -996,6 +1006,7 @@ nodes:
             ("name: x\nnodes:\n  - {name: a, ip: 10.0.0.1/24, host_cpus: '3-1'}\n  - {name: b, ip: 10.0.0.2/24}\n", 3, "nodes[0].host_cpus", "CPU list"),
             ("name: x\naccel: hvf\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "accel", "unknown variant `hvf`"),
             ("name: x\nguest: {kernel: /no/such/bzImage}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "guest.kernel", "does not exist"),
+            ("name: x\nvni: {mtu: 65535}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "vni.mtu", "at most 65521"),
             ("name: x\nvni: {busy_poll: 1s}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "vni.busy_poll", "longer than 100ms"),
             ("name: x\ntimeouts: {boot: 0s}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "timeouts.boot", "outside 1ms to 1h"),
             ("name: x\nnodes: [\n", 3, "", "did not find expected"),

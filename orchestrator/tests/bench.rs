@@ -144,6 +144,23 @@ fn a_bad_file_or_matrix_is_refused_before_anything_boots() {
         "{}",
         text(&out.stderr)
     );
+    // The VNI's TAP stops at MTU 65521: refused before anything boots.
+    let two = topologies().join("two-node.yaml");
+    let out = run.run(&[
+        "bench",
+        two.to_str().unwrap(),
+        "--mtus",
+        "65535",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("at most 65521"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.exists(), "nothing written");
     let invalid = run.lab_file("invalid", "name: invalid\nnodes: []\n");
     let out = run.run(&["bench", invalid.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));

@@ -33,7 +33,8 @@ pub struct Options {
     /// Node counts (comma-separated); every MTU is measured at the first.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(2..=64))]
     pub nodes: Vec<u32>,
-    /// MTUs (comma-separated); the other node counts use the first.
+    /// MTUs (comma-separated); the other node counts use the first. The
+    /// VNI takes at most 65521 (a TAP's limit), virtio-net 65535.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(68..=65535))]
     pub mtus: Vec<u32>,
     /// Buffer configurations (comma-separated: 2, 1).
@@ -325,7 +326,14 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
     for case in &cases {
         let name = format!("bench-{}", case.id());
         match bench::derive_lab(&base_text, case, &name) {
-            Ok(text) => labs.push((*case, name, text)),
+            Ok(text) => {
+                if let Err(e) = Topology::parse(&text, &opts.file) {
+                    eprintln!("case {}: {e}", case.id());
+                    eprintln!("vni-lab: nothing was run");
+                    return Ok(ExitCode::from(2));
+                }
+                labs.push((*case, name, text));
+            }
             Err(e) => {
                 eprintln!("{}: {e}", opts.file.display());
                 eprintln!("vni-lab: nothing was run");
@@ -393,9 +401,10 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
         progress.step(&format!("{label}: starting lab {name}"));
-        match boot(&file, true, name, &logs)? {
-            Err(why) => outcome.error = Some(format!("the lab did not come up: {why}")),
-            Ok(()) => {
+        match boot(&file, true, name, &logs) {
+            Err(e) => outcome.error = Some(format!("{e:#}")),
+            Ok(Err(why)) => outcome.error = Some(format!("the lab did not come up: {why}")),
+            Ok(Ok(())) => {
                 outcome.boot_seconds = case_started.elapsed().as_secs_f64();
                 let lab = LabDir::new(&lab::run_dir(), name);
                 let topology = Topology::parse(text, &file).context("a derived lab file")?;

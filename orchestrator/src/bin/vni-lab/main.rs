@@ -201,6 +201,18 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     topology::parse_duration(text)
 }
 
+/// This program, to run again as a child (`up`, the supervisor). Through
+/// `/proc/self/exe` where there is one, which still reaches this binary
+/// when a rebuild has replaced the file meanwhile (a long `bench` while
+/// cargo builds); the path it was started from otherwise.
+pub fn own_exe() -> anyhow::Result<PathBuf> {
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().context("cannot find vni-lab's own executable")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

@@ -108,7 +108,7 @@ pub fn boot(
     name: &str,
     logs: &Path,
 ) -> anyhow::Result<Result<(), String>> {
-    let exe = std::env::current_exe().context("cannot find vni-lab's own executable")?;
+    let exe = crate::own_exe()?;
     let mut command = std::process::Command::new(exe);
     command
         .args(["up", "--detach", "--name", name, "--keep-logs"])

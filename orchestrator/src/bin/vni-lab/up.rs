@@ -182,7 +182,7 @@ async fn drive(
     detach: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("cannot find vni-lab's own executable")?;
+    let exe = crate::own_exe()?;
     let log = File::create(lab.supervisor_log())
         .with_context(|| format!("cannot create {}", lab.supervisor_log().display()))?;
     let mut command = std::process::Command::new(exe);
