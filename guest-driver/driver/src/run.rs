@@ -138,6 +138,12 @@ impl Stopwatch {
             self.last = now;
         }
     }
+
+    /// Counts a wait (asleep, polling or yielding) and laps its time.
+    fn waited(&mut self, profile: &mut Profile) {
+        profile.waits += 1;
+        self.lap(&mut profile.wait);
+    }
 }
 
 /// Counts of what the loop did (beyond the protocol's own counters).
@@ -149,7 +155,8 @@ pub struct LoopStats {
     pub doorbells: u64,
     /// Times the node attached (more than one after being fenced).
     pub incarnations: u64,
-    /// Where the time went (zero unless profiling).
+    /// Where the time went (the durations stay zero unless profiling;
+    /// rounds and waits are always counted).
     pub profile: Profile,
 }
 
@@ -288,8 +295,7 @@ fn serve(
         if blocked {
             // Wait for room, not for the TAP (it is readable anyway).
             wait(&[rx_bell.as_raw_fd()], POLL_MAX);
-            stats.profile.waits += 1;
-            watch.lap(&mut stats.profile.wait);
+            watch.waited(&mut stats.profile);
             continue;
         }
         if read > 0 || received > 0 || report.published > 0 || report.deferred > 0 {
@@ -307,8 +313,7 @@ fn serve(
         if last_busy.elapsed() < config.busy_poll {
             // SAFETY: sched_yield has no preconditions.
             unsafe { libc::sched_yield() };
-            stats.profile.waits += 1;
-            watch.lap(&mut stats.profile.wait);
+            watch.waited(&mut stats.profile);
             continue;
         }
         match config.notification {
@@ -326,8 +331,7 @@ fn serve(
                 idle_wait = (idle_wait * 2).min(POLL_MAX);
             }
         }
-        stats.profile.waits += 1;
-        watch.lap(&mut stats.profile.wait);
+        watch.waited(&mut stats.profile);
     }
     Ok(())
 }

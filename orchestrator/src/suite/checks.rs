@@ -902,6 +902,44 @@ impl Context {
         })
     }
 
+    /// Starts a one-test iperf3 server in node `b` on a port of its own
+    /// (`offset` keeps callers' port ranges apart); its port and pid.
+    pub(super) async fn spawn_iperf_server(
+        &mut self,
+        b: usize,
+        offset: u32,
+    ) -> Result<(u32, i64), Trouble> {
+        let port = PORT_BASE + offset + self.next_run() % 10_000;
+        let server = self.node(b).name;
+        let port_t = port.to_string();
+        let pid = self
+            .guests
+            .spawn(&server, &["iperf3", "-s", "-1", "-p", &port_t])
+            .await?;
+        Ok((port, pid))
+    }
+
+    /// The iperf3 client command to node `b`'s server on `port` for
+    /// `secs` seconds: TCP, or UDP offering `udp_rate` bit/s; JSON out.
+    pub(super) fn iperf_client(
+        &self,
+        b: usize,
+        port: u32,
+        secs: u64,
+        udp_rate: Option<u64>,
+    ) -> Vec<String> {
+        let ip = self.node(b).ip.addr().to_string();
+        let mut command: Vec<String> = ["iperf3", "-c", &ip, "-p"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        command.extend([port.to_string(), "-t".into(), secs.to_string(), "-J".into()]);
+        if let Some(rate) = udp_rate {
+            command.extend(["-u".into(), "-b".into(), rate.to_string()]);
+        }
+        command
+    }
+
     /// One iperf3 run from `a` to `b` for `time`: TCP, or UDP offering
     /// `udp_rate` bit/s. Its figures, or what went wrong with its output.
     pub async fn iperf_run(
@@ -911,24 +949,13 @@ impl Context {
         udp_rate: Option<u64>,
         time: Duration,
     ) -> Result<Result<Iperf, (String, ExecOutput)>, Trouble> {
-        let run = self.next_run();
-        let port_number = PORT_BASE + 10_000 + run % 10_000;
-        let port = port_number.to_string();
+        let (port, pid) = self.spawn_iperf_server(b, 10_000).await?;
         let server = self.node(b).name;
-        let pid = self
-            .guests
-            .spawn(&server, &["iperf3", "-s", "-1", "-p", &port])
-            .await?;
-        self.wait_for_port(&server, port_number).await?;
+        self.wait_for_port(&server, port).await?;
         let client = self.node(a).name;
-        let ip = self.node(b).ip.addr().to_string();
         let secs = time.as_secs().max(1);
-        let secs_t = secs.to_string();
-        let rate = udp_rate.map(|r| r.to_string()).unwrap_or_default();
-        let mut command = vec!["iperf3", "-c", &ip, "-p", &port, "-t", &secs_t, "-J"];
-        if udp_rate.is_some() {
-            command.extend(["-u", "-b", &rate]);
-        }
+        let command = self.iperf_client(b, port, secs, udp_rate);
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
         let out = self
             .guests
             .run(&client, &command, self.t(30.0) + Duration::from_secs(secs))

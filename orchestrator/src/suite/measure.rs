@@ -133,36 +133,23 @@ impl Context {
         let secs = time.as_secs().max(1);
         let mut ports = Vec::new();
         for &(_, b) in pairs {
-            let run = self.next_run();
-            let port = super::checks::PORT_BASE + 20_000 + run % 10_000;
-            let server = self.node(b).name;
-            let port_t = port.to_string();
-            let pid = self
-                .guests
-                .spawn(&server, &["iperf3", "-s", "-1", "-p", &port_t])
-                .await?;
-            ports.push((port, pid));
+            ports.push(self.spawn_iperf_server(b, 20_000).await?);
         }
         for (&(_, b), &(port, _)) in pairs.iter().zip(&ports) {
             let server = self.node(b).name;
             self.wait_for_port(&server, port).await?;
         }
         let mut clients = Vec::new();
-        let (secs_t, rate) = (
-            secs.to_string(),
-            udp_rate.map(|r| r.to_string()).unwrap_or_default(),
-        );
         for (&(a, b), &(port, _)) in pairs.iter().zip(&ports) {
             let client = self.node(a).name;
-            let ip = self.node(b).ip.addr().to_string();
-            let port_t = port.to_string();
-            let mut command = vec!["iperf3", "-c", &ip, "-p", &port_t, "-t", &secs_t, "-J"];
-            if udp_rate.is_some() {
-                command.extend(["-u", "-b", &rate]);
-            }
+            let command = self.iperf_client(b, port, secs, udp_rate);
+            let command: Vec<&str> = command.iter().map(String::as_str).collect();
             clients.push((client.clone(), self.guests.spawn(&client, &command).await?));
         }
-        let sampler = sample(self.shm.clone(), Duration::from_secs(secs));
+        // Only the VNI has buffers in the region to sample.
+        let vni = self.topology.network == crate::topology::Network::Vni;
+        let shm = self.shm.clone().filter(|_| vni);
+        let sampler = sample(shm, Duration::from_secs(secs));
         let timeout = self.t(30.0) + Duration::from_secs(secs);
         let waits = async {
             let mut outs = Vec::new();
@@ -174,7 +161,7 @@ impl Context {
         let (outs, occupancy) = tokio::join!(waits, sampler);
         let mut result = Concurrent {
             pairs: Vec::new(),
-            occupancy: occupancy.filter(|_| self.topology.network == crate::topology::Network::Vni),
+            occupancy,
         };
         for out in outs {
             let out = out?;

@@ -10,9 +10,9 @@ use vni_lab::bench::report::Results;
 use vni_lab::bench::{self, CaseOutcome, CaseSpec, Drops, Matrix, Params, UdpPoint};
 use vni_lab::lab::{self, LabDir};
 use vni_lab::suite::{self, Context, Guests, Subject};
-use vni_lab::topology::{Network, Notification, Topology, TopologyError};
+use vni_lab::topology::{Network, Notification, Topology};
 
-use crate::test::{boot, prepare_artifacts, write, RESULTS};
+use crate::test::{boot, load_lab, prepare_artifacts, write, RESULTS};
 use crate::Progress;
 
 /// What `vni-lab bench` was asked.
@@ -302,16 +302,8 @@ fn publish(results: &Results, out: &Path) -> anyhow::Result<()> {
 
 pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let base_text = std::fs::read_to_string(&opts.file)
-        .with_context(|| format!("cannot read {}", opts.file.display()))?;
-    let base = match Topology::load(&opts.file) {
-        Ok(t) => t,
-        Err(e @ TopologyError::Invalid { .. }) => {
-            eprintln!("{e}");
-            eprintln!("vni-lab: nothing was run");
-            return Ok(ExitCode::from(2));
-        }
-        Err(e) => return Err(e).context("cannot bench the lab"),
+    let Some((base_text, base)) = load_lab(&opts.file, "bench")? else {
+        return Ok(ExitCode::from(2));
     };
     let matrix = opts.matrix();
     let cases = matrix.cases();

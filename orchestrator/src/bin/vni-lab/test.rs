@@ -193,6 +193,27 @@ async fn collect(lab: &LabDir, topology: &Topology, to: &Path) {
     }
 }
 
+/// Reads and validates the lab file `file`: its text and what it
+/// describes, or `None` when it is invalid (its problems printed, and
+/// that nothing was run). `verb` says what could not be done otherwise.
+pub fn load_lab(file: &Path, verb: &str) -> anyhow::Result<Option<(String, Topology)>> {
+    let parsed = std::fs::read_to_string(file)
+        .map_err(|source| TopologyError::Read {
+            path: file.to_owned(),
+            source,
+        })
+        .and_then(|text| Topology::parse(&text, file).map(|t| (text, t)));
+    match parsed {
+        Ok(loaded) => Ok(Some(loaded)),
+        Err(e @ TopologyError::Invalid { .. }) => {
+            eprintln!("{e}");
+            eprintln!("vni-lab: nothing was run");
+            Ok(None)
+        }
+        Err(e) => Err(e).context(format!("cannot {verb} the lab")),
+    }
+}
+
 pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -207,14 +228,8 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let mut topology = match Topology::load(&opts.file) {
-        Ok(t) => t,
-        Err(e @ TopologyError::Invalid { .. }) => {
-            eprintln!("{e}");
-            eprintln!("vni-lab: nothing was run");
-            return Ok(ExitCode::from(2));
-        }
-        Err(e) => return Err(e).context("cannot test the lab"),
+    let Some((text, mut topology)) = load_lab(&opts.file, "test")? else {
+        return Ok(ExitCode::from(2));
     };
     if !opts.checks.is_empty() {
         let mut checks = opts.checks.clone();
@@ -237,8 +252,6 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("vni-lab-results").join(&name));
     prepare_artifacts(&artifacts)?;
-    let text = std::fs::read_to_string(&opts.file)
-        .with_context(|| format!("cannot read {}", opts.file.display()))?;
 
     // Ctrl-C from here on ends the run in order: during the boot, `up`
     // (which gets it too) tears its lab down; during the checks, the
