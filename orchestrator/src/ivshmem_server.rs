@@ -239,8 +239,16 @@ async fn accept_loop(
     peers: Arc<watch::Sender<Vec<u16>>>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors (a client that connects and
+                // never leaves, many times over) fails every accept at
+                // once: back off instead of spinning on a core.
+                eprintln!("ivshmem server: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let client = Arc::new(Client(stream));
         let mut st = lock(&state);
