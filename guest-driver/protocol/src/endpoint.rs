@@ -18,7 +18,7 @@ use crate::addr::{AddrError, AddrTable};
 use crate::ether::MacAddr;
 use crate::frame::{ProtocolError, RxFrame, Segment};
 use crate::layout::{
-    BufferConfig, Geometry, Layout, LayoutError, HDR_EPOCH, HDR_MAGIC, MAGIC, MAX_FRAME,
+    BufferConfig, Geometry, Layout, LayoutError, HDR_EPOCH, HDR_MAGIC, HEADER_LEN, MAGIC, MAX_FRAME,
 };
 use crate::lock::{LockError, RegionLock, Ticket};
 use crate::nodes::{Counters, Liveness, NodeId, NodeState, NodeTable};
@@ -31,6 +31,12 @@ pub const BATCH: usize = 64;
 /// Frames that may wait staged (deferred by full queues) before `send`
 /// pushes back with [`SendError::QueueFull`].
 const MAX_STAGED: usize = 4 * BATCH;
+/// Protocol errors blamed on one peer (frames it claims to have sent that
+/// fail validation, garbage in its rings) before this node fences it.
+pub const OFFENCE_LIMIT: u32 = 8;
+/// How many leases a peer fenced for misbehaving stays ignored: its frames
+/// are dropped and nothing is sent to it, whatever its entry says.
+pub const QUARANTINE_LEASES: u32 = 10;
 
 /// Errors that stop an endpoint (as opposed to a dropped frame).
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +235,16 @@ pub struct Endpoint {
     last_reap: Instant,
     fenced: bool,
     backend: Backend,
+    /// The state this node announced (restored if scribbled over).
+    state: NodeState,
+    /// The header as validated at attach (restored if scribbled over).
+    header: [u8; HEADER_LEN],
+    /// Since when the region's header differs from `header`.
+    header_bad_since: Option<Instant>,
+    /// Protocol errors blamed on each peer since it was last fenced.
+    offences: Vec<u32>,
+    /// Peers fenced for misbehaving, until when they are ignored.
+    quarantine: Vec<Option<Instant>>,
 }
 
 /// Repairs what a dead node may have left half done; the caller holds the
@@ -303,7 +319,13 @@ impl Endpoint {
             last_reap: Instant::now(),
             fenced: false,
             backend,
+            state: NodeState::Init,
+            header: [0; HEADER_LEN],
+            header_bad_since: None,
+            offences: vec![0; max_nodes],
+            quarantine: vec![None; max_nodes],
         };
+        endpoint.region.read_bytes(0, &mut endpoint.header);
         let ticket = endpoint.acquire()?;
         let result = endpoint.join_locked(mac);
         endpoint.release(ticket)?;
@@ -375,6 +397,7 @@ impl Endpoint {
     pub fn set_state(&mut self, state: NodeState) -> Result<(), EndpointError> {
         self.check_usable()?;
         self.nodes().set_state(self.me, state);
+        self.state = state;
         Ok(())
     }
 
@@ -394,8 +417,39 @@ impl Endpoint {
     }
 
     /// Peers in `Run`, as a bit set (carrier is up while it is non-zero).
+    /// Peers in quarantine are left out, whatever their entry says.
     pub fn running_peers(&self) -> u64 {
-        self.nodes().running_peers(self.me)
+        self.nodes().running_peers(self.me) & !self.quarantined()
+    }
+
+    /// Peers this node fenced for misbehaving and still ignores, as a bit
+    /// set (see [`OFFENCE_LIMIT`]).
+    pub fn quarantined(&self) -> u64 {
+        self.quarantine
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.is_some())
+            .fold(0, |set, (n, _)| set | 1 << n)
+    }
+
+    /// Whether frames can go to `dest`: another node, in `Run`, not in
+    /// quarantine.
+    fn reachable(&self, dest: NodeId) -> bool {
+        dest != self.me
+            && dest < self.layout.geometry.max_nodes as usize
+            && self.quarantine[dest].is_none()
+            && self.nodes().state(dest) == NodeState::Run
+    }
+
+    /// Counts a protocol error against the node that caused it, when it
+    /// is known; [`Endpoint::tick`] fences a peer at [`OFFENCE_LIMIT`].
+    fn blame(&mut self, node: Option<NodeId>) {
+        if let Some(count) = node
+            .filter(|&n| n != self.me)
+            .and_then(|n| self.offences.get_mut(n))
+        {
+            *count = count.saturating_add(1);
+        }
     }
 
     fn nodes(&self) -> NodeTable<'_> {
@@ -587,11 +641,7 @@ impl Endpoint {
         self.region.read_bytes(offsets[0], &mut head[..seen]);
         let dest = self.route(head.get(route_offset..seen).unwrap_or(&[]))?;
         let direct = match (dest, speculated) {
-            (Dest::Node(d), None) => {
-                d != self.me
-                    && d < self.layout.geometry.max_nodes as usize
-                    && self.nodes().state(d) == NodeState::Run
-            }
+            (Dest::Node(d), None) => self.reachable(d),
             (Dest::Node(d), Some((spec, _))) => d == spec,
             (Dest::AllPeers, _) => false,
         };
@@ -659,10 +709,7 @@ impl Endpoint {
     }
 
     fn stage(&mut self, dest: NodeId, frame: &[u8]) -> Result<(), SendError> {
-        if dest == self.me
-            || dest >= self.layout.geometry.max_nodes as usize
-            || self.nodes().state(dest) != NodeState::Run
-        {
+        if !self.reachable(dest) {
             return Err(SendError::NoPeer(dest));
         }
         let slot_size = self.layout.geometry.slot_size as usize;
@@ -909,6 +956,7 @@ impl Endpoint {
     /// With the lock held: free, enqueue, refill. `wake` in the report
     /// holds the destinations published to (filtered by the caller).
     fn flush_pool_locked(&mut self, want: usize) -> Result<FlushReport, ProtocolError> {
+        let banned = self.quarantined();
         let Backend::Pool(state) = &mut self.backend else {
             return Ok(FlushReport::default());
         };
@@ -925,7 +973,7 @@ impl Endpoint {
         let mut tails: Vec<Option<(u32, u32, u32)>> = vec![None; nodes.count()];
         let capacity = layout.geometry.queue_capacity;
         for dest in members(state.staged_dests()) {
-            if nodes.state(dest) == NodeState::Run {
+            if nodes.state(dest) == NodeState::Run && banned & 1 << dest == 0 {
                 let (head, tail) = pool.queue_indices(dest);
                 if tail.wrapping_sub(head) > capacity {
                     return Err(ProtocolError::QueueIndices {
@@ -1093,6 +1141,8 @@ impl Endpoint {
 
     /// With the lock held: free what we delivered last time, take a batch.
     fn dequeue_locked(&mut self, max: usize) -> Result<(), ProtocolError> {
+        let banned = self.quarantined();
+        let mut blamed = Vec::new();
         let Backend::Pool(state) = &mut self.backend else {
             return Ok(());
         };
@@ -1117,16 +1167,26 @@ impl Endpoint {
         for i in 0..take {
             let first = pool.entry(me, head.wrapping_add(i));
             let start = state.rx_segments.len();
+            let claimed = pool.claimed_sender(first);
             match pool.take_chain(me, first, &mut state.rx_segments, &mut state.to_free) {
+                // From a peer in quarantine: dropped (its slots are freed).
+                Ok((_, Some(source))) if banned & 1 << source != 0 => {
+                    state.rx_segments.truncate(start);
+                    self.counters.rx_dropped += 1;
+                }
                 Ok((len, source)) => state.rx.push((len, source, start, state.rx_segments.len())),
                 Err(error) => {
                     self.counters.rx_dropped += 1;
                     self.counters.protocol_errors += 1;
                     self.last_error = Some(error);
+                    blamed.push(claimed);
                 }
             }
         }
         pool.set_head(me, head.wrapping_add(take));
+        for node in blamed {
+            self.blame(node);
+        }
         Ok(())
     }
 
@@ -1147,11 +1207,19 @@ impl Endpoint {
             }
             let mut head = state.heads[src];
             let mut avail = match rings.available(src, self.me, head) {
+                // A peer in quarantine: whatever it wrote is dropped.
+                Ok(avail) if self.quarantine[src].is_some() => {
+                    self.counters.rx_dropped += u64::from(avail > 0);
+                    head = head.wrapping_add(avail);
+                    0
+                }
                 Ok(avail) => avail,
                 Err(error) => {
                     // Nothing in this ring can be trusted: skip to its tail.
+                    // Only `src` writes it.
                     self.counters.protocol_errors += 1;
                     self.last_error = Some(error);
+                    self.offences[src] = self.offences[src].saturating_add(1);
                     head = rings.tail(src, self.me);
                     0
                 }
@@ -1176,6 +1244,7 @@ impl Endpoint {
                         self.counters.protocol_errors += 1;
                         self.counters.rx_dropped += 1;
                         self.last_error = Some(error);
+                        self.offences[src] = self.offences[src].saturating_add(1);
                         head = head.wrapping_add(avail);
                         avail = 0;
                     }
@@ -1223,28 +1292,105 @@ impl Endpoint {
     }
 
     /// Housekeeping, every few milliseconds: heartbeat, counters, checks
-    /// for re-format and fencing, and reclaiming dead peers' buffers.
+    /// for re-format and fencing, reclaiming dead peers' buffers, fencing
+    /// peers that misbehave, and restoring what a rogue overwrote of this
+    /// node's own (its state, the header).
     pub fn tick(&mut self) -> Result<(), EndpointError> {
         self.check_usable()?;
         let nodes = self.nodes();
         nodes.beat(self.me);
         nodes.publish_counters(self.me, &self.counters);
-        if self.region.load_u64(HDR_MAGIC, Ordering::Acquire) != MAGIC
-            || self.region.load_u64(HDR_EPOCH, Ordering::Acquire) != self.epoch
-        {
-            self.fenced = true;
-            return Err(EndpointError::Reformatted);
-        }
+        self.guard_header()?;
+        let nodes = self.nodes();
         if nodes.generation(self.me) != self.generation {
             self.fenced = true;
             return Err(LockError::Fenced.into());
         }
+        if nodes.state(self.me) != self.state {
+            // Only we and a fencer (who also changes the generation) write
+            // our state: someone scribbled over it.
+            nodes.set_state(self.me, self.state);
+            self.note(ProtocolError::Scribbled {
+                what: "this node's state",
+            });
+        }
         let now = Instant::now();
+        for (node, until) in self.quarantine.iter_mut().enumerate() {
+            if until.is_some_and(|until| now >= until) {
+                *until = None;
+                self.offences[node] = 0;
+            }
+        }
+        let offenders: Vec<NodeId> = (0..self.offences.len())
+            .filter(|&n| self.offences[n] >= OFFENCE_LIMIT && self.quarantine[n].is_none())
+            .collect();
+        if !offenders.is_empty() {
+            self.fence_offenders(&offenders, now)?;
+        }
         if now.duration_since(self.last_reap) >= self.liveness.lease() / 4 {
             self.last_reap = now;
             self.reap(now)?;
         }
         Ok(())
+    }
+
+    /// Compares the region's header with the copy validated at attach. A
+    /// valid header of another format epoch is a re-format (the endpoint
+    /// is done); anything else that lasts a quarter lease (a formatter
+    /// takes microseconds) is a rogue's write, and the copy is put back
+    /// (the magic last, as the formatter writes it). Meanwhile the node
+    /// works from its copy. [`Endpoint::tick`] calls it; a fenced endpoint
+    /// whose node cannot attach again because the header is damaged calls
+    /// it between attempts, so that a region whose every node was fenced
+    /// still heals.
+    pub fn guard_header(&mut self) -> Result<(), EndpointError> {
+        if self.region.load_u64(HDR_MAGIC, Ordering::Acquire) == MAGIC
+            && self.region.load_u64(HDR_EPOCH, Ordering::Acquire) == self.epoch
+        {
+            let mut now = [0u8; HEADER_LEN];
+            self.region.read_bytes(0, &mut now);
+            if now == self.header {
+                self.header_bad_since = None;
+                return Ok(());
+            }
+        }
+        if let Ok((_, epoch)) = Layout::read(&self.region) {
+            if epoch != self.epoch {
+                self.fenced = true;
+                return Err(EndpointError::Reformatted);
+            }
+        }
+        let since = *self.header_bad_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.liveness.lease() / 4 {
+            return Ok(());
+        }
+        self.header_bad_since = None;
+        self.region.write_bytes(8, &self.header[8..]);
+        let mut magic = [0u8; 8];
+        magic.copy_from_slice(&self.header[..8]);
+        self.region
+            .store_u64(HDR_MAGIC, u64::from_le_bytes(magic), Ordering::Release);
+        self.note(ProtocolError::Scribbled {
+            what: "the region header",
+        });
+        Ok(())
+    }
+
+    /// Fences peers blamed for [`OFFENCE_LIMIT`] protocol errors, as dead
+    /// peers are fenced (state RESET, generation + 1, their buffers back
+    /// to the pool), and ignores them for [`QUARANTINE_LEASES`].
+    fn fence_offenders(&mut self, offenders: &[NodeId], now: Instant) -> Result<(), EndpointError> {
+        let ticket = self.acquire()?;
+        let until = now + self.liveness.lease() * QUARANTINE_LEASES;
+        for &node in offenders {
+            let nodes = self.nodes();
+            nodes.fence(node, nodes.generation(node));
+            self.liveness.forget(node);
+            self.quarantine[node] = Some(until);
+            self.offences[node] = 0;
+        }
+        self.repair_locked();
+        self.release(ticket)
     }
 
     /// Fences peers whose heartbeat stood still for a lease and returns

@@ -125,6 +125,13 @@ pub enum ProtocolError {
         /// Capacity.
         capacity: u32,
     },
+    /// Something only this node writes was overwritten by someone else
+    /// (and has been put back).
+    #[error("A peer overwrote {what}; restored")]
+    Scribbled {
+        /// What.
+        what: &'static str,
+    },
     /// The free stack's top or contents are inconsistent.
     #[error("Free slot stack is corrupt (top {top} of {count})")]
     FreeStack {

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::layout::{Layout, HEADER_LEN};
+use crate::layout::{Layout, HEADER_LEN, MAX_FRAME};
 use crate::{format, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region};
 
 /// One write of a rogue peer.
@@ -30,28 +30,7 @@ impl Scribbles {
     /// Each write is `[section, offset u32 LE, len, bytes...]`; the offset is
     /// taken modulo the chosen section of `layout`.
     pub fn decode(layout: &Layout, mut data: &[u8]) -> Self {
-        let sections = [
-            (0, HEADER_LEN),
-            (layout.nodes, layout.lock - layout.nodes),
-            (layout.lock, 64),
-            (layout.addr, layout.pool - layout.addr),
-            (
-                layout.pool,
-                layout.descs.max(layout.pool + 64) - layout.pool,
-            ),
-            (
-                layout.descs,
-                layout.queues.saturating_sub(layout.descs).max(64),
-            ),
-            (
-                layout.queues,
-                layout.slots.saturating_sub(layout.queues).max(64),
-            ),
-            (
-                layout.slots,
-                layout.total.saturating_sub(layout.slots).max(64),
-            ),
-        ];
+        let sections = sections(layout);
         let mut out = Vec::new();
         while data.len() >= 6 && out.len() < 64 {
             let (start, size) = sections[data[0] as usize % sections.len()];
@@ -71,6 +50,177 @@ impl Scribbles {
     pub fn apply(&self, region: &Region) {
         for s in &self.0 {
             region.write_bytes(s.offset, &s.bytes);
+        }
+    }
+}
+
+/// The region's sections as (start, size): header, node table, lock,
+/// address table, free stack, descriptors, queues, slots.
+fn sections(layout: &Layout) -> [(usize, usize); 8] {
+    [
+        (0, HEADER_LEN),
+        (layout.nodes, layout.lock - layout.nodes),
+        (layout.lock, 64),
+        (layout.addr, layout.pool - layout.addr),
+        (
+            layout.pool,
+            layout.descs.max(layout.pool + 64) - layout.pool,
+        ),
+        (
+            layout.descs,
+            layout.queues.saturating_sub(layout.descs).max(64),
+        ),
+        (
+            layout.queues,
+            layout.slots.saturating_sub(layout.queues).max(64),
+        ),
+        (
+            layout.slots,
+            layout.total.saturating_sub(layout.slots).max(64),
+        ),
+    ]
+}
+
+/// A rogue node (`vni-driver rogue`): attached like any node, it then
+/// damages the region one step at a time, so that the honest nodes' every
+/// check is exercised while they carry traffic: frames under its own name
+/// whose slot chains loop, whose lengths run past the end, whose slot
+/// indices are outside the pool; garbage in its own rings and queue
+/// indices; random bytes over the header, the node table, the lock, the
+/// address table and the buffer management. It takes no lock and honours
+/// nothing. Honest nodes must keep running, count protocol errors, fence
+/// it ([`crate::endpoint::OFFENCE_LIMIT`]) and never read out of bounds.
+#[derive(Debug)]
+pub struct Rogue {
+    region: Arc<Region>,
+    layout: Layout,
+    me: usize,
+    rng: u64,
+}
+
+/// The kinds of damage a [`Rogue`] does, as [`Rogue::step`] names them.
+pub const ROGUE_ATTACKS: [&str; 8] = [
+    "looping chain",
+    "length past the end",
+    "slot outside the pool",
+    "queue indices",
+    "header bytes",
+    "node table bytes",
+    "lock and address bytes",
+    "buffer management bytes",
+];
+
+impl Rogue {
+    /// A rogue as node `me` of `region` (which must hold a valid header),
+    /// its random choices seeded with `seed`.
+    pub fn new(region: Arc<Region>, me: usize, seed: u64) -> Result<Self, crate::LayoutError> {
+        let (layout, _) = Layout::read(&region)?;
+        Ok(Rogue {
+            region,
+            layout,
+            me,
+            rng: seed | 1,
+        })
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*: fast, and reproducible from the seed.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// Another node than the rogue, as a victim.
+    fn victim(&mut self) -> usize {
+        let nodes = self.layout.geometry.max_nodes as usize;
+        (self.me + 1 + self.below(nodes - 1)) % nodes
+    }
+
+    /// Does one kind of damage, chosen at random (its index in
+    /// [`ROGUE_ATTACKS`]); returns it.
+    pub fn step(&mut self) -> usize {
+        let attack = self.below(ROGUE_ATTACKS.len());
+        self.attack(attack);
+        attack
+    }
+
+    /// Does damage of kind `attack` (an index in [`ROGUE_ATTACKS`]).
+    pub fn attack(&mut self, attack: usize) {
+        match attack {
+            0..=3 => self.bad_frame(attack),
+            _ => {
+                let sections = sections(&self.layout);
+                let (start, size) = match attack {
+                    4 => sections[0],
+                    5 => sections[1],
+                    6 => [sections[2], sections[3]][self.below(2)],
+                    _ => sections[4 + self.below(3)],
+                };
+                let len = 1 + self.below(16);
+                let offset = start + self.below(size);
+                let bytes: Vec<u8> = (0..len).map(|_| self.next() as u8).collect();
+                if offset + len <= self.layout.total {
+                    self.region.write_bytes(offset, &bytes);
+                }
+            }
+        }
+    }
+
+    /// A frame under the rogue's name that fails validation, queued for a
+    /// victim: in its queue (configuration 2) or in the rogue's ring to it
+    /// (configuration 1).
+    fn bad_frame(&mut self, attack: usize) {
+        use crate::pool::{queued, Pool, D_LEN, D_META, D_NEXT, D_OWNER, NO_SLOT};
+        use std::sync::atomic::Ordering::{Relaxed, Release};
+        let victim = self.victim();
+        let g = self.layout.geometry;
+        // Random numbers first: the region is borrowed below.
+        let slot = self.below(g.slot_count as usize) as u32;
+        let (small, large) = (self.below(1000) as u32, self.below(1 << 20) as u32);
+        let (region, layout) = (&*self.region, &self.layout);
+        match g.config {
+            BufferConfig::SharedPool => {
+                let pool = Pool { region, layout };
+                let sender = (self.me as u32) << 24;
+                let (next, len, frame_len, entry) = match attack {
+                    0 => (slot, g.slot_size, 2 * g.slot_size, slot),
+                    1 => (NO_SLOT, g.slot_size + 1 + small, g.slot_size, slot),
+                    2 => (NO_SLOT, 64, 64, g.slot_count + large),
+                    _ => {
+                        // Indices that say the queue holds more than it can.
+                        let (head, _) = pool.queue_indices(victim);
+                        let tail = head.wrapping_add(g.queue_capacity + 1 + small);
+                        pool.publish_tail(victim, tail);
+                        return;
+                    }
+                };
+                region.store_u32(pool.desc(slot, D_OWNER), queued(victim), Relaxed);
+                region.store_u32(pool.desc(slot, D_NEXT), next, Relaxed);
+                region.store_u32(pool.desc(slot, D_LEN), len, Relaxed);
+                region.store_u32(pool.desc(slot, D_META), sender | frame_len, Relaxed);
+                let (_, tail) = pool.queue_indices(victim);
+                region.store_u32(pool.entry_off(victim, tail), entry, Relaxed);
+                pool.publish_tail(victim, tail.wrapping_add(1));
+            }
+            BufferConfig::PerPair => {
+                let rings = crate::rings::Rings { region, layout };
+                let tail = rings.tail(self.me, victim);
+                let desc = rings.desc_off(self.me, victim, tail);
+                let (len, span, publish) = match attack {
+                    0 => (g.slot_size * 2, 1, 1),
+                    1 => (MAX_FRAME as u32 + 1 + small, 2, 2),
+                    2 => (64, 1 + large, 1),
+                    _ => (64, 1, rings.capacity() + 1 + small),
+                };
+                region.store_u32(desc, len, Relaxed);
+                region.store_u32(desc + 4, span, Release);
+                rings.publish(self.me, victim, tail.wrapping_add(publish));
+            }
         }
     }
 }
@@ -199,6 +349,150 @@ pub fn attach_hostile(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One round of an honest node as the driver runs it: on any error
+    /// it attaches again (after a fence, a scribbled generation, …).
+    fn honest_round(region: &Arc<Region>, ep: &mut Endpoint, to: usize, seq: u32) {
+        let me = ep.id();
+        let mut frame = vec![0u8; 60 + (seq as usize * 37) % 1400];
+        frame[..6].copy_from_slice(&MacAddr::for_node(to).0);
+        frame[6..12].copy_from_slice(&MacAddr::for_node(me).0);
+        frame[12..16].copy_from_slice(&seq.to_le_bytes());
+        let ok = ep.tick().is_ok()
+            && ep.recv(64, |f| assert!(f.len() <= MAX_FRAME)).is_ok()
+            && !matches!(
+                ep.send(Dest::Node(to), &frame),
+                Err(crate::SendError::Endpoint(_))
+            )
+            && ep.flush().is_ok();
+        if !ok {
+            let _ = ep.guard_header();
+            if let Ok(mut again) = Endpoint::attach(region.clone(), me, MacAddr::for_node(me)) {
+                if again.set_state(NodeState::Run).is_ok() {
+                    *ep = again;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rogue_sending_bad_frames_is_fenced_and_ignored() {
+        for config in [BufferConfig::SharedPool, BufferConfig::PerPair] {
+            let (region, mut honest) = lab(config);
+            let rogue_id = NODES;
+            let mut rogue_ep =
+                Endpoint::attach(region.clone(), rogue_id, MacAddr::for_node(rogue_id)).unwrap();
+            rogue_ep.set_state(NodeState::Run).unwrap();
+            let mut rogue = Rogue::new(region.clone(), rogue_id, 42).unwrap();
+            let mut fenced = false;
+            for round in 0..400u32 {
+                // Frames under its own name that fail validation.
+                rogue.attack(round as usize % 3);
+                let _ = rogue_ep.tick();
+                for ep in &mut honest {
+                    let to = (ep.id() + 1) % NODES;
+                    honest_round(&region, ep, to, round);
+                }
+                fenced |= honest
+                    .iter()
+                    .any(|ep| ep.quarantined() & 1 << rogue_id != 0);
+            }
+            assert!(fenced, "{config:?}: nobody fenced the rogue");
+            let errors: u64 = honest.iter().map(|e| e.counters().protocol_errors).sum();
+            assert!(
+                errors >= u64::from(crate::endpoint::OFFENCE_LIMIT),
+                "{config:?}"
+            );
+            // Fenced: its entry was reset and nothing goes to it.
+            for ep in &honest {
+                if ep.quarantined() & 1 << rogue_id != 0 {
+                    assert_eq!(ep.running_peers() & 1 << rogue_id, 0);
+                }
+            }
+            // Honest traffic still flows, and after it the pool is whole.
+            let before: u64 = honest.iter().map(|e| e.counters().rx_frames).sum();
+            for round in 0..50 {
+                for ep in &mut honest {
+                    let to = (ep.id() + 1) % NODES;
+                    honest_round(&region, ep, to, round);
+                }
+            }
+            let after: u64 = honest.iter().map(|e| e.counters().rx_frames).sum();
+            assert!(
+                after > before + 50,
+                "{config:?}: {before} -> {after} frames"
+            );
+        }
+    }
+
+    #[test]
+    fn honest_nodes_survive_every_kind_of_rogue_damage() {
+        for config in [BufferConfig::SharedPool, BufferConfig::PerPair] {
+            let (region, mut honest) = lab(config);
+            let mut rogue = Rogue::new(region.clone(), NODES, 7).unwrap();
+            let mut seen = [0u32; ROGUE_ATTACKS.len()];
+            for round in 0..3000u32 {
+                seen[rogue.step()] += 1;
+                for ep in &mut honest {
+                    let to = (ep.id() + 1) % NODES;
+                    honest_round(&region, ep, to, round);
+                }
+            }
+            assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+            // The rogue stops: the header is whole again (restored by the
+            // honest nodes), and once the quarantines end (scribbles in a
+            // node's rings are blamed on it: a rogue can frame others for
+            // a while) they exchange frames again.
+            let before: u64 = honest.iter().map(|e| e.counters().rx_frames).sum();
+            let quarantine = u64::from(LEASE_MS * crate::endpoint::QUARANTINE_LEASES);
+            let until =
+                std::time::Instant::now() + std::time::Duration::from_millis(3 * quarantine);
+            for round in 0.. {
+                for ep in &mut honest {
+                    let to = (ep.id() + 1) % NODES;
+                    honest_round(&region, ep, to, round);
+                }
+                if std::time::Instant::now() > until {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            assert!(
+                Layout::read(&region).is_ok(),
+                "{config:?}: header not restored"
+            );
+            let after: u64 = honest.iter().map(|e| e.counters().rx_frames).sum();
+            assert!(
+                after > before,
+                "{config:?}: no traffic after the rogue stopped"
+            );
+        }
+    }
+
+    #[test]
+    fn a_scribbled_header_is_put_back_and_a_reformat_is_not() {
+        let (region, mut eps) = lab(BufferConfig::SharedPool);
+        let mut header = [0u8; HEADER_LEN];
+        region.read_bytes(0, &mut header);
+        region.write_bytes(40, &[0xAB; 8]);
+        eps[0].tick().unwrap();
+        // Left alone for a quarter lease (a formatter may be at work).
+        let mut now = [0u8; HEADER_LEN];
+        region.read_bytes(0, &mut now);
+        assert_ne!(now, header);
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(LEASE_MS)));
+        eps[0].tick().unwrap();
+        region.read_bytes(0, &mut now);
+        assert_eq!(now, header, "restored");
+        assert!(eps[0].counters().protocol_errors > 0);
+        // A real re-format (a valid header of a new epoch) ends the endpoint.
+        let geometry = eps[0].layout().geometry;
+        format(&region, &geometry).unwrap();
+        assert!(matches!(
+            eps[1].tick(),
+            Err(crate::EndpointError::Reformatted)
+        ));
+    }
 
     #[test]
     fn decoded_scribbles_stay_inside_the_layout() {

@@ -40,14 +40,14 @@ pub(crate) fn held_by(node: NodeId) -> u32 {
     OWNER_HELD | node as u32
 }
 
-fn queued(node: NodeId) -> u32 {
+pub(crate) fn queued(node: NodeId) -> u32 {
     OWNER_QUEUED | node as u32
 }
 
-const D_OWNER: usize = 0;
-const D_NEXT: usize = 4;
-const D_LEN: usize = 8;
-const D_META: usize = 12;
+pub(crate) const D_OWNER: usize = 0;
+pub(crate) const D_NEXT: usize = 4;
+pub(crate) const D_LEN: usize = 8;
+pub(crate) const D_META: usize = 12;
 const META_LEN_MASK: u32 = (1 << 24) - 1;
 
 /// Typed access to the pool's buffer management words.
@@ -66,7 +66,7 @@ impl<'a> Pool<'a> {
         self.layout.geometry.queue_capacity
     }
 
-    fn desc(&self, slot: u32, field: usize) -> usize {
+    pub(crate) fn desc(&self, slot: u32, field: usize) -> usize {
         self.layout.descs + slot as usize * DESC_LEN + field
     }
 
@@ -124,7 +124,7 @@ impl<'a> Pool<'a> {
             .store_u32(self.queue(node) + CACHE_LINE, tail, Ordering::Release)
     }
 
-    fn entry_off(&self, node: NodeId, index: u32) -> usize {
+    pub(crate) fn entry_off(&self, node: NodeId, index: u32) -> usize {
         self.queue(node) + 2 * CACHE_LINE + 4 * (index & (self.capacity() - 1)) as usize
     }
 
@@ -242,6 +242,19 @@ impl<'a> Pool<'a> {
         }
         self.region
             .store_u32(self.entry_off(dest, tail), chain[0], Ordering::Relaxed);
+    }
+
+    /// The sender a frame starting at slot `first` claims, if the slot and
+    /// the claim are in range (for blaming a malformed frame on someone).
+    pub(crate) fn claimed_sender(&self, first: u32) -> Option<NodeId> {
+        if first >= self.slot_count() {
+            return None;
+        }
+        let meta = self
+            .region
+            .load_u32(self.desc(first, D_META), Ordering::Relaxed);
+        let sender = (meta >> 24) as usize;
+        (sender < self.layout.geometry.max_nodes as usize).then_some(sender)
     }
 
     /// Validates the chain starting at `first` in `me`'s queue, marking each

@@ -42,7 +42,7 @@ impl Rings<'_> {
         self.layout.ring(src, dst) + CACHE_LINE
     }
 
-    fn desc_off(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
+    pub(crate) fn desc_off(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
         let entry = (index & (self.capacity() - 1)) as usize;
         self.layout.ring(src, dst) + 2 * CACHE_LINE + entry * RING_DESC_LEN
     }
