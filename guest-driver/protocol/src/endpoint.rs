@@ -268,6 +268,42 @@ impl Endpoint {
     /// old incarnation is gone, and its buffers are reclaimed.
     pub fn attach(region: Arc<Region>, me: NodeId, mac: MacAddr) -> Result<Self, EndpointError> {
         let (layout, epoch) = Layout::read(&region)?;
+        let mut header = [0u8; HEADER_LEN];
+        region.read_bytes(0, &mut header);
+        Self::attach_with(region, me, mac, (layout, epoch, header), true)
+    }
+
+    /// Attaches this endpoint's node again, as a new incarnation, after it
+    /// was fenced (or after any trouble with the region): what a driver
+    /// does after a reset. Unlike [`Endpoint::attach`] it does not watch
+    /// the node's old heartbeat for a lease (the old incarnation is this
+    /// one, and it is not running), and when the region's header does not
+    /// validate (a rogue's scribble) it works from this endpoint's copy,
+    /// which its ticks put back. A valid header of another format epoch is
+    /// a re-format, and attaches to that.
+    pub fn reattach(&self, mac: MacAddr) -> Result<Self, EndpointError> {
+        let region = self.region.clone();
+        match Layout::read(&region) {
+            Ok((_, epoch)) if epoch != self.epoch => Self::attach(region, self.me, mac),
+            _ => Self::attach_with(
+                region,
+                self.me,
+                mac,
+                (self.layout, self.epoch, self.header),
+                false,
+            ),
+        }
+    }
+
+    /// `attach` from a validated header; `busy_check`: watch a previous
+    /// incarnation's heartbeat first.
+    fn attach_with(
+        region: Arc<Region>,
+        me: NodeId,
+        mac: MacAddr,
+        (layout, epoch, header): (Layout, u64, [u8; HEADER_LEN]),
+        busy_check: bool,
+    ) -> Result<Self, EndpointError> {
         let max_nodes = layout.geometry.max_nodes as usize;
         if me >= max_nodes {
             return Err(EndpointError::BadNode {
@@ -280,7 +316,7 @@ impl Endpoint {
             region: &region,
             layout: &layout,
         };
-        if nodes.state(me) != NodeState::Reset {
+        if busy_check && nodes.state(me) != NodeState::Reset {
             let mut watch = Liveness::new(max_nodes, lease);
             let start = Instant::now();
             watch.is_dead(&nodes, me, start);
@@ -320,12 +356,11 @@ impl Endpoint {
             fenced: false,
             backend,
             state: NodeState::Init,
-            header: [0; HEADER_LEN],
+            header,
             header_bad_since: None,
             offences: vec![0; max_nodes],
             quarantine: vec![None; max_nodes],
         };
-        endpoint.region.read_bytes(0, &mut endpoint.header);
         let ticket = endpoint.acquire()?;
         let result = endpoint.join_locked(mac);
         endpoint.release(ticket)?;
@@ -1301,15 +1336,21 @@ impl Endpoint {
         nodes.beat(self.me);
         nodes.publish_counters(self.me, &self.counters);
         self.guard_header()?;
-        let nodes = self.nodes();
-        if nodes.generation(self.me) != self.generation {
+        let (generation, state) = {
+            let nodes = self.nodes();
+            (nodes.generation(self.me), nodes.state(self.me))
+        };
+        if generation != self.generation {
+            // Fenced, or a scribble over our generation: either way our
+            // buffers may be reclaimed now, so only a new incarnation is
+            // safe (`reattach` is quick).
             self.fenced = true;
             return Err(LockError::Fenced.into());
         }
-        if nodes.state(self.me) != self.state {
+        if state != self.state {
             // Only we and a fencer (who also changes the generation) write
             // our state: someone scribbled over it.
-            nodes.set_state(self.me, self.state);
+            self.nodes().set_state(self.me, self.state);
             self.note(ProtocolError::Scribbled {
                 what: "this node's state",
             });

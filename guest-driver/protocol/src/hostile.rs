@@ -349,10 +349,11 @@ pub fn attach_hostile(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::QUARANTINE_LEASES;
 
     /// One round of an honest node as the driver runs it: on any error
     /// it attaches again (after a fence, a scribbled generation, …).
-    fn honest_round(region: &Arc<Region>, ep: &mut Endpoint, to: usize, seq: u32) {
+    fn honest_round(ep: &mut Endpoint, to: usize, seq: u32) {
         let me = ep.id();
         let mut frame = vec![0u8; 60 + (seq as usize * 37) % 1400];
         frame[..6].copy_from_slice(&MacAddr::for_node(to).0);
@@ -367,7 +368,7 @@ mod tests {
             && ep.flush().is_ok();
         if !ok {
             let _ = ep.guard_header();
-            if let Ok(mut again) = Endpoint::attach(region.clone(), me, MacAddr::for_node(me)) {
+            if let Ok(mut again) = ep.reattach(MacAddr::for_node(me)) {
                 if again.set_state(NodeState::Run).is_ok() {
                     *ep = again;
                 }
@@ -391,7 +392,7 @@ mod tests {
                 let _ = rogue_ep.tick();
                 for ep in &mut honest {
                     let to = (ep.id() + 1) % NODES;
-                    honest_round(&region, ep, to, round);
+                    honest_round(ep, to, round);
                 }
                 fenced |= honest
                     .iter()
@@ -414,7 +415,7 @@ mod tests {
             for round in 0..50 {
                 for ep in &mut honest {
                     let to = (ep.id() + 1) % NODES;
-                    honest_round(&region, ep, to, round);
+                    honest_round(ep, to, round);
                 }
             }
             let after: u64 = honest.iter().map(|e| e.counters().rx_frames).sum();
@@ -435,7 +436,7 @@ mod tests {
                 seen[rogue.step()] += 1;
                 for ep in &mut honest {
                     let to = (ep.id() + 1) % NODES;
-                    honest_round(&region, ep, to, round);
+                    honest_round(ep, to, round);
                 }
             }
             assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
@@ -450,7 +451,7 @@ mod tests {
             for round in 0.. {
                 for ep in &mut honest {
                     let to = (ep.id() + 1) % NODES;
-                    honest_round(&region, ep, to, round);
+                    honest_round(ep, to, round);
                 }
                 if std::time::Instant::now() > until {
                     break;
@@ -467,6 +468,95 @@ mod tests {
                 "{config:?}: no traffic after the rogue stopped"
             );
         }
+    }
+
+    fn to_of(ep: &Endpoint) -> usize {
+        (ep.id() + 1) % NODES
+    }
+
+    #[test]
+    fn concurrent_honest_nodes_are_never_stuck_long_under_a_rogue() {
+        for config in [BufferConfig::SharedPool, BufferConfig::PerPair] {
+            let (region, honest) = lab(config);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let recovered = std::sync::atomic::AtomicUsize::new(0);
+            let lease = std::time::Duration::from_millis(u64::from(LEASE_MS));
+            let worst = std::thread::scope(|s| {
+                let rogue = s.spawn(|| {
+                    let mut rogue = Rogue::new(region.clone(), NODES, 3).unwrap();
+                    let until = std::time::Instant::now() + lease * 300;
+                    while std::time::Instant::now() < until {
+                        rogue.step();
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                });
+                let workers: Vec<_> = honest
+                    .into_iter()
+                    .map(|mut ep| {
+                        let (stop, recovered) = (&stop, &recovered);
+                        s.spawn(move || {
+                            let mut worst = std::time::Duration::ZERO;
+                            let mut round = 0;
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                let started = std::time::Instant::now();
+                                let to = (ep.id() + 1) % NODES;
+                                honest_round(&mut ep, to, round);
+                                worst = worst.max(started.elapsed());
+                                round += 1;
+                            }
+                            // The rogue stopped: frames flow again soon, to
+                            // every node (each keeps sending until all got
+                            // one).
+                            let before = ep.counters().rx_frames;
+                            let started = std::time::Instant::now();
+                            let mut got = false;
+                            while recovered.load(std::sync::atomic::Ordering::Relaxed) < NODES {
+                                assert!(
+                                    started.elapsed() < lease * (QUARANTINE_LEASES + 10),
+                                    "node {} receives nothing after the rogue stopped",
+                                    ep.id()
+                                );
+                                let to = to_of(&ep);
+                                honest_round(&mut ep, to, round);
+                                round += 1;
+                                if !got && ep.counters().rx_frames > before {
+                                    got = true;
+                                    recovered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                            worst
+                        })
+                    })
+                    .collect();
+                rogue.join().unwrap();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap())
+                    .max()
+                    .unwrap()
+            });
+            // Never a lock timeout (30 leases).
+            assert!(worst < lease * 25, "{config:?}: one round took {worst:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_attaches_again_from_its_own_copy_of_a_damaged_header() {
+        let (region, eps) = lab(BufferConfig::SharedPool);
+        region.write_bytes(0, &[0xEE; 16]);
+        let me = MacAddr::for_node(0);
+        assert!(
+            Endpoint::attach(region.clone(), 0, me).is_err(),
+            "a stranger is refused"
+        );
+        let mut again = eps[0].reattach(me).expect("its own copy");
+        again.set_state(NodeState::Run).unwrap();
+        // Its ticks put the header back after a quarter lease.
+        again.tick().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(LEASE_MS)));
+        again.tick().unwrap();
+        assert!(Layout::read(&region).is_ok());
     }
 
     #[test]

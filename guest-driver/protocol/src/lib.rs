@@ -69,7 +69,10 @@ mod rings;
 pub mod sim;
 
 pub use addr::AddrError;
-pub use endpoint::{format, members, Dest, Endpoint, EndpointError, FlushReport, SendError, BATCH};
+pub use endpoint::{
+    format, members, Dest, Endpoint, EndpointError, FlushReport, SendError, BATCH, OFFENCE_LIMIT,
+    QUARANTINE_LEASES,
+};
 pub use ether::{MacAddr, MacParseError};
 pub use frame::{ProtocolError, RxFrame, Segment};
 pub use inspect::{inspect, NodeReport, PoolReport, RegionReport};

@@ -236,6 +236,30 @@ impl<'a> RegionLock<'a> {
             spins = spins.wrapping_add(1);
             if spins % 64 == 0 {
                 nodes.beat(me);
+                // Our ticket and flag are ours alone: put them back if
+                // someone scribbled over them, or nobody can pass us the
+                // turn past garbage tickets.
+                if self
+                    .region
+                    .load_u32(nodes.layout.node(me, NODE_TICKET), Ordering::Relaxed)
+                    != ticket
+                    || self
+                        .region
+                        .load_u32(nodes.layout.node(me, NODE_WAITING), Ordering::Relaxed)
+                        != 1
+                {
+                    self.announce(me, ticket);
+                }
+                // A ticket past `next_ticket` was never handed out as far
+                // as the lock knows (the words were scribbled since): it
+                // would be served only after billions of turns. Queue again.
+                let next = self
+                    .region
+                    .load_u32(self.off(NEXT_TICKET), Ordering::Acquire);
+                if (ticket.wrapping_sub(next) as i32) >= 0 {
+                    ticket = self.requeue_or_fenced(me, generation)?;
+                    continue;
+                }
                 let now = Instant::now();
                 if now >= deadline {
                     self.region.store_u32(
@@ -251,24 +275,34 @@ impl<'a> RegionLock<'a> {
                 } else {
                     self.waiter_with(serving)
                 };
-                let dead = match candidate {
-                    Some(node) if node != me => {
-                        liveness.is_dead(&nodes, node, now)
-                            || (claimed && stall.stuck(u64::from(serving), now, lease * 4))
+                let key = u64::from(serving);
+                // Some(node to fence, if any) when the turn must be taken.
+                let verdict = match candidate {
+                    Some(node) if node != me && liveness.is_dead(&nodes, node, now) => {
+                        Some(Some(node))
                     }
-                    Some(_) => false,
-                    None => stall.stuck(u64::from(serving), now, lease),
+                    // Named as holder while it waits for another turn: a
+                    // forged holder word. Taken back, nobody fenced.
+                    Some(node)
+                        if node != me
+                            && claimed
+                            && self.announced().any(|(n, t)| n == node && t != serving) =>
+                    {
+                        stall.stuck(key, now, lease).then_some(None)
+                    }
+                    // A hog: fenced.
+                    Some(node) if node != me && claimed => {
+                        stall.stuck(key, now, lease * 4).then_some(Some(node))
+                    }
+                    // A live waiter that does not take its turn (its ticket
+                    // word was scribbled, say): skipped, not fenced; it
+                    // queues again.
+                    Some(node) if node != me => stall.stuck(key, now, lease * 2).then_some(None),
+                    // Nobody, or us, which is a scribble: we are here.
+                    _ => stall.stuck(key, now, lease).then_some(None),
                 };
-                if dead {
-                    self.recover(
-                        serving,
-                        holder_word,
-                        candidate,
-                        me,
-                        generation,
-                        liveness,
-                        repair,
-                    );
+                if let Some(dead) = verdict {
+                    self.recover(serving, holder_word, dead, me, generation, liveness, repair);
                 }
             }
             backoff.wait();
@@ -290,13 +324,18 @@ impl<'a> RegionLock<'a> {
         let ticket = self
             .region
             .fetch_add_u32(self.off(NEXT_TICKET), 1, Ordering::AcqRel);
+        self.announce(me, ticket);
+        ticket
+    }
+
+    /// Says that `me` waits for `ticket`.
+    fn announce(&self, me: NodeId, ticket: u32) {
         // Ticket first, then the flag with Release: a reader that sees the
         // flag (Acquire) sees this ticket.
         self.region
             .store_u32(self.layout.node(me, NODE_TICKET), ticket, Ordering::Relaxed);
         self.region
             .store_u32(self.layout.node(me, NODE_WAITING), 1, Ordering::Release);
-        ticket
     }
 
     /// (node, ticket) of every node that announced it waits: the flag is
@@ -565,6 +604,64 @@ mod tests {
             lock.unlock(t, 1, gen).unwrap();
             let took = started.elapsed();
             assert!(took < limit, "next {next} serving {serving}: {took:?}");
+        }
+    }
+
+    #[test]
+    fn a_turn_scribbled_onto_us_or_a_live_bystander_is_taken_back() {
+        let (region, layout) = setup(30);
+        let lock = RegionLock {
+            region: &region,
+            layout: &layout,
+        };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
+        let gen = nodes.next_generation(1);
+        let mut live = Liveness::new(4, Duration::from_millis(30));
+        let serving = region.load_u32(layout.lock + NOW_SERVING, Ordering::Relaxed);
+        // The holder word names us with the turn being served; then a live
+        // node (its heartbeat moving) announced with the served ticket but
+        // waiting for another. Neither may keep us out for 30 leases.
+        for bystander in [false, true] {
+            let serving = serving.wrapping_add(u32::from(bystander) * 3);
+            region.store_u32(layout.lock + NOW_SERVING, serving, Ordering::Relaxed);
+            region.store_u32(
+                layout.lock + NEXT_TICKET,
+                serving.wrapping_add(1),
+                Ordering::Relaxed,
+            );
+            if bystander {
+                region.store_u32(layout.node(3, NODE_TICKET), serving, Ordering::Relaxed);
+                region.store_u32(layout.node(3, NODE_WAITING), 1, Ordering::Release);
+            } else {
+                region.store_u64(
+                    layout.lock + HOLDER,
+                    encode(serving, 1, gen),
+                    Ordering::Relaxed,
+                );
+            }
+            let beating = std::sync::atomic::AtomicBool::new(true);
+            let started = Instant::now();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    while beating.load(Ordering::Relaxed) {
+                        nodes.beat(3);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                });
+                let t = lock.lock(1, gen, &mut live, &mut |dead| assert_eq!(dead, None));
+                beating.store(false, Ordering::Relaxed);
+                lock.unlock(t.unwrap(), 1, gen).unwrap();
+            });
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_millis(30 * 5),
+                "bystander {bystander}: {took:?}"
+            );
+            assert_eq!(nodes.state(3), NodeState::Reset, "not fenced");
+            assert_eq!(nodes.generation(3), 0, "not fenced");
         }
     }
 
