@@ -57,6 +57,47 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         busy_poll_us: u64,
     },
+    /// For fault tests (the VNI driver must not run on this node): attaches
+    /// as the node, takes slots from the pool, takes the region's lock and
+    /// leaves buffer management half changed (frames for PEER_NODE written
+    /// but not published), prints `holding`, and waits, lock held, to be
+    /// killed (`vni-lab fault NODE kill --holding-lock`).
+    HoldLock {
+        /// This node's id in the region.
+        #[arg(long)]
+        node: usize,
+        /// Its MAC address.
+        #[arg(long)]
+        mac: vni_protocol::MacAddr,
+        /// The node whose queue gets the half-written frames.
+        #[arg(long)]
+        peer_node: usize,
+    },
+    /// A rogue node, for fault tests (the VNI driver must not run on this
+    /// node): attaches as the node, then for SECONDS damages the region at
+    /// RATE steps per second: frames under its name whose slot chains loop,
+    /// whose lengths run past the end or whose slots are outside the pool,
+    /// impossible queue indices, and random bytes over the header, the node
+    /// table, the lock, the address table and the buffer management. Keeps
+    /// its heartbeat and attaches again when fenced. Prints what it did as
+    /// JSON.
+    Rogue {
+        /// This node's id in the region.
+        #[arg(long)]
+        node: usize,
+        /// Its MAC address.
+        #[arg(long)]
+        mac: vni_protocol::MacAddr,
+        /// How long.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Damage steps per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Seed of its random choices (the same seed, the same damage).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Opens the device and prints, as JSON, its PCI address, its ivshmem
     /// peer id, the size of the shared region and what the region holds.
     Probe,
@@ -143,6 +184,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("vni-driver: profile {json}");
             }
         }
+        Cmd::HoldLock {
+            node,
+            mac,
+            peer_node,
+        } => {
+            let region = Arc::new(Ivshmem::open(VECTORS)?.map_region()?);
+            let mut ep = vni_protocol::Endpoint::attach(region, node, mac)?;
+            ep.set_state(vni_protocol::NodeState::Run)?;
+            ep.freeze_inside_lock(peer_node)?;
+            println!("holding");
+            std::io::stdout().flush()?;
+            loop {
+                std::thread::park();
+            }
+        }
+        Cmd::Rogue {
+            node,
+            mac,
+            seconds,
+            rate,
+            seed,
+        } => println!("{}", rogue(node, mac, seconds, rate, seed)?),
         Cmd::Probe => probe(&Ivshmem::open(VECTORS)?)?,
         Cmd::Ring { peer, vector } => Ivshmem::open(VECTORS)?.ring(peer, vector),
         Cmd::Bells {
@@ -171,6 +234,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rogue node: damage for `seconds`, heartbeat kept, attached again
+/// when fenced; what it did as JSON.
+fn rogue(
+    node: usize,
+    mac: vni_protocol::MacAddr,
+    seconds: u64,
+    rate: u32,
+    seed: u64,
+) -> anyhow::Result<serde_json::Value> {
+    use vni_protocol::hostile::{Rogue, ROGUE_ATTACKS};
+    let region = Arc::new(Ivshmem::open(VECTORS)?.map_region()?);
+    let attach = || -> anyhow::Result<vni_protocol::Endpoint> {
+        let mut ep = vni_protocol::Endpoint::attach(region.clone(), node, mac)?;
+        ep.set_state(vni_protocol::NodeState::Run)?;
+        Ok(ep)
+    };
+    let mut ep = Some(attach()?);
+    let mut rogue = Rogue::new(region.clone(), node, seed)?;
+    let mut done = [0u64; ROGUE_ATTACKS.len()];
+    let (mut fenced, mut attaches) = (0u64, 1u64);
+    let step = Duration::from_secs(1) / rate.max(1);
+    let until = std::time::Instant::now() + Duration::from_secs(seconds);
+    let mut last_attach = std::time::Instant::now();
+    while std::time::Instant::now() < until {
+        done[rogue.step()] += 1;
+        let ticked = ep.as_mut().map(|e| e.tick().is_ok());
+        match ticked {
+            Some(true) => {}
+            Some(false) => {
+                fenced += 1;
+                ep = None;
+            }
+            // Back as a new incarnation, as a broken driver would be.
+            None if last_attach.elapsed() >= Duration::from_secs(1) => {
+                last_attach = std::time::Instant::now();
+                if let Ok(e) = attach() {
+                    ep = Some(e);
+                    attaches += 1;
+                }
+            }
+            None => {}
+        }
+        std::thread::sleep(step);
+    }
+    let attacks: serde_json::Map<String, serde_json::Value> = ROGUE_ATTACKS
+        .iter()
+        .zip(done)
+        .map(|(name, n)| ((*name).to_owned(), n.into()))
+        .collect();
+    Ok(serde_json::json!({
+        "steps": done.iter().sum::<u64>(),
+        "attacks": attacks,
+        "fenced": fenced,
+        "attaches": attaches,
+    }))
 }
 
 /// Rings `peer` and waits for its answer, `count` times after a first

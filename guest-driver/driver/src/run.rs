@@ -160,13 +160,18 @@ pub struct LoopStats {
     pub profile: Profile,
 }
 
-/// Runs the driver until `stop` is set or the endpoint fails.
+/// Runs the driver until `stop` is set or the TAP fails.
 ///
 /// A node its peers declared dead (it stood still for a lease: a guest
 /// paused, or starved of CPU on a loaded host) is fenced: its buffers are
 /// reclaimed and it may not touch the region's shared state again. The
 /// driver then attaches again as a new incarnation of the same node and
-/// carries on; frames in flight are lost, as on a NIC reset.
+/// carries on; frames in flight are lost, as on a NIC reset. Any other
+/// trouble with the region (a rogue peer's garbage, a lock that times out,
+/// a header that does not validate) is handled the same way: the driver
+/// never exits because of what others wrote into the region, it logs,
+/// waits a little and attaches again, keeping its old incarnation's copy
+/// of the header to heal a damaged one.
 pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
     let device = Ivshmem::open(2).context("opening the ivshmem device")?;
     let region = Arc::new(device.map_region()?);
@@ -174,11 +179,40 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
     tap.set_carrier(false)?;
     tap.configure(&config.mac.to_string(), config.mtu, &config.addresses)?;
     let mut stats = LoopStats::default();
-    loop {
-        let mut ep = Endpoint::attach(region.clone(), config.node, config.mac)
-            .with_context(|| format!("attaching as node {}", config.node))?;
-        ep.set_doorbell_peer(Some(device.position()?));
-        ep.set_state(NodeState::Run)?;
+    let mut last: Option<Endpoint> = None;
+    let mut refused = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        // After trouble, from the old incarnation: no lease-long wait, and
+        // its copy of the header if a rogue damaged the region's.
+        let attached = match &last {
+            Some(old) => old.reattach(config.mac),
+            None => Endpoint::attach(region.clone(), config.node, config.mac),
+        }
+        .map_err(anyhow::Error::new)
+        .and_then(|mut ep| {
+            ep.set_doorbell_peer(Some(device.position()?));
+            ep.set_state(NodeState::Run)?;
+            Ok(ep)
+        });
+        let mut ep = match attached {
+            Ok(ep) => ep,
+            Err(e) => {
+                // Said once, then every 50th time (every 10 s).
+                if refused % 50 == 0 {
+                    eprintln!(
+                        "vni-driver: cannot attach as node {}: {e:#}; trying again",
+                        config.node
+                    );
+                }
+                refused += 1;
+                if let Some(old) = &mut last {
+                    let _ = old.guard_header();
+                }
+                std::thread::sleep(REATTACH_PAUSE);
+                continue;
+            }
+        };
+        refused = 0;
         eprintln!(
             "vni-driver: node {} up on {} ({}, MAC {}, MTU {}, {:?}; incarnation {})",
             config.node,
@@ -196,14 +230,23 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
                 ep.detach()?;
                 return Ok(stats);
             }
-            Err(e) if fenced(&e) => {
+            Err(e) if region_trouble(&e) => {
                 tap.set_carrier(false)?;
                 eprintln!("vni-driver: {e:#}; attaching again");
+                last = Some(ep);
+                if !fenced(&e) {
+                    std::thread::sleep(REATTACH_PAUSE);
+                }
             }
             Err(e) => return Err(e),
         }
     }
+    Ok(stats)
 }
+
+/// Pause before attaching again after trouble other than a fence, or
+/// after a refused attach.
+const REATTACH_PAUSE: Duration = Duration::from_millis(200);
 
 /// Whether `e` says this node was fenced by its peers.
 fn fenced(e: &anyhow::Error) -> bool {
@@ -212,6 +255,21 @@ fn fenced(e: &anyhow::Error) -> bool {
             cause.downcast_ref::<EndpointError>(),
             Some(EndpointError::Lock(LockError::Fenced))
         ) || matches!(cause.downcast_ref::<LockError>(), Some(LockError::Fenced))
+    })
+}
+
+/// Whether `e` came from the region (what peers wrote, the lock), not
+/// from this guest's TAP: the driver attaches again instead of exiting.
+fn region_trouble(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<EndpointError>()
+            || cause.is::<LockError>()
+            || cause.is::<vni_protocol::ProtocolError>()
+            || cause.is::<vni_protocol::LayoutError>()
+            || matches!(
+                cause.downcast_ref::<vni_protocol::SendError>(),
+                Some(e) if !matches!(e, vni_protocol::SendError::Source(_))
+            )
     })
 }
 
@@ -229,6 +287,7 @@ fn serve(
         .context("no doorbell vector")?;
     let mut iov: Vec<libc::iovec> = Vec::new();
     let mut carrier = false;
+    let mut quarantined = 0u64;
     let mut last_tick = Instant::now() - TICK;
     let mut idle_wait = POLL_MIN;
     let mut last_busy = Instant::now();
@@ -284,6 +343,21 @@ fn serve(
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             ep.tick()?;
+            let banned = ep.quarantined();
+            if banned != quarantined {
+                for node in members(banned & !quarantined) {
+                    eprintln!(
+                        "vni-driver: fenced node {node}: {} protocol errors blamed on it (last: {}); its frames are ignored for {} leases",
+                        vni_protocol::OFFENCE_LIMIT,
+                        ep.last_error().map_or_else(|| "none".to_owned(), |e| e.to_string()),
+                        vni_protocol::QUARANTINE_LEASES
+                    );
+                }
+                for node in members(quarantined & !banned) {
+                    eprintln!("vni-driver: node {node} is out of quarantine");
+                }
+                quarantined = banned;
+            }
             let up = ep.running_peers() != 0;
             if up != carrier {
                 tap.set_carrier(up)?;
