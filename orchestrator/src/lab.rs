@@ -124,6 +124,8 @@ pub enum NodeState {
     Booting,
     /// The guest agent answered.
     Ready,
+    /// Its vCPUs are stopped (`vni-lab fault NODE pause`).
+    Paused,
     /// QEMU exited.
     Exited,
 }
@@ -226,6 +228,10 @@ impl LabDir {
     /// The ivshmem server's socket.
     pub fn ivshmem_socket(&self) -> PathBuf {
         self.dir.join("ivshmem.sock")
+    }
+    /// The supervisor's control socket (`vni-lab fault`).
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
     }
     /// The supervisor's log.
     pub fn supervisor_log(&self) -> PathBuf {

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod fault;
 pub mod guest_bin;
 pub mod host;
 pub mod image;

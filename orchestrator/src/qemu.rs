@@ -318,6 +318,16 @@ impl Qmp {
             .collect()
     }
 
+    /// Stops the vCPUs (the guest hangs, its devices stay).
+    pub async fn pause(&self) -> Result<(), QmpError> {
+        self.call("stop", qmp::stop {}).await.map(|_| ())
+    }
+
+    /// Lets stopped vCPUs run again.
+    pub async fn resume(&self) -> Result<(), QmpError> {
+        self.call("cont", qmp::cont {}).await.map(|_| ())
+    }
+
     /// Asks QEMU to exit.
     pub async fn quit(&self) -> Result<(), QmpError> {
         self.call("quit", qmp::quit {}).await.map(|_| ())

@@ -121,6 +121,8 @@ struct Running {
     pid: u32,
     /// `Some(status)` once QEMU exited.
     exit: watch::Receiver<Option<String>>,
+    /// Its exit has been recorded and announced.
+    reported: bool,
 }
 
 /// Why the start stopped.
@@ -218,7 +220,7 @@ async fn run(dir: &Path, tied: bool) -> i32 {
             emit(&Event::Ready {
                 after: started.elapsed().as_secs_f64(),
             });
-            let why = watch_nodes(&nodes, &recorder, &mut stop).await;
+            let why = watch_nodes(&lab, &mut nodes, &recorder, &mut stop).await;
             eprintln!("{} stopping: {why}", timestamp());
             0
         }
@@ -288,11 +290,7 @@ async fn start(
     server: &mut Option<IvshmemServer>,
     started: Instant,
 ) -> Result<(), String> {
-    let plan = lab
-        .plan()
-        .ok_or_else(|| format!("no readable plan in {}", lab.plan_path().display()))?;
-    let topology =
-        Topology::parse(&plan.topology_text, &plan.topology_path).map_err(|e| format!("{e}"))?;
+    let (plan, topology) = load_plan(lab)?;
 
     emit(&Event::Step {
         message: format!(
@@ -373,6 +371,16 @@ async fn start(
         &agents,
     )
     .await
+}
+
+/// The lab's plan and its validated lab file.
+fn load_plan(lab: &LabDir) -> Result<(Plan, Topology), String> {
+    let plan = lab
+        .plan()
+        .ok_or_else(|| format!("no readable plan in {}", lab.plan_path().display()))?;
+    let topology =
+        Topology::parse(&plan.topology_text, &plan.topology_path).map_err(|e| format!("{e}"))?;
+    Ok((plan, topology))
 }
 
 /// Where a node's driver logs, in the guest.
@@ -592,6 +600,7 @@ fn spawn_node(
         node: node.clone(),
         pid,
         exit: rx,
+        reported: false,
     })
 }
 
@@ -710,35 +719,309 @@ async fn pin_vcpus(
     Ok(())
 }
 
-/// After the start: records QEMUs that exit, until asked to stop.
+/// What woke the watch.
+enum Next {
+    Stop(&'static str),
+    Exited(usize),
+    Request(tokio::net::UnixStream),
+}
+
+/// After the start: records QEMUs that exit and serves `vni-lab fault`
+/// requests on the control socket, until asked to stop.
 async fn watch_nodes(
-    nodes: &[Running],
+    lab: &LabDir,
+    nodes: &mut [Running],
     recorder: &Recorder,
     stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
 ) -> &'static str {
-    let mut watching: Vec<(String, watch::Receiver<Option<String>>)> = nodes
-        .iter()
-        .map(|n| (n.node.name.clone(), n.exit.clone()))
-        .collect();
-    loop {
-        if watching.is_empty() {
-            return stop.await;
+    tighten_sockets(lab);
+    let control = match tokio::net::UnixListener::bind(lab.control_socket()) {
+        Ok(listener) => {
+            tighten_sockets(lab);
+            Some(listener)
         }
-        let exits = watching
-            .iter_mut()
-            .map(|(_, rx)| Box::pin(rx.wait_for(Option::is_some)));
-        let (_, index, _) = tokio::select! {
-            why = &mut *stop => return why,
-            done = futures::future::select_all(exits) => done,
+        Err(e) => {
+            eprintln!(
+                "{} no control socket, faults cannot be injected: {e}",
+                timestamp()
+            );
+            None
+        }
+    };
+    loop {
+        let waits: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.reported)
+            .map(|(i, n)| {
+                let mut exit = n.exit.clone();
+                Box::pin(async move {
+                    let _ = exit.wait_for(Option::is_some).await;
+                    i
+                })
+            })
+            .collect();
+        let exited = async move {
+            if waits.is_empty() {
+                std::future::pending().await
+            } else {
+                futures::future::select_all(waits).await.0
+            }
         };
-        let (name, rx) = watching.remove(index);
-        let status = rx.borrow().clone().unwrap_or_default();
-        recorder.node(&name, |n| {
-            n.state = NodeState::Exited;
-            n.exit = Some(status.clone());
-        });
-        emit(&Event::NodeExited { node: name, status });
+        let request = async {
+            match &control {
+                Some(listener) => loop {
+                    if let Ok((stream, _)) = listener.accept().await {
+                        break stream;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            why = &mut *stop => Next::Stop(why),
+            i = exited => Next::Exited(i),
+            stream = request => Next::Request(stream),
+        };
+        match next {
+            Next::Stop(why) => return why,
+            Next::Exited(i) => record_exit(&mut nodes[i], recorder),
+            Next::Request(stream) => {
+                tokio::select! {
+                    why = &mut *stop => return why,
+                    () = serve_fault(lab, nodes, recorder, stream) => {}
+                }
+            }
+        }
     }
+}
+
+/// Makes every socket in the lab directory (QEMU's QMP, agent and
+/// network sockets, the control socket) mode 0600: the umask leaves
+/// sockets 0700, and only the lab's user may talk to them.
+fn tighten_sockets(lab: &LabDir) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let Ok(entries) = std::fs::read_dir(&lab.dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_socket()) {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
+/// Records and announces that a node's QEMU exited.
+fn record_exit(running: &mut Running, recorder: &Recorder) {
+    running.reported = true;
+    let name = running.node.name.clone();
+    let status = running.exit.borrow().clone().unwrap_or_default();
+    recorder.node(&name, |n| {
+        n.state = NodeState::Exited;
+        n.exit = Some(status.clone());
+    });
+    emit(&Event::NodeExited { node: name, status });
+}
+
+/// Reads one fault request from `stream` and answers it.
+async fn serve_fault(
+    lab: &LabDir,
+    nodes: &mut [Running],
+    recorder: &Recorder,
+    stream: tokio::net::UnixStream,
+) {
+    use crate::fault::{Reply, Request};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let line = tokio::time::timeout(QMP_TIMEOUT, lines.next_line()).await;
+    let (replies, mut rx) = tokio::sync::mpsc::unbounded_channel::<Reply>();
+    let request: Result<Request, String> = match line {
+        Ok(Ok(Some(line))) => {
+            serde_json::from_str(&line).map_err(|e| format!("bad request {line:?}: {e}"))
+        }
+        _ => Err("no request".to_owned()),
+    };
+    let work = async {
+        let outcome = match request {
+            Ok(request) => {
+                eprintln!("{} fault: {} {}", timestamp(), request.fault, request.node);
+                inject(lab, nodes, recorder, &request, &replies).await
+            }
+            Err(e) => Err(e),
+        };
+        let last = match outcome {
+            Ok(message) => Reply::Done { message },
+            Err(message) => Reply::Failed { message },
+        };
+        eprintln!("{} fault: {last:?}", timestamp());
+        let _ = replies.send(last);
+        drop(replies);
+    };
+    // The client may go away; the fault is carried through regardless.
+    let forward = async {
+        while let Some(reply) = rx.recv().await {
+            if let Ok(mut line) = serde_json::to_string(&reply) {
+                line.push('\n');
+                let _ = write.write_all(line.as_bytes()).await;
+            }
+        }
+    };
+    tokio::join!(work, forward);
+}
+
+/// Injects `request`'s fault; the final message, or why it failed.
+async fn inject(
+    lab: &LabDir,
+    nodes: &mut [Running],
+    recorder: &Recorder,
+    request: &crate::fault::Request,
+    replies: &tokio::sync::mpsc::UnboundedSender<crate::fault::Reply>,
+) -> Result<String, String> {
+    use crate::fault::{Fault, Reply};
+
+    let Some(i) = nodes.iter().position(|n| n.node.name == request.node) else {
+        let names: Vec<&str> = nodes.iter().map(|n| n.node.name.as_str()).collect();
+        return Err(format!(
+            "lab {} has no node {:?}; its nodes: {}",
+            lab.name,
+            request.node,
+            names.join(", ")
+        ));
+    };
+    let name = request.node.clone();
+    let paths = lab.node(&name);
+    let exited = nodes[i].exit.borrow().clone();
+    if let (Some(status), Fault::Kill | Fault::Pause | Fault::Resume) = (&exited, request.fault) {
+        return Err(format!(
+            "node {name} is not running (its QEMU exited: {status}); `vni-lab fault {name} restart` boots it again"
+        ));
+    }
+    match request.fault {
+        Fault::Kill => {
+            let pid = nodes[i].pid;
+            kill_node(&mut nodes[i], recorder).await?;
+            Ok(format!("node {name}: QEMU (pid {pid}) killed with SIGKILL"))
+        }
+        Fault::Pause | Fault::Resume => {
+            let qmp = Qmp::connect(&paths.qmp, QMP_TIMEOUT)
+                .await
+                .map_err(|e| format!("node {name}: {e}"))?;
+            if request.fault == Fault::Pause {
+                qmp.pause().await.map_err(|e| format!("node {name}: {e}"))?;
+                recorder.node(&name, |n| n.state = NodeState::Paused);
+                Ok(format!("node {name}: vCPUs stopped"))
+            } else {
+                qmp.resume()
+                    .await
+                    .map_err(|e| format!("node {name}: {e}"))?;
+                recorder.node(&name, |n| n.state = NodeState::Ready);
+                Ok(format!("node {name}: vCPUs running again"))
+            }
+        }
+        Fault::Restart => {
+            let (plan, topology) = load_plan(lab)?;
+            let shm = plan.shm.clone();
+            let before = node_in_region(&shm, nodes[i].node.id);
+            if exited.is_none() {
+                let _ = replies.send(Reply::Progress {
+                    message: format!("killing node {name}"),
+                });
+                kill_node(&mut nodes[i], recorder).await?;
+            } else if !nodes[i].reported {
+                record_exit(&mut nodes[i], recorder);
+            }
+            // Keep the last life's console; QEMU truncates the file.
+            let _ = std::fs::rename(&paths.console, paths.console.with_extension("console.prev"));
+            let _ = replies.send(Reply::Progress {
+                message: format!("booting node {name} again"),
+            });
+            let started = Instant::now();
+            let node = nodes[i].node.clone();
+            let running = spawn_node(lab, &plan, &topology, &node, &lab.ivshmem_socket())?;
+            recorder.node(&name, |n| {
+                n.pid = running.pid;
+                n.state = NodeState::Booting;
+                n.ready_after = None;
+                n.exit = None;
+            });
+            emit(&Event::NodeStarted {
+                node: name.clone(),
+                pid: running.pid,
+            });
+            nodes[i] = running;
+            let agent = wait_node(
+                lab,
+                &topology,
+                &nodes[i],
+                recorder,
+                topology.boot_timeout,
+                topology.command_timeout,
+                started,
+            )
+            .await?;
+            if topology.network == Network::Vni {
+                let _ = replies.send(Reply::Progress {
+                    message: format!("waiting for node {name}'s VNI driver"),
+                });
+                let deadline = started + topology.boot_timeout;
+                loop {
+                    let now = node_in_region(&shm, node.id);
+                    if now.is_some_and(|(run, _)| run) && now != before {
+                        break;
+                    }
+                    if let Some(status) = nodes[i].exit.borrow().clone() {
+                        return Err(format!("node {name}: QEMU exited ({status})"));
+                    }
+                    if Instant::now() >= deadline {
+                        let log = agent
+                            .exec("/bin/cat", &[DRIVER_LOG], Duration::from_secs(10))
+                            .await
+                            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                            .unwrap_or_else(|e| format!("(cannot read it: {e})"));
+                        return Err(format!(
+                            "node {name}: its VNI driver did not reach RUN within timeouts.boot\n--- {DRIVER_LOG}:\n{}",
+                            log.trim_end()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            tighten_sockets(lab);
+            Ok(format!(
+                "node {name}: restarted (QEMU pid {}), ready after {:.1} s",
+                nodes[i].pid,
+                started.elapsed().as_secs_f64()
+            ))
+        }
+    }
+}
+
+/// Whether node `id` is in RUN in the region, and the incarnation it is
+/// (generation and ivshmem peer id; both change when it attaches again).
+fn node_in_region(shm: &Path, id: usize) -> Option<(bool, (u32, Option<u16>))> {
+    let region = vni_protocol::Region::open(shm).ok()?;
+    let report = vni_protocol::inspect(&region).ok()?;
+    let node = report.nodes.get(id)?;
+    Some((report.runs(id), (node.generation, node.doorbell_peer)))
+}
+
+/// SIGKILL to a node's QEMU, waiting until it is reaped and recorded.
+async fn kill_node(running: &mut Running, recorder: &Recorder) -> Result<(), String> {
+    signal(running.pid, libc::SIGKILL);
+    let mut exit = running.exit.clone();
+    tokio::time::timeout(QMP_TIMEOUT, exit.wait_for(Option::is_some))
+        .await
+        .map_err(|_| {
+            format!(
+                "node {}: QEMU survived SIGKILL for {QMP_TIMEOUT:?}",
+                running.node.name
+            )
+        })?
+        .map_err(|_| format!("node {}: its QEMU's watcher is gone", running.node.name))?;
+    record_exit(running, recorder);
+    Ok(())
 }
 
 async fn teardown(

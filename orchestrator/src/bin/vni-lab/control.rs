@@ -41,7 +41,7 @@ fn check_node(lab: &LabDir, topology: &Topology, node: &str) -> anyhow::Result<(
 }
 
 /// A live lab and one of its nodes, or a message naming what exists.
-fn node_of(name: Option<&str>, node: &str) -> anyhow::Result<(LabDir, Topology)> {
+pub fn node_of(name: Option<&str>, node: &str) -> anyhow::Result<(LabDir, Topology)> {
     let lab = lab::find(&lab::run_dir(), name)?;
     if !lab.is_live() {
         bail!(

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod control;
+mod fault;
 mod progress;
 mod test;
 mod up;
@@ -81,6 +82,15 @@ enum Command {
     /// Exits 0 when every case was measured, 1 when one could not be, 2
     /// on an invalid file
     Bench(bench::Options),
+    /// Injects a fault into a running lab: kills a node's QEMU (SIGKILL;
+    /// with --holding-lock, while a stand-in for its driver holds the
+    /// region's lock), pauses or resumes its vCPUs, restarts it with the
+    /// same identity (waiting until its VNI driver is in RUN again), or
+    /// runs a rogue in place of its driver that writes garbage into the
+    /// region for --duration. Exits 0 once the fault is in place, 1 when
+    /// the lab refused it (the node is not running, say), 2 on other
+    /// errors.
+    Fault(fault::Options),
     /// Tears a lab down: every QEMU, the ivshmem server, the shared memory,
     /// the lab directory. Also cleans a lab left over by a killed vni-lab.
     Down {
@@ -235,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => up::up(&file, detach, name, quiet, keep_logs),
         Command::Test(options) => test::test(options),
         Command::Bench(options) => bench::bench(options),
+        Command::Fault(options) => fault::fault(options),
         Command::Down { lab, all } => up::down(lab.as_deref(), all),
         Command::Status { lab, json } => control::status(lab.as_deref(), json),
         Command::Exec {
