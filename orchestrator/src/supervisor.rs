@@ -921,6 +921,16 @@ async fn inject(
             }
         }
         Fault::Restart => {
+            let socket = lab.ivshmem_socket();
+            if !socket.exists() {
+                return Err(format!(
+                    "node {name} cannot be restarted: the ivshmem server's socket {} is gone (removed by hand?), \
+                     so a new QEMU could not reach the region; the lab runs on without it. \
+                     `vni-lab down {}` and `up` again to restart nodes",
+                    socket.display(),
+                    lab.name
+                ));
+            }
             let (plan, topology) = load_plan(lab)?;
             let shm = plan.shm.clone();
             let before = node_in_region(&shm, nodes[i].node.id);
@@ -939,7 +949,7 @@ async fn inject(
             });
             let started = Instant::now();
             let node = nodes[i].node.clone();
-            let running = spawn_node(lab, &plan, &topology, &node, &lab.ivshmem_socket())?;
+            let running = spawn_node(lab, &plan, &topology, &node, &socket)?;
             recorder.node(&name, |n| {
                 n.pid = running.pid;
                 n.state = NodeState::Booting;

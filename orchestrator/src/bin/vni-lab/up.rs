@@ -137,7 +137,9 @@ pub fn up(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
-    let runtime = match prepare().and_then(|()| Ok(runtime?)) {
+    let prepared = prepare()
+        .with_context(|| format!("cannot prepare the lab directory {}", lab.dir.display()));
+    let runtime = match prepared.and_then(|()| Ok(runtime?)) {
         Ok(runtime) => runtime,
         Err(e) => {
             drop(lock);
