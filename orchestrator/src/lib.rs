@@ -16,6 +16,7 @@ pub mod image;
 pub mod ivshmem_server;
 pub mod lab;
 pub mod qemu;
+pub mod soak;
 pub mod spans;
 pub mod suite;
 pub mod supervisor;

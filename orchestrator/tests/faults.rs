@@ -449,3 +449,51 @@ impl Drop for Unmount<'_> {
         );
     }
 }
+
+#[test]
+fn bad_fault_and_soak_requests_are_refused_before_anything_runs() {
+    let run = Run::new("faults-cli");
+    let out = run.run(&["fault", "node0", "kill"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("No lab is up"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run.run(&["fault", "node0", "pause", "--holding-lock"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--holding-lock goes with kill only"));
+    let out = run.run(&["fault", "node0", "explode"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("possible values"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let two = common::topologies().join("two-node.yaml");
+    let out = run.run(&["soak", two.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("at least 3 nodes"),
+        "{}",
+        text(&out.stderr)
+    );
+    let four = common::topologies().join("four-node.yaml");
+    let out = run.run(&["soak", four.to_str().unwrap(), "--every", "10s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("at least 40s"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = run.lab_file("bad", "name: bad\nnodes: []\n");
+    let out = run.run(&["soak", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("bad.yaml:"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(processes_naming(&run.dir).is_empty());
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use checks::{Context, Iperf, Verdict};
+pub use checks::{parse_iperf, Context, Iperf, Verdict};
 pub use guests::{Guests, Trouble};
 pub use measure::{parse_ping, Concurrent, Occupancy};
 

@@ -10,6 +10,7 @@ mod bench;
 mod control;
 mod fault;
 mod progress;
+mod soak;
 mod test;
 mod up;
 
@@ -91,6 +92,14 @@ enum Command {
     /// the lab refused it (the node is not running, say), 2 on other
     /// errors.
     Fault(fault::Options),
+    /// Soaks a lab (not for CI: 30 minutes by default): mixed traffic on
+    /// every node (paced streams of checksummed test frames of every size
+    /// around the ring of nodes, iperf3 TCP between two), a node killed or
+    /// restarted at random every period, and a report at the end: every
+    /// fault, every frame (none may arrive corrupted or twice), every slot
+    /// of the region accounted for. Writes results.json and report.md.
+    /// Exits 0 when all held, 1 when not, 2 on an invalid file.
+    Soak(soak::Options),
     /// Tears a lab down: every QEMU, the ivshmem server, the shared memory,
     /// the lab directory. Also cleans a lab left over by a killed vni-lab.
     Down {
@@ -246,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test(options) => test::test(options),
         Command::Bench(options) => bench::bench(options),
         Command::Fault(options) => fault::fault(options),
+        Command::Soak(options) => soak::soak(options),
         Command::Down { lab, all } => up::down(lab.as_deref(), all),
         Command::Status { lab, json } => control::status(lab.as_deref(), json),
         Command::Exec {
