@@ -150,6 +150,27 @@ pub async fn run_in(
     agent.exec(command[0], &command[1..], timeout).await
 }
 
+/// Runs `script` with sh in `node`: its stdout, or why it failed (the
+/// agent, or a non-zero exit with its stderr).
+pub async fn sh_in(
+    lab: &LabDir,
+    node: &str,
+    script: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let out = run_in(lab, node, &["/bin/sh", "-c", script], timeout)
+        .await
+        .map_err(|e| format!("{node}: {e}"))?;
+    if out.code != Some(0) {
+        return Err(format!(
+            "{node}: `{script}` exited {:?}: {}",
+            out.code,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn exec(
     name: Option<&str>,
     node: &str,

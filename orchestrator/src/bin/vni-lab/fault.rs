@@ -10,7 +10,7 @@ use vni_lab::lab::LabDir;
 use vni_lab::supervisor::DRIVER_PID;
 use vni_lab::topology::{Network, Topology};
 
-use crate::control::{node_of, run_in};
+use crate::control::{node_of, sh_in};
 
 /// What `vni-lab fault` does to the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -188,16 +188,9 @@ async fn guest(
     script: &str,
     timeout: Duration,
 ) -> Result<String, Failure> {
-    let out = run_in(lab, node, &["/bin/sh", "-c", script], timeout)
+    sh_in(lab, node, script, timeout)
         .await
-        .map_err(|e| Failure::Refused(format!("{node}: {e}")))?;
-    if out.code != Some(0) {
-        return Err(Failure::Refused(format!(
-            "{node}: `{script}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        .map_err(Failure::Refused)
 }
 
 /// The rogue: the node's driver stopped, `vni-driver rogue` in its place.

@@ -21,7 +21,7 @@ use vni_lab::lab::{self, LabDir};
 use vni_lab::soak::{Accounting, Chaos, Event, Period, Soak};
 use vni_lab::topology::{Network, Topology};
 
-use crate::control::run_in;
+use crate::control::sh_in as sh;
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -142,21 +142,6 @@ fn write(out: &Path, soak: &Soak) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `script` in `node`; its stdout, or why not.
-async fn sh(lab: &LabDir, node: &str, script: &str, timeout: Duration) -> Result<String, String> {
-    let out = run_in(lab, node, &["/bin/sh", "-c", script], timeout)
-        .await
-        .map_err(|e| format!("{node}: {e}"))?;
-    if out.code != Some(0) {
-        return Err(format!(
-            "{node}: {script:?} exited {:?}: {}",
-            out.code,
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, soak: &mut Soak) {
     let nodes = &topology.nodes;
     let mut up = vec![true; nodes.len()];
@@ -224,27 +209,8 @@ async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, s
 
         // The fault, a third of the way in.
         tokio::time::sleep_until((period_start + every / 3).into()).await;
-        let fault_start = Instant::now();
-        let request = Request {
-            node: nodes[victim].name.clone(),
-            fault: match event {
-                Event::Kill => Fault::Kill,
-                Event::Restart => Fault::Restart,
-            },
-        };
-        let timeout = topology.boot_timeout + topology.command_timeout + Duration::from_secs(30);
-        match fault::request(&lab.control_socket(), &request, timeout, |_| {}).await {
-            Ok(message) => {
-                period.ok = true;
-                period.outcome = message;
-                up[victim] = event == Event::Restart;
-            }
-            Err(e) => {
-                period.outcome = e.to_string();
-                up[victim] = false;
-            }
-        }
-        period.took = fault_start.elapsed().as_secs_f64();
+        inject(lab, topology, &mut period, event).await;
+        up[victim] = period.ok && event == Event::Restart;
 
         // The tallies of those that lived through it.
         tokio::time::sleep_until((period_start + traffic + Duration::from_secs(5)).into()).await;
@@ -315,25 +281,35 @@ async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, s
     }
     // Every node back for the accounting.
     for (i, _) in up.iter().enumerate().filter(|(_, &u)| !u) {
-        let request = Request {
-            node: nodes[i].name.clone(),
-            fault: Fault::Restart,
-        };
-        let timeout = topology.boot_timeout + topology.command_timeout + Duration::from_secs(30);
         let mut period = Period {
             at: started.elapsed().as_secs_f64(),
             node: nodes[i].name.clone(),
             event: Some(Event::Restart),
             ..Period::default()
         };
-        let fault_start = Instant::now();
-        match fault::request(&lab.control_socket(), &request, timeout, |_| {}).await {
-            Ok(message) => (period.ok, period.outcome) = (true, message),
-            Err(e) => period.outcome = e.to_string(),
-        }
-        period.took = fault_start.elapsed().as_secs_f64();
+        inject(lab, topology, &mut period, Event::Restart).await;
         soak.periods.push(period);
     }
+}
+
+/// Asks the lab's supervisor for `event` on `period.node`; records whether
+/// it was done, its message (or why not) and how long it took.
+async fn inject(lab: &LabDir, topology: &Topology, period: &mut Period, event: Event) {
+    let request = Request {
+        node: period.node.clone(),
+        fault: match event {
+            Event::Kill => Fault::Kill,
+            Event::Restart => Fault::Restart,
+        },
+    };
+    // A restart boots a guest: allow for the boot and the driver.
+    let timeout = topology.boot_timeout + topology.command_timeout + Duration::from_secs(30);
+    let started = Instant::now();
+    match fault::request(&lab.control_socket(), &request, timeout, |_| {}).await {
+        Ok(message) => (period.ok, period.outcome) = (true, message),
+        Err(e) => period.outcome = e.to_string(),
+    }
+    period.took = started.elapsed().as_secs_f64();
 }
 
 /// The region once the lab idles: every slot free, held or queued, every
