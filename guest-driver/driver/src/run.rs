@@ -301,7 +301,9 @@ fn serve(
         let mut read = 0;
         let mut blocked = false;
         while read < BATCH && (read > 0 || tap.readable()) {
-            match ep.send_direct(vni_protocol::MAX_FRAME, VNET_HDR_LEN, |iov| tap.readv(iov)) {
+            match ep.send_direct(vni_protocol::MAX_FRAME, VNET_HDR_LEN, |slots| {
+                tap.read_into(slots)
+            }) {
                 Ok(Some(_)) => read += 1,
                 Ok(None) => break,
                 // The pool or the ring is full: leave frames in the TAP
@@ -331,8 +333,7 @@ fn serve(
         // 2. Region -> TAP, straight from the slots.
         let mut rejected = 0;
         let received = ep.recv(BATCH, |frame| {
-            frame.iovecs(&mut iov);
-            if frame.len() <= VNET_HDR_LEN || tap.writev(&iov).is_err() {
+            if frame.len() <= VNET_HDR_LEN || tap.write_frame(frame, &mut iov).is_err() {
                 rejected += 1;
             }
         })?;

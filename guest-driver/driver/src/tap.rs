@@ -16,6 +16,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 
+use vni_protocol::{IoSlots, RxFrame};
+
 /// Bytes of the virtio-net header in front of every frame.
 pub const VNET_HDR_LEN: usize = 10;
 /// Largest TSO segment the kernel may hand over (IP packet), so that with
@@ -134,14 +136,17 @@ impl Tap {
         ip(&["link", "set", "dev", &self.name, "up"])
     }
 
-    /// Reads one frame (virtio-net header first) into `iov`, which may
-    /// point into the shared region: the kernel writes there, nothing
-    /// here reads it. Returns 0 when no frame waits.
-    pub fn readv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+    /// Reads one frame (virtio-net header first) into `slots`, slot memory
+    /// the endpoint lent for it: the kernel writes there, nothing here
+    /// reads it. Returns 0 when no frame waits.
+    pub fn read_into(&self, slots: &IoSlots<'_>) -> io::Result<usize> {
+        let iov = slots.iovecs();
         let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `iov` is a valid array of `count` iovecs whose buffers the
-        // caller guarantees writable for the call (slots it holds in the
-        // mapped region).
+        // SAFETY: `iov` is a valid array of `count` iovecs. Only the
+        // endpoint builds an `IoSlots`, over slots this node holds (or a
+        // buffer of its own), mapped and writable while `slots` is
+        // borrowed, which outlasts the call; the kernel writes them as raw
+        // memory, no Rust reference points there.
         let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), count) };
         if n >= 0 {
             return Ok(n as usize);
@@ -154,15 +159,19 @@ impl Tap {
         }
     }
 
-    /// Writes one frame given as `iov` (virtio-net header first).
-    ///
-    /// The iovecs may point into the shared region: the kernel copies from
-    /// them, nothing here reads them.
-    pub fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+    /// Writes one received frame (virtio-net header first) straight from
+    /// its slots; `iov` is scratch space for the iovecs.
+    pub fn write_frame(
+        &self,
+        frame: &RxFrame<'_>,
+        iov: &mut Vec<libc::iovec>,
+    ) -> io::Result<usize> {
+        vni_protocol::frame_iovecs(frame, iov);
         let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `iov` is a valid array of `count` iovecs whose buffers the
-        // caller guarantees readable for the call (region memory stays
-        // mapped while the RxFrame lives).
+        // SAFETY: `iov` is a valid array of `count` iovecs, made from the
+        // frame's segments, which the core validated against the layout:
+        // they lie inside the mapped region, which stays mapped while
+        // `frame` lives (through this call). The kernel only reads them.
         let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
         if n < 0 {
             Err(io::Error::last_os_error())

@@ -12,16 +12,22 @@
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use vni_core::layout::{read_header, HDR_CHECKSUM};
+use vni_core::pool::Scratch;
+use vni_core::{Instant, Platform};
 
 use crate::addr::{AddrError, AddrTable};
 use crate::ether::MacAddr;
 use crate::frame::{ProtocolError, RxFrame, Segment};
+use crate::io::IoSlots;
 use crate::layout::{
     BufferConfig, Geometry, Layout, LayoutError, HDR_EPOCH, HDR_MAGIC, HEADER_LEN, MAGIC, MAX_FRAME,
 };
 use crate::lock::{LockError, RegionLock, Ticket};
 use crate::nodes::{Counters, Liveness, NodeId, NodeState, NodeTable};
+use crate::platform::StdPlatform;
 use crate::pool::{attached, rebuild, Pool};
 use crate::region::Region;
 use crate::rings::Rings;
@@ -245,16 +251,31 @@ pub struct Endpoint {
     offences: Vec<u32>,
     /// Peers fenced for misbehaving, until when they are ignored.
     quarantine: Vec<Option<Instant>>,
+    /// The clock and waiting the core uses.
+    platform: StdPlatform,
 }
 
 /// Repairs what a dead node may have left half done; the caller holds the
 /// lock. Returns the number of inconsistencies found.
-fn repair(region: &Region, layout: &Layout, beat: &mut dyn FnMut()) -> u64 {
+fn repair(region: &vni_core::Region, layout: &Layout, beat: &mut dyn FnMut()) -> u64 {
     let nodes = NodeTable { region, layout };
     let is_live = attached(&nodes);
-    let mut errors = AddrTable { region, layout }.retain(|_, node| is_live(node));
+    let mut errors = AddrTable { region, layout }.retain(|_, node| is_live(node), &mut Vec::new());
     if layout.geometry.config == BufferConfig::SharedPool {
-        errors += rebuild(&Pool { region, layout }, &nodes, &is_live, beat).errors;
+        let mut marks = vec![0; Scratch::marks_for(layout)];
+        let mut chain = vec![0; Scratch::chain_for(layout)];
+        let mut scratch = Scratch {
+            marks: &mut marks,
+            chain: &mut chain,
+        };
+        errors += rebuild(
+            &Pool { region, layout },
+            &nodes,
+            &is_live,
+            beat,
+            &mut scratch,
+        )
+        .errors;
     }
     errors
 }
@@ -268,8 +289,7 @@ impl Endpoint {
     /// old incarnation is gone, and its buffers are reclaimed.
     pub fn attach(region: Arc<Region>, me: NodeId, mac: MacAddr) -> Result<Self, EndpointError> {
         let (layout, epoch) = Layout::read(&region)?;
-        let mut header = [0u8; HEADER_LEN];
-        region.read_bytes(0, &mut header);
+        let header = read_header(&region);
         Self::attach_with(region, me, mac, (layout, epoch, header), true)
     }
 
@@ -316,15 +336,16 @@ impl Endpoint {
             region: &region,
             layout: &layout,
         };
+        let platform = StdPlatform::default();
         if busy_check && nodes.state(me) != NodeState::Reset {
-            let mut watch = Liveness::new(max_nodes, lease);
-            let start = Instant::now();
+            let mut watch = Liveness::new(lease);
+            let start = platform.now();
             watch.is_dead(&nodes, me, start);
-            while !watch.is_dead(&nodes, me, Instant::now()) {
-                if start.elapsed() > lease * 2 {
+            while !watch.is_dead(&nodes, me, platform.now()) {
+                if platform.now().saturating_duration_since(start) > lease * 2 {
                     return Err(EndpointError::NodeBusy(me));
                 }
-                std::thread::sleep(lease / 20);
+                platform.sleep(lease / 20);
             }
         }
         let generation = nodes.next_generation(me);
@@ -347,12 +368,12 @@ impl Endpoint {
             epoch,
             me,
             generation,
-            liveness: Liveness::new(max_nodes, lease),
+            liveness: Liveness::new(lease),
             counters: Counters::default(),
             last_error: None,
             addr_version: 0,
             addresses: Vec::new(),
-            last_reap: Instant::now(),
+            last_reap: platform.now(),
             fenced: false,
             backend,
             state: NodeState::Init,
@@ -360,6 +381,7 @@ impl Endpoint {
             header_bad_since: None,
             offences: vec![0; max_nodes],
             quarantine: vec![None; max_nodes],
+            platform,
         };
         let ticket = endpoint.acquire()?;
         let result = endpoint.join_locked(mac);
@@ -516,6 +538,7 @@ impl Endpoint {
             me,
             self.generation,
             &mut self.liveness,
+            &self.platform,
             &mut |_dead| {
                 recovered += 1;
                 errors += repair(region, layout, &mut || nodes.beat(me));
@@ -566,8 +589,8 @@ impl Endpoint {
     }
 
     /// Sends a frame that `fill` writes straight into slots, with no
-    /// buffer in between: `fill` gets iovecs covering `max` bytes (at most
-    /// 64 KiB) of slot memory this node holds, which the kernel may
+    /// buffer in between: `fill` gets [`IoSlots`] covering `max` bytes (at
+    /// most 64 KiB) of slot memory this node holds, which the kernel may
     /// `readv` into (they must never become references), and returns the
     /// frame's length, 0 for none. The frame is then routed by the
     /// destination address `route_offset` bytes in (after a virtio-net
@@ -588,7 +611,7 @@ impl Endpoint {
         &mut self,
         max: usize,
         route_offset: usize,
-        fill: impl FnOnce(&[libc::iovec]) -> std::io::Result<usize>,
+        fill: impl FnOnce(&IoSlots<'_>) -> std::io::Result<usize>,
     ) -> Result<Option<usize>, SendError> {
         self.check_usable()?;
         let max = max.min(MAX_FRAME);
@@ -634,7 +657,9 @@ impl Endpoint {
                         iov_base: buf.as_mut_ptr().cast(),
                         iov_len: buf.len(),
                     }];
-                    let n = fill(&iov).map_err(SendError::Source)?.min(max);
+                    let n = fill(&IoSlots::new(&iov))
+                        .map_err(SendError::Source)?
+                        .min(max);
                     if n == 0 {
                         return Ok(None);
                     }
@@ -666,7 +691,7 @@ impl Endpoint {
                 }
             })
             .collect();
-        let n = fill(&iovecs).map_err(SendError::Source)?;
+        let n = fill(&IoSlots::new(&iovecs)).map_err(SendError::Source)?;
         if n == 0 || n > max {
             return Ok(None);
         }
@@ -1162,12 +1187,12 @@ impl Endpoint {
             return Ok(0);
         };
         for &(len, source, start, end) in &state.rx {
-            deliver(&RxFrame {
-                region: &self.region,
-                segments: &state.rx_segments[start..end],
+            deliver(&RxFrame::new(
+                &self.region,
+                &state.rx_segments[start..end],
                 len,
                 source,
-            });
+            ));
             self.counters.rx_frames += 1;
             self.counters.rx_bytes += len as u64;
         }
@@ -1263,12 +1288,7 @@ impl Endpoint {
                 state.segments.clear();
                 match rings.read(src, self.me, head, avail, &mut state.segments) {
                     Ok((len, span)) => {
-                        deliver(&RxFrame {
-                            region: &self.region,
-                            segments: &state.segments,
-                            len,
-                            source: Some(src),
-                        });
+                        deliver(&RxFrame::new(&self.region, &state.segments, len, Some(src)));
                         self.counters.rx_frames += 1;
                         self.counters.rx_bytes += len as u64;
                         delivered += 1;
@@ -1314,9 +1334,8 @@ impl Endpoint {
                 layout: &self.layout,
             };
             self.addr_version = table.version();
-            let (entries, bad) = table.snapshot();
-            self.addresses = entries;
-            self.counters.protocol_errors += bad;
+            self.addresses.clear();
+            self.counters.protocol_errors += table.snapshot(&mut self.addresses);
             self.release(ticket)?;
         }
         Ok(self
@@ -1355,7 +1374,7 @@ impl Endpoint {
                 what: "this node's state",
             });
         }
-        let now = Instant::now();
+        let now = self.platform.now();
         for (node, until) in self.quarantine.iter_mut().enumerate() {
             if until.is_some_and(|until| now >= until) {
                 *until = None;
@@ -1368,7 +1387,7 @@ impl Endpoint {
         if !offenders.is_empty() {
             self.fence_offenders(&offenders, now)?;
         }
-        if now.duration_since(self.last_reap) >= self.liveness.lease() / 4 {
+        if now.saturating_duration_since(self.last_reap) >= self.liveness.lease() / 4 {
             self.last_reap = now;
             self.reap(now)?;
         }
@@ -1387,13 +1406,10 @@ impl Endpoint {
     pub fn guard_header(&mut self) -> Result<(), EndpointError> {
         if self.region.load_u64(HDR_MAGIC, Ordering::Acquire) == MAGIC
             && self.region.load_u64(HDR_EPOCH, Ordering::Acquire) == self.epoch
+            && read_header(&self.region) == self.header
         {
-            let mut now = [0u8; HEADER_LEN];
-            self.region.read_bytes(0, &mut now);
-            if now == self.header {
-                self.header_bad_since = None;
-                return Ok(());
-            }
+            self.header_bad_since = None;
+            return Ok(());
         }
         if let Ok((_, epoch)) = Layout::read(&self.region) {
             if epoch != self.epoch {
@@ -1401,16 +1417,19 @@ impl Endpoint {
                 return Err(EndpointError::Reformatted);
             }
         }
-        let since = *self.header_bad_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < self.liveness.lease() / 4 {
+        let now = self.platform.now();
+        let since = *self.header_bad_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < self.liveness.lease() / 4 {
             return Ok(());
         }
         self.header_bad_since = None;
-        self.region.write_bytes(8, &self.header[8..]);
-        let mut magic = [0u8; 8];
-        magic.copy_from_slice(&self.header[..8]);
+        // A word at a time, as every reader reads them, the magic last (with
+        // Release), as a formatter writes it.
+        let words = vni_core::layout::header_words(&self.header);
         self.region
-            .store_u64(HDR_MAGIC, u64::from_le_bytes(magic), Ordering::Release);
+            .store_words(8, &words[1..HDR_CHECKSUM / 8 + 1], Ordering::Relaxed);
+        self.region
+            .store_u64(HDR_MAGIC, words[0], Ordering::Release);
         self.note(ProtocolError::Scribbled {
             what: "the region header",
         });
@@ -1422,7 +1441,7 @@ impl Endpoint {
     /// to the pool), and ignores them for [`QUARANTINE_LEASES`].
     fn fence_offenders(&mut self, offenders: &[NodeId], now: Instant) -> Result<(), EndpointError> {
         let ticket = self.acquire()?;
-        let until = now + self.liveness.lease() * QUARANTINE_LEASES;
+        let until = now.saturating_add(self.liveness.lease() * QUARANTINE_LEASES);
         for &node in offenders {
             let nodes = self.nodes();
             nodes.fence(node, nodes.generation(node));
@@ -1516,6 +1535,7 @@ impl Endpoint {
 mod tests {
     use super::*;
     use crate::inspect;
+    use std::time::Instant;
 
     const CONFIGS: [BufferConfig; 2] = [BufferConfig::SharedPool, BufferConfig::PerPair];
 
@@ -1558,10 +1578,10 @@ mod tests {
 
     /// `fill` for `send_direct` that copies `bytes` into the iovecs, as
     /// `readv` from a TAP would, truncating like the kernel.
-    fn readv_of(bytes: &[u8]) -> impl FnOnce(&[libc::iovec]) -> std::io::Result<usize> + '_ {
-        move |iov| {
+    fn readv_of(bytes: &[u8]) -> impl FnOnce(&IoSlots<'_>) -> std::io::Result<usize> + '_ {
+        move |slots| {
             let mut done = 0;
-            for v in iov {
+            for v in slots.iovecs() {
                 let n = v.iov_len.min(bytes.len() - done);
                 // SAFETY: the iovec covers `iov_len` writable bytes of the
                 // region; `n` is within it and within `bytes`.

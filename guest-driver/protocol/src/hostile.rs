@@ -175,7 +175,10 @@ impl Rogue {
     /// victim: in its queue (configuration 2) or in the rogue's ring to it
     /// (configuration 1).
     fn bad_frame(&mut self, attack: usize) {
-        use crate::pool::{queued, Pool, D_LEN, D_META, D_NEXT, D_OWNER, NO_SLOT};
+        use crate::layout::{
+            DESC_LEN_WORD as D_LEN, DESC_META as D_META, DESC_NEXT as D_NEXT, DESC_OWNER as D_OWNER,
+        };
+        use crate::pool::{queued, Pool, NO_SLOT};
         use std::sync::atomic::Ordering::{Relaxed, Release};
         let victim = self.victim();
         let g = self.layout.geometry;

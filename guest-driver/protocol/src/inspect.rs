@@ -86,8 +86,9 @@ pub fn inspect(region: &Region) -> Result<RegionReport, LayoutError> {
                     u64::from(tail.wrapping_sub(head))
                 })
                 .collect();
-            let usage = pool
-                .usage(count)
+            let mut held_queued = vec![(0, 0); count];
+            pool.usage(&mut held_queued);
+            let usage = held_queued
                 .into_iter()
                 .zip(depth)
                 .map(|((h, q), d)| (d, h, q))
@@ -148,6 +149,10 @@ pub fn inspect(region: &Region) -> Result<RegionReport, LayoutError> {
         lock: RegionLock { region, layout }.status(),
         nodes: nodes_report,
         pool,
-        addresses: crate::addr::AddrTable { region, layout }.snapshot().0,
+        addresses: {
+            let mut entries = Vec::new();
+            crate::addr::AddrTable { region, layout }.snapshot(&mut entries);
+            entries
+        },
     })
 }

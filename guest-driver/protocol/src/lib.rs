@@ -4,7 +4,9 @@
 //! This crate is the protocol alone, with no device access: any shared
 //! mapping stands in for the ivshmem BAR (a /dev/shm file, a memfd, an
 //! anonymous mapping for single-process tests), so everything here runs and
-//! is tested on the host.
+//! is tested on the host. The code that touches the region lives in
+//! `vni-core` (`no_std`, shared with the kernel module); this crate adds
+//! the mappings, the clock and the endpoint of user space on top.
 //!
 //! The design is the 2018 Mint study's (see `shared/MINT-VNI.md`):
 //!
@@ -53,30 +55,28 @@
 //! # }
 //! ```
 
-mod addr;
+// The shared-memory core, under the names this crate's modules use.
+use vni_core::{addr, ether, frame, layout, lock, nodes, pool, rings};
+
 mod endpoint;
-mod ether;
-mod frame;
 #[doc(hidden)]
 pub mod hostile;
 mod inspect;
-mod layout;
-mod lock;
-mod nodes;
-mod pool;
+mod io;
+mod platform;
 mod region;
-mod rings;
 pub mod sim;
 
-pub use addr::AddrError;
 pub use endpoint::{
     format, members, Dest, Endpoint, EndpointError, FlushReport, SendError, BATCH, OFFENCE_LIMIT,
     QUARANTINE_LEASES,
 };
-pub use ether::{MacAddr, MacParseError};
-pub use frame::{ProtocolError, RxFrame, Segment};
 pub use inspect::{inspect, NodeReport, PoolReport, RegionReport};
-pub use layout::{BufferConfig, Geometry, Layout, LayoutError, HEADER_LEN, MAX_FRAME, MAX_NODES};
-pub use lock::{Backoff, Holder, LockError, LockStatus};
-pub use nodes::{Counters, NodeId, NodeState};
+pub use io::{frame_iovecs, IoSlots};
+pub use platform::{Backoff, StdPlatform};
 pub use region::{Region, RegionError};
+pub use vni_core::{
+    AddrError, BufferConfig, Counters, Geometry, Holder, Layout, LayoutError, LockError,
+    LockStatus, MacAddr, MacParseError, NodeId, NodeState, ProtocolError, RxFrame, Segment,
+    HEADER_LEN, MAX_FRAME, MAX_NODES,
+};

@@ -11,21 +11,23 @@
 //! observer declares it dead when the counter has not moved for the lease,
 //! measured on the observer's own monotonic clock ([`Liveness`]).
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use core::sync::atomic::Ordering;
+use core::time::Duration;
 
-use crate::layout::{
-    Layout, NODE_COUNTERS, NODE_DOORBELL, NODE_GENERATION, NODE_HEARTBEAT, NODE_MAC, NODE_SLEEPING,
-    NODE_STATE,
+use super::layout::{
+    Layout, MAX_NODES, NODE_COUNTERS, NODE_COUNTER_COUNT, NODE_DOORBELL, NODE_GENERATION,
+    NODE_HEARTBEAT, NODE_MAC, NODE_SLEEPING, NODE_STATE, NODE_WAITING,
 };
-use crate::region::Region;
+use super::platform::Instant;
+use super::region::Region;
 
 /// A node's index in the table.
 pub type NodeId = usize;
 
 /// Life cycle of a node, as in Jailhouse's ivshmem-net: carrier only when
 /// both ends are in [`NodeState::Run`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum NodeState {
     /// Not attached (never was, detached, or declared dead).
     Reset = 0,
@@ -51,7 +53,8 @@ impl NodeState {
 }
 
 /// Counters each node publishes in its table entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Counters {
     /// Frames handed to the region.
     pub tx_frames: u64,
@@ -72,9 +75,10 @@ pub struct Counters {
 }
 
 impl Counters {
-    const FIELDS: usize = 8;
+    const FIELDS: usize = NODE_COUNTER_COUNT;
 
-    fn to_array(self) -> [u64; Self::FIELDS] {
+    /// The counters in the order the node entry stores them.
+    pub fn to_array(self) -> [u64; Self::FIELDS] {
         [
             self.tx_frames,
             self.tx_bytes,
@@ -87,44 +91,47 @@ impl Counters {
         ]
     }
 
-    fn from_array(a: [u64; Self::FIELDS]) -> Self {
+    /// Counters from the words a node entry stores.
+    pub fn from_array(words: [u64; Self::FIELDS]) -> Self {
+        let [tx_frames, tx_bytes, rx_frames, rx_bytes, tx_dropped, rx_dropped, protocol_errors, recoveries] =
+            words;
         Counters {
-            tx_frames: a[0],
-            tx_bytes: a[1],
-            rx_frames: a[2],
-            rx_bytes: a[3],
-            tx_dropped: a[4],
-            rx_dropped: a[5],
-            protocol_errors: a[6],
-            recoveries: a[7],
+            tx_frames,
+            tx_bytes,
+            rx_frames,
+            rx_bytes,
+            tx_dropped,
+            rx_dropped,
+            protocol_errors,
+            recoveries,
         }
     }
 }
 
 /// Typed access to the node table of one region.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct NodeTable<'a> {
-    pub(crate) region: &'a Region,
-    pub(crate) layout: &'a Layout,
+pub struct NodeTable<'a> {
+    pub region: &'a Region,
+    pub layout: &'a Layout,
 }
 
 impl NodeTable<'_> {
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.layout.geometry.max_nodes as usize
     }
 
     /// The raw state word, for readers that must tell garbage apart.
-    pub(crate) fn state_word(&self, node: NodeId) -> u32 {
+    pub fn state_word(&self, node: NodeId) -> u32 {
         self.region
             .load_u32(self.layout.node(node, NODE_STATE), Ordering::Acquire)
     }
 
     /// The node's state; garbage reads as `Reset` (not a peer to talk to).
-    pub(crate) fn state(&self, node: NodeId) -> NodeState {
+    pub fn state(&self, node: NodeId) -> NodeState {
         NodeState::from_word(self.state_word(node)).unwrap_or(NodeState::Reset)
     }
 
-    pub(crate) fn set_state(&self, node: NodeId, state: NodeState) {
+    pub fn set_state(&self, node: NodeId, state: NodeState) {
         // Release: whatever the node set up before announcing the state
         // (its queue, its address entry) is visible to readers of the state.
         self.region.store_u32(
@@ -134,7 +141,7 @@ impl NodeTable<'_> {
         )
     }
 
-    pub(crate) fn generation(&self, node: NodeId) -> u32 {
+    pub fn generation(&self, node: NodeId) -> u32 {
         self.region
             .load_u32(self.layout.node(node, NODE_GENERATION), Ordering::Acquire)
     }
@@ -143,7 +150,7 @@ impl NodeTable<'_> {
     /// `Reset` and its generation moves on, so that the node, if it was only
     /// paused, finds out that it was declared dead. Returns whether this call
     /// did the fencing.
-    pub(crate) fn fence(&self, node: NodeId, generation: u32) -> bool {
+    pub fn fence(&self, node: NodeId, generation: u32) -> bool {
         let off = self.layout.node(node, NODE_GENERATION);
         if self
             .region
@@ -158,49 +165,46 @@ impl NodeTable<'_> {
             return false;
         }
         self.set_state(node, NodeState::Reset);
-        self.region.store_u32(
-            self.layout.node(node, crate::layout::NODE_WAITING),
-            0,
-            Ordering::Release,
-        );
+        self.region
+            .store_u32(self.layout.node(node, NODE_WAITING), 0, Ordering::Release);
         true
     }
 
     /// Starts a new incarnation of `node`; returns its generation.
-    pub(crate) fn next_generation(&self, node: NodeId) -> u32 {
+    pub fn next_generation(&self, node: NodeId) -> u32 {
         let off = self.layout.node(node, NODE_GENERATION);
         self.region
             .fetch_add_u32(off, 1, Ordering::AcqRel)
             .wrapping_add(1)
     }
 
-    pub(crate) fn heartbeat(&self, node: NodeId) -> u64 {
+    pub fn heartbeat(&self, node: NodeId) -> u64 {
         self.region
             .load_u64(self.layout.node(node, NODE_HEARTBEAT), Ordering::Acquire)
     }
 
-    pub(crate) fn beat(&self, node: NodeId) {
+    pub fn beat(&self, node: NodeId) {
         self.region
             .fetch_add_u64(self.layout.node(node, NODE_HEARTBEAT), 1, Ordering::Release);
     }
 
-    pub(crate) fn mac(&self, node: NodeId) -> u64 {
+    pub fn mac(&self, node: NodeId) -> u64 {
         self.region
             .load_u64(self.layout.node(node, NODE_MAC), Ordering::Acquire)
     }
 
-    pub(crate) fn set_mac(&self, node: NodeId, mac: u64) {
+    pub fn set_mac(&self, node: NodeId, mac: u64) {
         self.region
             .store_u64(self.layout.node(node, NODE_MAC), mac, Ordering::Release)
     }
 
-    pub(crate) fn sleeping(&self, node: NodeId) -> bool {
+    pub fn sleeping(&self, node: NodeId) -> bool {
         self.region
             .load_u32(self.layout.node(node, NODE_SLEEPING), Ordering::Acquire)
             != 0
     }
 
-    pub(crate) fn set_sleeping(&self, node: NodeId, sleeping: bool) {
+    pub fn set_sleeping(&self, node: NodeId, sleeping: bool) {
         // SeqCst: pairs with the sender's SeqCst load after publishing a
         // frame, so either the sender sees "sleeping" and rings, or the
         // receiver's re-check after this store sees the frame (no lost wakeup).
@@ -213,14 +217,14 @@ impl NodeTable<'_> {
 
     /// The ivshmem peer id to ring for `node`, if it published one. Stored
     /// as id + 1 so that a zeroed entry means "none".
-    pub(crate) fn doorbell(&self, node: NodeId) -> Option<u16> {
+    pub fn doorbell(&self, node: NodeId) -> Option<u16> {
         let word = self
             .region
             .load_u32(self.layout.node(node, NODE_DOORBELL), Ordering::Acquire);
-        (1..=0x1_0000).contains(&word).then(|| (word - 1) as u16)
+        word.checked_sub(1).and_then(|id| u16::try_from(id).ok())
     }
 
-    pub(crate) fn set_doorbell(&self, node: NodeId, peer: Option<u16>) {
+    pub fn set_doorbell(&self, node: NodeId, peer: Option<u16>) {
         let word = peer.map_or(0, |p| u32::from(p) + 1);
         self.region.store_u32(
             self.layout.node(node, NODE_DOORBELL),
@@ -229,29 +233,26 @@ impl NodeTable<'_> {
         )
     }
 
-    pub(crate) fn counters(&self, node: NodeId) -> Counters {
-        let mut a = [0u64; Counters::FIELDS];
-        for (i, v) in a.iter_mut().enumerate() {
-            *v = self.region.load_u64(
-                self.layout.node(node, NODE_COUNTERS + 8 * i),
-                Ordering::Relaxed,
-            );
-        }
-        Counters::from_array(a)
+    pub fn counters(&self, node: NodeId) -> Counters {
+        let mut words = [0u64; Counters::FIELDS];
+        self.region.load_words(
+            self.layout.node(node, NODE_COUNTERS),
+            &mut words,
+            Ordering::Relaxed,
+        );
+        Counters::from_array(words)
     }
 
-    pub(crate) fn publish_counters(&self, node: NodeId, counters: &Counters) {
-        for (i, v) in counters.to_array().into_iter().enumerate() {
-            self.region.store_u64(
-                self.layout.node(node, NODE_COUNTERS + 8 * i),
-                v,
-                Ordering::Relaxed,
-            );
-        }
+    pub fn publish_counters(&self, node: NodeId, counters: &Counters) {
+        self.region.store_words(
+            self.layout.node(node, NODE_COUNTERS),
+            &counters.to_array(),
+            Ordering::Relaxed,
+        );
     }
 
     /// Nodes other than `me` that are in `Run`, as a bit set.
-    pub(crate) fn running_peers(&self, me: NodeId) -> u64 {
+    pub fn running_peers(&self, me: NodeId) -> u64 {
         (0..self.count())
             .filter(|&n| n != me && self.state(n) == NodeState::Run)
             .fold(0, |set, n| set | 1 << n)
@@ -272,15 +273,15 @@ struct Watch {
 #[derive(Debug)]
 pub struct Liveness {
     lease: Duration,
-    watches: Vec<Option<Watch>>,
+    watches: [Option<Watch>; MAX_NODES],
 }
 
 impl Liveness {
     /// A tracker for `nodes` nodes with the region's lease.
-    pub fn new(nodes: usize, lease: Duration) -> Self {
+    pub fn new(lease: Duration) -> Self {
         Liveness {
             lease,
-            watches: vec![None; nodes],
+            watches: [None; MAX_NODES],
         }
     }
 
@@ -296,15 +297,19 @@ impl Liveness {
     /// (it was descheduled, or its VM paused), the silence it missed proves
     /// nothing and the watch starts again: a node that wakes up must not
     /// declare its healthy peers dead.
-    pub(crate) fn is_dead(&mut self, nodes: &NodeTable<'_>, node: NodeId, now: Instant) -> bool {
+    pub fn is_dead(&mut self, nodes: &NodeTable<'_>, node: NodeId, now: Instant) -> bool {
         let generation = nodes.generation(node);
         let heartbeat = nodes.heartbeat(node);
         let lease = self.lease;
-        match &mut self.watches[node] {
+        let Some(watch) = self.watches.get_mut(node) else {
+            return false;
+        };
+        match watch {
             Some(w)
                 if w.generation == generation
                     && w.heartbeat == heartbeat
-                    && now.saturating_duration_since(w.looked) <= lease / 2 =>
+                    && now.saturating_duration_since(w.looked)
+                        <= lease.checked_div(2).unwrap_or(lease) =>
             {
                 w.looked = now;
                 now.saturating_duration_since(w.since) >= lease
@@ -322,23 +327,25 @@ impl Liveness {
     }
 
     /// Forgets what was seen of `node` (after it was fenced or re-attached).
-    pub(crate) fn forget(&mut self, node: NodeId) {
-        self.watches[node] = None;
+    pub fn forget(&mut self, node: NodeId) {
+        if let Some(watch) = self.watches.get_mut(node) {
+            *watch = None;
+        }
     }
 }
 
 /// Tracks how long a condition that should be brief (a ticket nobody
 /// claims) has lasted.
 #[derive(Debug, Default)]
-pub(crate) struct Stall {
+pub struct Stall {
     key: Option<(u64, Instant)>,
 }
 
 impl Stall {
     /// True when the same `key` has been seen continuously for `lease`.
-    pub(crate) fn stuck(&mut self, key: u64, now: Instant, lease: Duration) -> bool {
+    pub fn stuck(&mut self, key: u64, now: Instant, lease: Duration) -> bool {
         match self.key {
-            Some((k, since)) if k == key => now.duration_since(since) >= lease,
+            Some((k, since)) if k == key => now.saturating_duration_since(since) >= lease,
             _ => {
                 self.key = Some((key, now));
                 false
@@ -359,9 +366,9 @@ mod tests {
             region: &region,
             layout: &layout,
         };
-        let mut live = Liveness::new(4, Duration::from_millis(100));
-        let t0 = Instant::now();
-        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut live = Liveness::new(Duration::from_millis(100));
+        let t0 = Instant::from_origin(Duration::from_secs(10));
+        let at = |ms| t0.saturating_add(Duration::from_millis(ms));
         assert!(!live.is_dead(&nodes, 1, t0));
         assert!(!live.is_dead(&nodes, 1, at(40)));
         assert!(!live.is_dead(&nodes, 1, at(80)));
@@ -382,16 +389,16 @@ mod tests {
             region: &region,
             layout: &layout,
         };
-        let mut live = Liveness::new(4, Duration::from_millis(100));
-        let t0 = Instant::now();
+        let mut live = Liveness::new(Duration::from_millis(100));
+        let t0 = Instant::from_origin(Duration::from_secs(10));
         assert!(!live.is_dead(&nodes, 1, t0));
         // The observer was paused for a second: it saw nothing.
-        assert!(!live.is_dead(&nodes, 1, t0 + Duration::from_secs(1)));
+        assert!(!live.is_dead(&nodes, 1, t0.saturating_add(Duration::from_secs(1))));
         // Silence counts again only while watched, for a whole lease.
         for ms in [1040, 1080] {
-            assert!(!live.is_dead(&nodes, 1, t0 + Duration::from_millis(ms)));
+            assert!(!live.is_dead(&nodes, 1, t0.saturating_add(Duration::from_millis(ms))));
         }
-        assert!(live.is_dead(&nodes, 1, t0 + Duration::from_millis(1100)));
+        assert!(live.is_dead(&nodes, 1, t0.saturating_add(Duration::from_millis(1100))));
     }
 
     #[test]

@@ -21,44 +21,119 @@
 //! mid-operation needs no journal: [`rebuild`] recomputes the free stack and
 //! queues from the owner words and queues of the nodes still alive.
 
-use std::sync::atomic::Ordering;
+use core::sync::atomic::Ordering;
 
-use crate::frame::{ProtocolError, Segment};
-use crate::layout::{Layout, CACHE_LINE, DESC_LEN, MAX_FRAME};
-use crate::nodes::{NodeId, NodeState, NodeTable};
-use crate::region::Region;
+use super::frame::{ProtocolError, Segment};
+use super::layout::{
+    Layout, DESC_LEN, DESC_LEN_WORD, DESC_META, DESC_NEXT, DESC_OWNER, FREE_ENTRIES, FREE_TOP,
+    INITIAL_INDEX, MAX_FRAME, QUEUE_ENTRIES, QUEUE_HEAD, QUEUE_TAIL,
+};
+use super::nodes::{NodeId, NodeState, NodeTable};
+use super::region::Region;
+use super::sink::Sink;
 
 /// "No next slot" in a chain link.
-pub(crate) const NO_SLOT: u32 = u32::MAX;
+pub const NO_SLOT: u32 = u32::MAX;
 
 const OWNER_FREE: u32 = 0;
 const OWNER_HELD: u32 = 1 << 24;
 const OWNER_QUEUED: u32 = 2 << 24;
+const OWNER_NODE_MASK: u32 = (1 << 24) - 1;
+const META_LEN_MASK: u32 = (1 << 24) - 1;
 
 /// Owner word of a slot held by `node`.
-pub(crate) fn held_by(node: NodeId) -> u32 {
-    OWNER_HELD | node as u32
+pub fn held_by(node: NodeId) -> u32 {
+    OWNER_HELD | (node as u32 & OWNER_NODE_MASK)
 }
 
-pub(crate) fn queued(node: NodeId) -> u32 {
-    OWNER_QUEUED | node as u32
+/// Owner word of a slot queued for `node`.
+pub fn queued(node: NodeId) -> u32 {
+    OWNER_QUEUED | (node as u32 & OWNER_NODE_MASK)
 }
 
-pub(crate) const D_OWNER: usize = 0;
-pub(crate) const D_NEXT: usize = 4;
-pub(crate) const D_LEN: usize = 8;
-pub(crate) const D_META: usize = 12;
-const META_LEN_MASK: u32 = (1 << 24) - 1;
+/// Where an owner word says a slot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// On the free stack.
+    Free,
+    /// Held by a node (its cache, or frames it is receiving).
+    Held(NodeId),
+    /// Queued for a node.
+    Queued(NodeId),
+    /// Not a valid owner word.
+    Garbage,
+}
+
+impl Owner {
+    /// Decodes an owner word read from the region.
+    pub fn from_word(word: u32) -> Self {
+        let node = (word & OWNER_NODE_MASK) as usize;
+        match word & !OWNER_NODE_MASK {
+            OWNER_FREE if node == 0 => Owner::Free,
+            OWNER_HELD => Owner::Held(node),
+            OWNER_QUEUED => Owner::Queued(node),
+            _ => Owner::Garbage,
+        }
+    }
+}
+
+/// Scratch memory for [`rebuild`], from the caller (the core allocates
+/// nothing): a bit per slot and room for one chain. Sizes from
+/// [`Scratch::marks_for`] and [`Scratch::chain_for`].
+#[derive(Debug)]
+pub struct Scratch<'a> {
+    /// One bit per slot of the pool.
+    pub marks: &'a mut [u64],
+    /// Room for the longest chain.
+    pub chain: &'a mut [u32],
+}
+
+impl Scratch<'_> {
+    /// Words of `marks` a pool of `layout` needs.
+    pub fn marks_for(layout: &Layout) -> usize {
+        (layout.geometry.slot_count as usize).div_ceil(64)
+    }
+
+    /// Entries of `chain` a pool of `layout` needs.
+    pub fn chain_for(layout: &Layout) -> usize {
+        layout.geometry.max_chain() as usize
+    }
+
+    fn fits(&self, layout: &Layout) -> bool {
+        self.marks.len() >= Self::marks_for(layout) && self.chain.len() >= Self::chain_for(layout)
+    }
+
+    fn marked(&self, slot: u32) -> bool {
+        let bit = 1u64 << (slot & 63);
+        self.marks
+            .get((slot >> 6) as usize)
+            .is_some_and(|word| word & bit != 0)
+    }
+
+    fn mark(&mut self, slot: u32, on: bool) {
+        let bit = 1u64 << (slot & 63);
+        if let Some(word) = self.marks.get_mut((slot >> 6) as usize) {
+            if on {
+                *word |= bit;
+            } else {
+                *word &= !bit;
+            }
+        }
+    }
+}
 
 /// Typed access to the pool's buffer management words.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Pool<'a> {
-    pub(crate) region: &'a Region,
-    pub(crate) layout: &'a Layout,
+pub struct Pool<'a> {
+    /// The region.
+    pub region: &'a Region,
+    /// Its validated layout (configuration 2).
+    pub layout: &'a Layout,
 }
 
 impl<'a> Pool<'a> {
-    pub(crate) fn slot_count(&self) -> u32 {
+    /// Slots in the pool.
+    pub fn slot_count(&self) -> u32 {
         self.layout.geometry.slot_count
     }
 
@@ -66,101 +141,138 @@ impl<'a> Pool<'a> {
         self.layout.geometry.queue_capacity
     }
 
-    pub(crate) fn desc(&self, slot: u32, field: usize) -> usize {
-        self.layout.descs + slot as usize * DESC_LEN + field
+    /// Offset of `field` in slot `slot`'s descriptor (`slot < slot_count`,
+    /// checked by the callers; the region checks the result).
+    pub fn desc(&self, slot: u32, field: usize) -> usize {
+        self.layout
+            .descs
+            .saturating_add((slot as usize).saturating_mul(DESC_LEN))
+            .saturating_add(field)
     }
 
-    pub(crate) fn owner(&self, slot: u32) -> u32 {
+    /// The owner word of `slot` (unvalidated).
+    pub fn owner(&self, slot: u32) -> u32 {
         self.region
-            .load_u32(self.desc(slot, D_OWNER), Ordering::Relaxed)
+            .load_u32(self.desc(slot, DESC_OWNER), Ordering::Relaxed)
     }
 
     fn set_owner(&self, slot: u32, owner: u32) {
         self.region
-            .store_u32(self.desc(slot, D_OWNER), owner, Ordering::Relaxed)
+            .store_u32(self.desc(slot, DESC_OWNER), owner, Ordering::Relaxed)
     }
 
-    pub(crate) fn free_top(&self) -> u32 {
-        self.region.load_u32(self.layout.pool, Ordering::Acquire)
+    /// The free stack's top (unvalidated).
+    pub fn free_top(&self) -> u32 {
+        self.region.load_u32(self.top_off(), Ordering::Acquire)
+    }
+
+    fn top_off(&self) -> usize {
+        self.layout.pool.saturating_add(FREE_TOP)
     }
 
     fn set_free_top(&self, top: u32) {
         self.region
-            .store_u32(self.layout.pool, top, Ordering::Release)
+            .store_u32(self.top_off(), top, Ordering::Release)
     }
 
     fn stack(&self, i: u32) -> usize {
-        self.layout.pool + CACHE_LINE + 4 * i as usize
+        self.layout
+            .pool
+            .saturating_add(FREE_ENTRIES)
+            .saturating_add((i as usize).saturating_mul(4))
     }
 
     fn queue(&self, node: NodeId) -> usize {
-        self.layout.queues + node * self.layout.queue_stride
+        self.layout
+            .queues
+            .saturating_add(node.saturating_mul(self.layout.queue_stride))
     }
 
     /// (head, tail) of `node`'s queue, read once each.
-    pub(crate) fn queue_indices(&self, node: NodeId) -> (u32, u32) {
+    pub fn queue_indices(&self, node: NodeId) -> (u32, u32) {
         let q = self.queue(node);
         // Acquire on tail pairs with the enqueuer's Release: entries below
         // the tail are visible.
-        let tail = self.region.load_u32(q + CACHE_LINE, Ordering::Acquire);
-        let head = self.region.load_u32(q, Ordering::Acquire);
+        let tail = self
+            .region
+            .load_u32(q.saturating_add(QUEUE_TAIL), Ordering::Acquire);
+        let head = self
+            .region
+            .load_u32(q.saturating_add(QUEUE_HEAD), Ordering::Acquire);
         (head, tail)
     }
 
-    pub(crate) fn set_head(&self, node: NodeId, head: u32) {
-        self.region
-            .store_u32(self.queue(node), head, Ordering::Release)
+    /// Sets `node`'s queue head (its own, or a repairer's).
+    pub fn set_head(&self, node: NodeId, head: u32) {
+        self.region.store_u32(
+            self.queue(node).saturating_add(QUEUE_HEAD),
+            head,
+            Ordering::Release,
+        )
     }
 
     /// Queue entry `index` of `node`: the first slot of a frame (unvalidated).
-    pub(crate) fn entry(&self, node: NodeId, index: u32) -> u32 {
+    pub fn entry(&self, node: NodeId, index: u32) -> u32 {
         self.region
             .load_u32(self.entry_off(node, index), Ordering::Relaxed)
     }
 
     /// Publishes entries below `tail` to `node`.
-    pub(crate) fn publish_tail(&self, node: NodeId, tail: u32) {
-        self.region
-            .store_u32(self.queue(node) + CACHE_LINE, tail, Ordering::Release)
+    pub fn publish_tail(&self, node: NodeId, tail: u32) {
+        self.region.store_u32(
+            self.queue(node).saturating_add(QUEUE_TAIL),
+            tail,
+            Ordering::Release,
+        )
     }
 
-    pub(crate) fn entry_off(&self, node: NodeId, index: u32) -> usize {
-        self.queue(node) + 2 * CACHE_LINE + 4 * (index & (self.capacity() - 1)) as usize
+    /// Offset of entry `index` of `node`'s queue.
+    pub fn entry_off(&self, node: NodeId, index: u32) -> usize {
+        let entry = (index & self.capacity().wrapping_sub(1)) as usize;
+        self.queue(node)
+            .saturating_add(QUEUE_ENTRIES)
+            .saturating_add(entry.saturating_mul(4))
     }
 
     /// Formats the pool: every slot free, every queue empty.
-    pub(crate) fn init(&self) {
-        for slot in 0..self.slot_count() {
+    pub fn init(&self) {
+        let count = self.slot_count();
+        for slot in 0..count {
             self.set_owner(slot, OWNER_FREE);
             // Highest id at the bottom: slot 0 is handed out first.
             self.region.store_u32(
                 self.stack(slot),
-                self.slot_count() - 1 - slot,
+                count.saturating_sub(1).saturating_sub(slot),
                 Ordering::Relaxed,
             );
         }
-        self.set_free_top(self.slot_count());
+        self.set_free_top(count);
         for node in 0..self.layout.geometry.max_nodes as usize {
-            self.set_head(node, crate::layout::INITIAL_INDEX);
-            self.publish_tail(node, crate::layout::INITIAL_INDEX);
+            self.set_head(node, INITIAL_INDEX);
+            self.publish_tail(node, INITIAL_INDEX);
         }
     }
 
-    /// Pops up to `n` free slots into `out`, marking them held by `me`.
-    pub(crate) fn pop_free(
+    /// Pops up to `n` free slots into `out` (as many as it has room for),
+    /// marking them held by `me`.
+    pub fn pop_free(
         &self,
         me: NodeId,
         n: usize,
-        out: &mut Vec<u32>,
+        out: &mut impl Sink<u32>,
     ) -> Result<(), ProtocolError> {
         let count = self.slot_count();
         let mut top = self.free_top();
         if top > count {
             return Err(ProtocolError::FreeStack { top, count });
         }
-        let take = (n as u32).min(top);
+        let take = u32::try_from(n.min(out.room()))
+            .unwrap_or(u32::MAX)
+            .min(top);
         for _ in 0..take {
-            let slot = self.region.load_u32(self.stack(top - 1), Ordering::Relaxed);
+            // `top >= 1`: `take <= top` and each round takes one.
+            let below = top.saturating_sub(1);
+            let slot = self.region.load_u32(self.stack(below), Ordering::Relaxed);
             if slot >= count {
                 self.set_free_top(top);
                 return Err(ProtocolError::SlotOutOfRange { slot, count });
@@ -176,7 +288,7 @@ impl<'a> Pool<'a> {
             }
             self.set_owner(slot, held_by(me));
             out.push(slot);
-            top -= 1;
+            top = below;
         }
         self.set_free_top(top);
         Ok(())
@@ -185,13 +297,13 @@ impl<'a> Pool<'a> {
     /// Returns slots held by `me` to the free stack. Slots whose owner word
     /// no longer says so (recovered behind our back) are skipped and
     /// counted, never freed twice.
-    pub(crate) fn push_free(&self, me: NodeId, slots: &[u32]) -> Result<u64, ProtocolError> {
+    pub fn push_free(&self, me: NodeId, slots: &[u32]) -> Result<u64, ProtocolError> {
         let count = self.slot_count();
         let mut top = self.free_top();
-        let mut skipped = 0;
+        let mut skipped = 0u64;
         for &slot in slots {
             if slot >= count || self.owner(slot) != held_by(me) {
-                skipped += 1;
+                skipped = skipped.saturating_add(1);
                 continue;
             }
             if top >= count {
@@ -201,7 +313,8 @@ impl<'a> Pool<'a> {
             self.set_owner(slot, OWNER_FREE);
             self.region
                 .store_u32(self.stack(top), slot, Ordering::Relaxed);
-            top += 1;
+            // `top < count`, checked above.
+            top = top.saturating_add(1);
         }
         self.set_free_top(top);
         Ok(skipped)
@@ -209,8 +322,8 @@ impl<'a> Pool<'a> {
 
     /// Writes one frame into a chain of slots held by the caller. No lock:
     /// the slots are the caller's alone until enqueued.
-    pub(crate) fn fill(&self, me: NodeId, chain: &[u32], frame: &[u8]) {
-        let slot_size = self.layout.geometry.slot_size as usize;
+    pub fn fill(&self, me: NodeId, chain: &[u32], frame: &[u8]) {
+        let slot_size = (self.layout.geometry.slot_size as usize).max(1);
         for (&slot, chunk) in chain.iter().zip(frame.chunks(slot_size)) {
             self.region.write_bytes(self.layout.slot(slot), chunk);
         }
@@ -219,40 +332,50 @@ impl<'a> Pool<'a> {
 
     /// Writes the descriptors of a frame of `len` bytes whose data already
     /// fills `chain` (held by the caller), in order.
-    pub(crate) fn describe(&self, me: NodeId, chain: &[u32], len: usize) {
+    pub fn describe(&self, me: NodeId, chain: &[u32], len: usize) {
         let slot_size = self.layout.geometry.slot_size as usize;
-        for (i, &slot) in chain.iter().enumerate() {
-            let next = chain.get(i + 1).copied().unwrap_or(NO_SLOT);
+        let mut left = len;
+        let mut links = chain.iter().peekable();
+        while let Some(&slot) = links.next() {
+            let next = links.peek().map_or(NO_SLOT, |&&next| next);
             self.region
-                .store_u32(self.desc(slot, D_NEXT), next, Ordering::Relaxed);
-            let chunk = (len - i * slot_size).min(slot_size);
-            self.region
-                .store_u32(self.desc(slot, D_LEN), chunk as u32, Ordering::Relaxed);
+                .store_u32(self.desc(slot, DESC_NEXT), next, Ordering::Relaxed);
+            let chunk = left.min(slot_size);
+            left = left.saturating_sub(chunk);
+            self.region.store_u32(
+                self.desc(slot, DESC_LEN_WORD),
+                chunk as u32,
+                Ordering::Relaxed,
+            );
         }
-        let meta = len as u32 | (me as u32) << 24;
-        self.region
-            .store_u32(self.desc(chain[0], D_META), meta, Ordering::Relaxed);
+        if let Some(&first) = chain.first() {
+            let meta = (len as u32 & META_LEN_MASK) | (me as u32) << 24;
+            self.region
+                .store_u32(self.desc(first, DESC_META), meta, Ordering::Relaxed);
+        }
     }
 
     /// Appends `chain` (held by `me`) to `dest`'s queue at index `tail`.
     /// The caller checked the room and publishes the tail afterwards.
-    pub(crate) fn enqueue_at(&self, dest: NodeId, tail: u32, chain: &[u32]) {
+    pub fn enqueue_at(&self, dest: NodeId, tail: u32, chain: &[u32]) {
         for &slot in chain {
             self.set_owner(slot, queued(dest));
         }
-        self.region
-            .store_u32(self.entry_off(dest, tail), chain[0], Ordering::Relaxed);
+        if let Some(&first) = chain.first() {
+            self.region
+                .store_u32(self.entry_off(dest, tail), first, Ordering::Relaxed);
+        }
     }
 
     /// The sender a frame starting at slot `first` claims, if the slot and
     /// the claim are in range (for blaming a malformed frame on someone).
-    pub(crate) fn claimed_sender(&self, first: u32) -> Option<NodeId> {
+    pub fn claimed_sender(&self, first: u32) -> Option<NodeId> {
         if first >= self.slot_count() {
             return None;
         }
         let meta = self
             .region
-            .load_u32(self.desc(first, D_META), Ordering::Relaxed);
+            .load_u32(self.desc(first, DESC_META), Ordering::Relaxed);
         let sender = (meta >> 24) as usize;
         (sender < self.layout.geometry.max_nodes as usize).then_some(sender)
     }
@@ -261,181 +384,187 @@ impl<'a> Pool<'a> {
     /// slot held by `me` as it goes (so a loop meets a slot no longer queued
     /// and stops). On success the segments are appended to `segments` and
     /// (frame length, sender) returned. On failure the slots already marked
-    /// are appended to `claimed` for freeing.
-    pub(crate) fn take_chain(
+    /// are appended to `claimed` for freeing. Either sink full is
+    /// [`ProtocolError::ScratchFull`], with nothing taken.
+    pub fn take_chain(
         &self,
         me: NodeId,
         first: u32,
-        segments: &mut Vec<Segment>,
-        claimed: &mut Vec<u32>,
+        segments: &mut impl Sink<Segment>,
+        claimed: &mut impl Sink<u32>,
     ) -> Result<(usize, Option<NodeId>), ProtocolError> {
-        let count = self.slot_count();
-        let slot_size = self.layout.geometry.slot_size;
         let max_chain = self.layout.geometry.max_chain();
+        if segments.room() < max_chain as usize || claimed.room() < max_chain as usize {
+            return Err(ProtocolError::ScratchFull);
+        }
         let start = segments.len();
-        let result = (|| {
-            if first >= count {
-                return Err(ProtocolError::SlotOutOfRange { slot: first, count });
-            }
-            let meta = self
-                .region
-                .load_u32(self.desc(first, D_META), Ordering::Relaxed);
-            let frame_len = meta & META_LEN_MASK;
-            if frame_len == 0 || frame_len as usize > MAX_FRAME {
-                return Err(ProtocolError::BadLength {
-                    len: frame_len,
-                    reason: "outside 1..=65536",
-                });
-            }
-            let sender = (meta >> 24) as usize;
-            let mut slot = first;
-            let mut total = 0u32;
-            for _ in 0..max_chain {
-                let owner = self.owner(slot);
-                if owner != queued(me) {
-                    return Err(ProtocolError::WrongOwner {
-                        slot,
-                        owner,
-                        expected: queued(me),
-                    });
-                }
-                self.set_owner(slot, held_by(me));
-                claimed.push(slot);
-                let len = self
-                    .region
-                    .load_u32(self.desc(slot, D_LEN), Ordering::Relaxed);
-                if len == 0 || len > slot_size {
-                    return Err(ProtocolError::BadLength {
-                        len,
-                        reason: "segment empty or larger than a slot",
-                    });
-                }
-                total += len;
-                if total > frame_len {
-                    return Err(ProtocolError::BadLength {
-                        len: frame_len,
-                        reason: "segments longer than the frame",
-                    });
-                }
-                segments.push(Segment {
-                    offset: self.layout.slot(slot),
-                    len: len as usize,
-                });
-                let next = self
-                    .region
-                    .load_u32(self.desc(slot, D_NEXT), Ordering::Relaxed);
-                if next == NO_SLOT {
-                    if total != frame_len {
-                        return Err(ProtocolError::BadLength {
-                            len: frame_len,
-                            reason: "segments shorter than the frame",
-                        });
-                    }
-                    let sender =
-                        (sender < self.layout.geometry.max_nodes as usize).then_some(sender);
-                    return Ok((frame_len as usize, sender));
-                }
-                if next >= count {
-                    return Err(ProtocolError::SlotOutOfRange { slot: next, count });
-                }
-                slot = next;
-            }
-            Err(ProtocolError::ChainTooLong { max: max_chain })
-        })();
+        let result = self.walk_chain(me, first, segments, claimed);
         if result.is_err() {
             segments.truncate(start);
         }
         result
     }
 
-    /// Slots a node holds and frames queued for it, by scanning the owner
-    /// words (inspection only; racy without the lock).
-    pub(crate) fn usage(&self, nodes: usize) -> Vec<(u64, u64)> {
-        let mut usage = vec![(0u64, 0u64); nodes];
-        for slot in 0..self.slot_count() {
+    fn walk_chain(
+        &self,
+        me: NodeId,
+        first: u32,
+        segments: &mut impl Sink<Segment>,
+        claimed: &mut impl Sink<u32>,
+    ) -> Result<(usize, Option<NodeId>), ProtocolError> {
+        let count = self.slot_count();
+        let slot_size = self.layout.geometry.slot_size;
+        let max_chain = self.layout.geometry.max_chain();
+        if first >= count {
+            return Err(ProtocolError::SlotOutOfRange { slot: first, count });
+        }
+        let meta = self
+            .region
+            .load_u32(self.desc(first, DESC_META), Ordering::Relaxed);
+        let frame_len = meta & META_LEN_MASK;
+        if frame_len == 0 || frame_len as usize > MAX_FRAME {
+            return Err(ProtocolError::BadLength {
+                len: frame_len,
+                reason: "outside 1..=65600",
+            });
+        }
+        let sender = (meta >> 24) as usize;
+        let mut slot = first;
+        let mut total = 0u32;
+        for _ in 0..max_chain {
             let owner = self.owner(slot);
-            let node = (owner & 0xff_ffff) as usize;
-            match owner & !0xff_ffff {
-                OWNER_HELD if node < nodes => usage[node].0 += 1,
-                OWNER_QUEUED if node < nodes => usage[node].1 += 1,
-                _ => {}
+            if owner != queued(me) {
+                return Err(ProtocolError::WrongOwner {
+                    slot,
+                    owner,
+                    expected: queued(me),
+                });
+            }
+            self.set_owner(slot, held_by(me));
+            claimed.push(slot);
+            let len = self
+                .region
+                .load_u32(self.desc(slot, DESC_LEN_WORD), Ordering::Relaxed);
+            if len == 0 || len > slot_size {
+                return Err(ProtocolError::BadLength {
+                    len,
+                    reason: "segment empty or larger than a slot",
+                });
+            }
+            // Both at most 2^24: no overflow.
+            total = total.saturating_add(len);
+            if total > frame_len {
+                return Err(ProtocolError::BadLength {
+                    len: frame_len,
+                    reason: "segments longer than the frame",
+                });
+            }
+            segments.push(Segment {
+                offset: self.layout.slot(slot),
+                len: len as usize,
+            });
+            let next = self
+                .region
+                .load_u32(self.desc(slot, DESC_NEXT), Ordering::Relaxed);
+            if next == NO_SLOT {
+                if total != frame_len {
+                    return Err(ProtocolError::BadLength {
+                        len: frame_len,
+                        reason: "segments shorter than the frame",
+                    });
+                }
+                let sender = (sender < self.layout.geometry.max_nodes as usize).then_some(sender);
+                return Ok((frame_len as usize, sender));
+            }
+            if next >= count {
+                return Err(ProtocolError::SlotOutOfRange { slot: next, count });
+            }
+            slot = next;
+        }
+        Err(ProtocolError::ChainTooLong { max: max_chain })
+    }
+
+    /// Slots each node holds and has queued for it, by scanning the owner
+    /// words into `usage` (indexed by node; inspection only, racy without
+    /// the lock). Owner words naming no node of `usage` are counted apart,
+    /// as garbage, and returned.
+    pub fn usage(&self, usage: &mut [(u64, u64)]) -> u64 {
+        let mut garbage = 0u64;
+        for slot in 0..self.slot_count() {
+            match Owner::from_word(self.owner(slot)) {
+                Owner::Free => {}
+                Owner::Held(node) => match usage.get_mut(node) {
+                    Some(entry) => entry.0 = entry.0.saturating_add(1),
+                    None => garbage = garbage.saturating_add(1),
+                },
+                Owner::Queued(node) => match usage.get_mut(node) {
+                    Some(entry) => entry.1 = entry.1.saturating_add(1),
+                    None => garbage = garbage.saturating_add(1),
+                },
+                Owner::Garbage => garbage = garbage.saturating_add(1),
             }
         }
-        usage
+        garbage
     }
 }
 
 /// What [`rebuild`] found and did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RebuildReport {
+pub struct RebuildReport {
     /// Slots returned to the free stack that were not on it.
-    pub(crate) reclaimed: u64,
+    pub reclaimed: u64,
     /// Queue entries dropped (dead node's queue, or invalid).
-    pub(crate) dropped: u64,
+    pub dropped: u64,
     /// Inconsistencies found (a sign of a rogue writer or a bug).
-    pub(crate) errors: u64,
+    pub errors: u64,
 }
 
 /// Recomputes the free stack and the queues from what survives: entries in
 /// live nodes' queues whose chains are intact, and slots held by live nodes.
 /// Everything else (a dead node's cache, its queue, half-done enqueues or
 /// frees) goes back to the pool. Lock held by the caller; `beat` is called
-/// now and then to keep the caller's heartbeat going.
-pub(crate) fn rebuild(
+/// now and then to keep the caller's heartbeat going. `scratch` too small
+/// for the pool (a caller's bug) changes nothing and counts one error.
+pub fn rebuild(
     pool: &Pool<'_>,
     nodes: &NodeTable<'_>,
     is_live: &dyn Fn(NodeId) -> bool,
     beat: &mut dyn FnMut(),
+    scratch: &mut Scratch<'_>,
 ) -> RebuildReport {
-    const KEEP: u8 = 1;
+    let mut report = RebuildReport::default();
+    if !scratch.fits(pool.layout) {
+        report.errors = 1;
+        return report;
+    }
+    scratch.marks.fill(0);
     let count = pool.slot_count();
     let capacity = pool.capacity();
-    let max_chain = pool.layout.geometry.max_chain();
     let old_free = pool.free_top().min(count);
-    let mut report = RebuildReport::default();
-    let mut status = vec![0u8; count as usize];
 
     for node in 0..nodes.count() {
         let (head, tail) = pool.queue_indices(node);
-        if !is_live(node) || tail.wrapping_sub(head) > capacity {
-            report.errors += u64::from(is_live(node));
-            report.dropped += u64::from(tail.wrapping_sub(head).min(capacity));
+        let depth = tail.wrapping_sub(head);
+        if !is_live(node) || depth > capacity {
+            report.errors = report.errors.saturating_add(u64::from(is_live(node)));
+            report.dropped = report
+                .dropped
+                .saturating_add(u64::from(depth.min(capacity)));
             pool.set_head(node, tail);
             continue;
         }
         // Keep the entries whose whole chain is queued for this node and
         // seen nowhere else; compact the queue over the others.
         let mut write = head;
-        for index in (0..tail.wrapping_sub(head)).map(|i| head.wrapping_add(i)) {
-            let first = pool
-                .region
-                .load_u32(pool.entry_off(node, index), Ordering::Relaxed);
-            let mut chain = Vec::new();
-            let mut slot = first;
-            let intact = loop {
-                if slot >= count || status[slot as usize] != 0 || pool.owner(slot) != queued(node) {
-                    break false;
-                }
-                if chain.len() as u32 >= max_chain {
-                    break false;
-                }
-                chain.push(slot);
-                status[slot as usize] = KEEP;
-                slot = pool
-                    .region
-                    .load_u32(pool.desc(slot, D_NEXT), Ordering::Relaxed);
-                if slot == NO_SLOT {
-                    break true;
-                }
-            };
-            if intact {
+        for index in (0..depth).map(|i| head.wrapping_add(i)) {
+            let first = pool.entry(node, index);
+            if keep_chain(pool, node, first, scratch) {
                 pool.region
                     .store_u32(pool.entry_off(node, write), first, Ordering::Relaxed);
                 write = write.wrapping_add(1);
             } else {
-                chain.iter().for_each(|&s| status[s as usize] = 0);
-                report.errors += 1;
-                report.dropped += 1;
+                report.errors = report.errors.saturating_add(1);
+                report.dropped = report.dropped.saturating_add(1);
             }
         }
         pool.publish_tail(node, write);
@@ -444,19 +573,20 @@ pub(crate) fn rebuild(
 
     let mut top = 0u32;
     for slot in 0..count {
-        if status[slot as usize] == KEEP {
+        if scratch.marked(slot) {
             continue;
         }
-        let owner = pool.owner(slot);
-        let holder = (owner & 0xff_ffff) as usize;
-        if owner & !0xff_ffff == OWNER_HELD && holder < nodes.count() && is_live(holder) {
-            continue;
+        if let Owner::Held(holder) = Owner::from_word(pool.owner(slot)) {
+            if holder < nodes.count() && is_live(holder) {
+                continue;
+            }
         }
         pool.set_owner(slot, OWNER_FREE);
         pool.region
             .store_u32(pool.stack(top), slot, Ordering::Relaxed);
-        top += 1;
-        if slot % 4096 == 0 {
+        // At most `count` slots are pushed.
+        top = top.saturating_add(1);
+        if slot & 4095 == 0 {
             beat();
         }
     }
@@ -465,8 +595,43 @@ pub(crate) fn rebuild(
     report
 }
 
+/// Marks the chain from `first` as kept when every slot is queued for
+/// `node` and in no chain kept before; otherwise unmarks what it marked
+/// (the chain's slots, recorded in the scratch, not re-read from the
+/// region) and says no.
+fn keep_chain(pool: &Pool<'_>, node: NodeId, first: u32, scratch: &mut Scratch<'_>) -> bool {
+    let count = pool.slot_count();
+    let mut len = 0usize;
+    let mut slot = first;
+    let intact = loop {
+        if slot >= count || scratch.marked(slot) || pool.owner(slot) != queued(node) {
+            break false;
+        }
+        let Some(cell) = scratch.chain.get_mut(len) else {
+            break false; // longer than any frame
+        };
+        *cell = slot;
+        len = len.saturating_add(1);
+        scratch.mark(slot, true);
+        slot = pool
+            .region
+            .load_u32(pool.desc(slot, DESC_NEXT), Ordering::Relaxed);
+        if slot == NO_SLOT {
+            break true;
+        }
+    };
+    if !intact {
+        for i in 0..len {
+            if let Some(&marked) = scratch.chain.get(i) {
+                scratch.mark(marked, false);
+            }
+        }
+    }
+    intact
+}
+
 /// A node is live for recovery purposes unless it is in `Reset`.
-pub(crate) fn attached<'a>(nodes: &'a NodeTable<'a>) -> impl Fn(NodeId) -> bool + 'a {
+pub fn attached<'a>(nodes: &'a NodeTable<'a>) -> impl Fn(NodeId) -> bool + 'a {
     move |n| nodes.state(n) != NodeState::Reset
 }
 
@@ -474,6 +639,18 @@ pub(crate) fn attached<'a>(nodes: &'a NodeTable<'a>) -> impl Fn(NodeId) -> bool 
 mod tests {
     use super::*;
     use crate::layout::{scratch, BufferConfig, INITIAL_INDEX as BASE};
+    use std::vec;
+    use std::vec::Vec;
+
+    fn rebuild_all(pool: &Pool<'_>, nodes: &NodeTable<'_>) -> RebuildReport {
+        let mut marks = vec![0; Scratch::marks_for(pool.layout)];
+        let mut chain = vec![0; Scratch::chain_for(pool.layout)];
+        let mut scratch = Scratch {
+            marks: &mut marks,
+            chain: &mut chain,
+        };
+        rebuild(pool, nodes, &attached(nodes), &mut || {}, &mut scratch)
+    }
 
     fn setup() -> (Region, Layout) {
         let (region, layout) = scratch(BufferConfig::SharedPool, 1 << 20, 4);
@@ -514,12 +691,7 @@ mod tests {
             segments.iter().map(|s| s.len).collect::<Vec<_>>(),
             vec![2048, 2048, 904]
         );
-        let rx = crate::frame::RxFrame {
-            region: &region,
-            segments: &segments,
-            len,
-            source: src,
-        };
+        let rx = crate::frame::RxFrame::new(&region, &segments, len, src);
         assert_eq!(rx.to_vec(), frame);
         assert_eq!(pool.push_free(1, &claimed).unwrap(), 0);
         assert_eq!(pool.free_top(), pool.slot_count());
@@ -540,7 +712,7 @@ mod tests {
         pool.fill(0, &chain, &[7u8; 3000]);
         pool.enqueue_at(1, BASE.wrapping_add(0), &chain);
         // Link the second slot back to the first: a loop.
-        region.store_u32(pool.desc(chain[1], D_NEXT), chain[0], Ordering::Relaxed);
+        region.store_u32(pool.desc(chain[1], DESC_NEXT), chain[0], Ordering::Relaxed);
         let (mut seg, mut claimed) = (Vec::new(), Vec::new());
         let err = pool
             .take_chain(1, chain[0], &mut seg, &mut claimed)
@@ -596,7 +768,7 @@ mod tests {
         pool.enqueue_at(1, BASE.wrapping_add(2), &c2[2..3]);
         nodes.set_state(2, NodeState::Reset);
 
-        let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
+        let report = rebuild_all(&pool, &nodes);
         assert_eq!(
             pool.queue_indices(1),
             (BASE, BASE.wrapping_add(2)),
@@ -632,7 +804,7 @@ mod tests {
             pool.enqueue_at(1, start.wrapping_add(i as u32), &[slot]);
         }
         pool.publish_tail(1, start.wrapping_add(4));
-        let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
+        let report = rebuild_all(&pool, &nodes);
         assert_eq!(report, RebuildReport::default());
         assert_eq!(pool.queue_indices(1), (start, start.wrapping_add(4)));
         assert_eq!(pool.free_top(), pool.slot_count() - 4);
@@ -667,7 +839,7 @@ mod tests {
             Ordering::Relaxed,
         );
         pool.publish_tail(1, BASE.wrapping_add(3));
-        let report = rebuild(&pool, &nodes, &attached(&nodes), &mut || {});
+        let report = rebuild_all(&pool, &nodes);
         assert_eq!(pool.queue_indices(1), (BASE, BASE.wrapping_add(1)));
         assert_eq!(report.errors, 2);
         assert_eq!(pool.free_top(), pool.slot_count() - 1);

@@ -24,32 +24,51 @@
 //! passes the turn on. A fenced node that wakes up finds its generation or
 //! its ticket gone and gets [`LockError::Fenced`] instead of the lock.
 
-use std::sync::atomic::{fence, Ordering};
-use std::time::{Duration, Instant};
+use core::fmt;
+use core::sync::atomic::{fence, Ordering};
+use core::time::Duration;
 
-use crate::layout::{Layout, NODE_TICKET, NODE_WAITING};
-use crate::nodes::{Liveness, NodeId, NodeTable, Stall};
-use crate::region::Region;
+use super::layout::{
+    Layout, INITIAL_INDEX, LOCK_HOLDER as HOLDER, LOCK_NEXT_TICKET as NEXT_TICKET,
+    LOCK_NOW_SERVING as NOW_SERVING, LOCK_RECOVERIES as RECOVERIES, NODE_TICKET, NODE_WAITING,
+};
+use super::nodes::{Liveness, NodeId, NodeTable, Stall};
+use super::platform::Platform;
+use super::region::Region;
 
-const NEXT_TICKET: usize = 0;
-const NOW_SERVING: usize = 4;
-const HOLDER: usize = 8;
-const RECOVERIES: usize = 16;
+/// Leases after which a waiter gives up: far longer than any recovery takes.
+const TIMEOUT_LEASES: u32 = 30;
 
 /// Errors from taking or releasing the region lock.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockError {
     /// Peers declared this node dead (its heartbeat stopped for a lease) and
     /// reclaimed its buffers; it must attach again.
-    #[error("This node was declared dead by its peers and must attach again")]
     Fenced,
     /// The lock words made no progress for far longer than any recovery takes.
-    #[error("Region lock not obtained within {0:?}: its words are corrupt")]
     Timeout(Duration),
 }
 
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::Fenced => write!(
+                f,
+                "This node was declared dead by its peers and must attach again"
+            ),
+            LockError::Timeout(after) => write!(
+                f,
+                "Region lock not obtained within {after:?}: its words are corrupt"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for LockError {}
+
 /// Who holds the lock, decoded from the holder word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Holder {
     /// The ticket being served.
     pub ticket: u32,
@@ -60,20 +79,23 @@ pub struct Holder {
 }
 
 fn encode(ticket: u32, node: NodeId, generation: u32) -> u64 {
-    (u64::from(ticket) << 32) | ((node as u64 + 1) << 16) | u64::from(generation as u16)
+    // `node < 64`, so `node + 1` fits the 16 bits it is given.
+    let node_field = (node as u64).wrapping_add(1) & 0xffff;
+    (u64::from(ticket) << 32) | (node_field << 16) | u64::from(generation as u16)
 }
 
 fn decode(word: u64, max_nodes: usize) -> Holder {
     let node = ((word >> 16) & 0xffff) as usize;
     Holder {
         ticket: (word >> 32) as u32,
-        node: (1..=max_nodes).contains(&node).then(|| node - 1),
+        node: node.checked_sub(1).filter(|&n| n < max_nodes),
         generation: word as u16,
     }
 }
 
 /// A snapshot of the lock words, for inspection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LockStatus {
     /// Next ticket to be handed out.
     pub next_ticket: u32,
@@ -90,35 +112,18 @@ pub struct LockStatus {
 /// Proof that the lock is held; give it back with [`RegionLock::unlock`].
 #[derive(Debug)]
 #[must_use = "the lock stays held until passed to unlock"]
-pub(crate) struct Ticket(u32);
+pub struct Ticket(u32);
 
 /// Access to the lock words of one region.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RegionLock<'a> {
-    pub(crate) region: &'a Region,
-    pub(crate) layout: &'a Layout,
-}
-
-/// Spins briefly, then yields, then sleeps: on an oversubscribed host a
-/// spinning waiter must not keep the holder off the CPU.
-#[derive(Debug, Default)]
-pub struct Backoff(u32);
-
-impl Backoff {
-    /// Waits a little longer each call.
-    pub fn wait(&mut self) {
-        self.0 = self.0.saturating_add(1);
-        match self.0 {
-            0..=63 => std::hint::spin_loop(),
-            64..=1023 => std::thread::yield_now(),
-            _ => std::thread::sleep(Duration::from_micros(50)),
-        }
-    }
+pub struct RegionLock<'a> {
+    pub region: &'a Region,
+    pub layout: &'a Layout,
 }
 
 impl<'a> RegionLock<'a> {
     fn off(&self, word: usize) -> usize {
-        self.layout.lock + word
+        self.layout.lock.saturating_add(word)
     }
 
     fn nodes(&self) -> NodeTable<'a> {
@@ -129,8 +134,8 @@ impl<'a> RegionLock<'a> {
     }
 
     /// Initial lock words; only the formatter calls this.
-    pub(crate) fn init(&self) {
-        let first = crate::layout::INITIAL_INDEX;
+    pub fn init(&self) {
+        let first = INITIAL_INDEX;
         self.region
             .store_u32(self.off(NEXT_TICKET), first, Ordering::Relaxed);
         self.region
@@ -146,7 +151,7 @@ impl<'a> RegionLock<'a> {
     }
 
     /// The lock words as they are now.
-    pub(crate) fn status(&self) -> LockStatus {
+    pub fn status(&self) -> LockStatus {
         let now_serving = self
             .region
             .load_u32(self.off(NOW_SERVING), Ordering::Acquire);
@@ -172,18 +177,20 @@ impl<'a> RegionLock<'a> {
     /// While waiting it keeps `me`'s heartbeat going and recovers stuck
     /// tickets: for each, `repair` is called with the lock held and the dead
     /// node (if one could be named), already fenced.
-    pub(crate) fn lock(
+    pub fn lock(
         &self,
         me: NodeId,
         generation: u32,
         liveness: &mut Liveness,
+        platform: &dyn Platform,
         repair: &mut dyn FnMut(Option<NodeId>),
     ) -> Result<Ticket, LockError> {
         let nodes = self.nodes();
         let lease = liveness.lease();
-        let deadline = Instant::now() + lease * 30;
+        let timeout = lease.saturating_mul(TIMEOUT_LEASES);
+        let deadline = platform.now().saturating_add(timeout);
         let mut stall = Stall::default();
-        let mut backoff = Backoff::default();
+        let mut rounds = 0u32;
         let mut spins = 0u32;
         let mut ticket = self.take_ticket(me);
         loop {
@@ -234,7 +241,7 @@ impl<'a> RegionLock<'a> {
             }
 
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 {
+            if spins & 63 == 0 {
                 nodes.beat(me);
                 // Our ticket and flag are ours alone: put them back if
                 // someone scribbled over them, or nobody can pass us the
@@ -260,14 +267,14 @@ impl<'a> RegionLock<'a> {
                     ticket = self.requeue_or_fenced(me, generation)?;
                     continue;
                 }
-                let now = Instant::now();
+                let now = platform.now();
                 if now >= deadline {
                     self.region.store_u32(
                         nodes.layout.node(me, NODE_WAITING),
                         0,
                         Ordering::Relaxed,
                     );
-                    return Err(LockError::Timeout(lease * 30));
+                    return Err(LockError::Timeout(timeout));
                 }
                 let claimed = holder.ticket == serving;
                 let candidate = if claimed {
@@ -291,13 +298,15 @@ impl<'a> RegionLock<'a> {
                         stall.stuck(key, now, lease).then_some(None)
                     }
                     // A hog: fenced.
-                    Some(node) if node != me && claimed => {
-                        stall.stuck(key, now, lease * 4).then_some(Some(node))
-                    }
+                    Some(node) if node != me && claimed => stall
+                        .stuck(key, now, lease.saturating_mul(4))
+                        .then_some(Some(node)),
                     // A live waiter that does not take its turn (its ticket
                     // word was scribbled, say): skipped, not fenced; it
                     // queues again.
-                    Some(node) if node != me => stall.stuck(key, now, lease * 2).then_some(None),
+                    Some(node) if node != me => stall
+                        .stuck(key, now, lease.saturating_mul(2))
+                        .then_some(None),
                     // Nobody, or us, which is a scribble: we are here.
                     _ => stall.stuck(key, now, lease).then_some(None),
                 };
@@ -305,7 +314,8 @@ impl<'a> RegionLock<'a> {
                     self.recover(serving, holder_word, dead, me, generation, liveness, repair);
                 }
             }
-            backoff.wait();
+            platform.pause(rounds);
+            rounds = rounds.saturating_add(1);
         }
     }
 
@@ -430,12 +440,7 @@ impl<'a> RegionLock<'a> {
     }
 
     /// Releases the lock. Fails with `Fenced` when peers took it from us.
-    pub(crate) fn unlock(
-        &self,
-        ticket: Ticket,
-        me: NodeId,
-        generation: u32,
-    ) -> Result<(), LockError> {
+    pub fn unlock(&self, ticket: Ticket, me: NodeId, generation: u32) -> Result<(), LockError> {
         let holder = self.region.load_u64(self.off(HOLDER), Ordering::Acquire);
         if holder != encode(ticket.0, me, generation) {
             return Err(LockError::Fenced);
@@ -453,11 +458,15 @@ mod tests {
     use super::*;
     use crate::layout::{BufferConfig, Geometry};
     use crate::nodes::NodeState;
+    use crate::platform::testing::Host;
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
+    use std::time::Instant;
+    use std::vec;
+    use std::vec::Vec;
 
     fn setup(lease_ms: u32) -> (Arc<Region>, Layout) {
-        let region = Arc::new(Region::anonymous(1 << 20).unwrap());
+        let region = Arc::new(crate::region::testing::region(1 << 20));
         let mut g = Geometry::fit(BufferConfig::SharedPool, 1 << 20, 4, 2048).unwrap();
         g.lease_ms = lease_ms;
         let layout = Layout::new(&g, 1 << 20).unwrap();
@@ -491,9 +500,11 @@ mod tests {
                         layout: &layout,
                     }
                     .next_generation(me);
-                    let mut live = Liveness::new(4, Duration::from_secs(1));
+                    let mut live = Liveness::new(Duration::from_secs(1));
                     for _ in 0..2000 {
-                        let t = lock.lock(me, gen, &mut live, &mut no_repair).unwrap();
+                        let t = lock
+                            .lock(me, gen, &mut live, &Host::new(), &mut no_repair)
+                            .unwrap();
                         assert_eq!(
                             inside.fetch_add(1, Ordering::SeqCst),
                             0,
@@ -513,7 +524,7 @@ mod tests {
             layout: &layout,
         }
         .status();
-        let first = crate::layout::INITIAL_INDEX;
+        let first = INITIAL_INDEX;
         assert_eq!(status.next_ticket, first.wrapping_add(8000));
         assert_eq!(status.now_serving, first.wrapping_add(8000));
         assert!(!status.held);
@@ -532,14 +543,18 @@ mod tests {
         };
         let dead_gen = nodes.next_generation(1);
         nodes.set_state(1, NodeState::Run);
-        let mut live = Liveness::new(4, Duration::from_millis(50));
-        let _abandoned = lock.lock(1, dead_gen, &mut live, &mut no_repair).unwrap();
+        let mut live = Liveness::new(Duration::from_millis(50));
+        let _abandoned = lock
+            .lock(1, dead_gen, &mut live, &Host::new(), &mut no_repair)
+            .unwrap();
 
         let gen = nodes.next_generation(0);
         let mut repaired = Vec::new();
         let started = Instant::now();
         let t = lock
-            .lock(0, gen, &mut live, &mut |dead| repaired.push(dead))
+            .lock(0, gen, &mut live, &Host::new(), &mut |dead| {
+                repaired.push(dead)
+            })
             .unwrap();
         assert!(
             started.elapsed() >= Duration::from_millis(50),
@@ -553,7 +568,8 @@ mod tests {
         // The dead node wakes up: it cannot release, nor take the lock again.
         assert_eq!(lock.unlock(Ticket(0), 1, dead_gen), Err(LockError::Fenced));
         assert_eq!(
-            lock.lock(1, dead_gen, &mut live, &mut no_repair).map(drop),
+            lock.lock(1, dead_gen, &mut live, &Host::new(), &mut no_repair)
+                .map(drop),
             Err(LockError::Fenced)
         );
     }
@@ -572,9 +588,9 @@ mod tests {
             layout: &layout,
         }
         .next_generation(2);
-        let mut live = Liveness::new(4, Duration::from_millis(30));
+        let mut live = Liveness::new(Duration::from_millis(30));
         let mut repairs = 0;
-        let t = lock.lock(2, gen, &mut live, &mut |dead| {
+        let t = lock.lock(2, gen, &mut live, &Host::new(), &mut |dead| {
             assert_eq!(dead, None);
             repairs += 1;
         });
@@ -594,13 +610,15 @@ mod tests {
             layout: &layout,
         }
         .next_generation(1);
-        let mut live = Liveness::new(4, Duration::from_millis(30));
+        let mut live = Liveness::new(Duration::from_millis(30));
         let limit = Duration::from_millis(30 * 4);
         for (next, serving) in [(1_000_000_000, 5), (5, 1_000_000_000), (7, 7)] {
             region.store_u32(layout.lock + NEXT_TICKET, next, Ordering::Relaxed);
             region.store_u32(layout.lock + NOW_SERVING, serving, Ordering::Relaxed);
             let started = Instant::now();
-            let t = lock.lock(1, gen, &mut live, &mut |_| {}).unwrap();
+            let t = lock
+                .lock(1, gen, &mut live, &Host::new(), &mut |_| {})
+                .unwrap();
             lock.unlock(t, 1, gen).unwrap();
             let took = started.elapsed();
             assert!(took < limit, "next {next} serving {serving}: {took:?}");
@@ -619,7 +637,7 @@ mod tests {
             layout: &layout,
         };
         let gen = nodes.next_generation(1);
-        let mut live = Liveness::new(4, Duration::from_millis(30));
+        let mut live = Liveness::new(Duration::from_millis(30));
         let serving = region.load_u32(layout.lock + NOW_SERVING, Ordering::Relaxed);
         // The holder word names us with the turn being served; then a live
         // node (its heartbeat moving) announced with the served ticket but
@@ -651,7 +669,9 @@ mod tests {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 });
-                let t = lock.lock(1, gen, &mut live, &mut |dead| assert_eq!(dead, None));
+                let t = lock.lock(1, gen, &mut live, &Host::new(), &mut |dead| {
+                    assert_eq!(dead, None)
+                });
                 beating.store(false, Ordering::Relaxed);
                 lock.unlock(t.unwrap(), 1, gen).unwrap();
             });

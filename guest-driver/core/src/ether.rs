@@ -1,7 +1,7 @@
 //! Ethernet addresses and the one header field the VNI routes on.
 
-use std::fmt;
-use std::str::FromStr;
+use core::fmt;
+use core::str::FromStr;
 
 /// A 48-bit Ethernet MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -38,7 +38,8 @@ impl MacAddr {
     pub fn destination(frame: &[u8]) -> Option<Self> {
         frame
             .get(..6)
-            .map(|d| MacAddr(d.try_into().expect("6 bytes")))
+            .and_then(|d| <[u8; 6]>::try_from(d).ok())
+            .map(MacAddr)
     }
 }
 
@@ -60,31 +61,41 @@ impl fmt::Debug for MacAddr {
 }
 
 /// A MAC address string that is not six hex octets separated by colons.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("Invalid MAC address {0:?}: expected six hex octets like 02:00:00:00:00:01")]
-pub struct MacParseError(pub String);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacParseError;
+
+impl fmt::Display for MacParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Invalid MAC address: expected six hex octets like 02:00:00:00:00:01"
+        )
+    }
+}
+
+impl core::error::Error for MacParseError {}
 
 impl FromStr for MacAddr {
     type Err = MacParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError(s.to_owned());
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut out {
-            let part = parts.next().ok_or_else(err)?;
+            let part = parts.next().ok_or(MacParseError)?;
             if part.len() != 2 {
-                return Err(err());
+                return Err(MacParseError);
             }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| MacParseError)?;
         }
         if parts.next().is_some() {
-            return Err(err());
+            return Err(MacParseError);
         }
         Ok(MacAddr(out))
     }
 }
 
+#[cfg(feature = "serde")]
 impl serde::Serialize for MacAddr {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -94,6 +105,7 @@ impl serde::Serialize for MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString;
 
     #[test]
     fn parses_prints_and_round_trips_words() {

@@ -15,52 +15,71 @@
 //! descriptor (read once), copies the frame out, then publishes the head
 //! with `Release` so the sender may reuse the entries.
 
-use std::sync::atomic::Ordering;
+use core::sync::atomic::Ordering;
 
-use crate::frame::{ProtocolError, Segment};
-use crate::layout::{Layout, CACHE_LINE, MAX_FRAME, RING_DESC_LEN};
-use crate::nodes::NodeId;
-use crate::region::Region;
+use super::frame::{ProtocolError, Segment};
+use super::layout::{
+    Layout, INITIAL_INDEX, MAX_FRAME, RING_DESCS, RING_DESC_FRAME_LEN, RING_DESC_LEN,
+    RING_DESC_SPAN, RING_HEAD, RING_TAIL,
+};
+use super::nodes::NodeId;
+use super::region::Region;
+use super::sink::Sink;
 
 /// Typed access to the rings of one region.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Rings<'a> {
-    pub(crate) region: &'a Region,
-    pub(crate) layout: &'a Layout,
+pub struct Rings<'a> {
+    /// The region.
+    pub region: &'a Region,
+    /// Its validated layout (configuration 1).
+    pub layout: &'a Layout,
 }
 
 impl Rings<'_> {
-    pub(crate) fn capacity(&self) -> u32 {
+    /// Entries per ring (a power of two).
+    pub fn capacity(&self) -> u32 {
         self.layout.geometry.slot_count
     }
 
+    /// `index` reduced to an entry number, `< capacity`.
+    fn entry(&self, index: u32) -> usize {
+        (index & self.capacity().wrapping_sub(1)) as usize
+    }
+
     fn tail_off(&self, src: NodeId, dst: NodeId) -> usize {
-        self.layout.ring(src, dst)
+        self.layout.ring(src, dst).saturating_add(RING_TAIL)
     }
 
     fn head_off(&self, src: NodeId, dst: NodeId) -> usize {
-        self.layout.ring(src, dst) + CACHE_LINE
+        self.layout.ring(src, dst).saturating_add(RING_HEAD)
     }
 
-    pub(crate) fn desc_off(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
-        let entry = (index & (self.capacity() - 1)) as usize;
-        self.layout.ring(src, dst) + 2 * CACHE_LINE + entry * RING_DESC_LEN
+    /// Offset of the descriptor of entry `index` of ring (src, dst).
+    pub fn desc_off(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
+        self.layout
+            .ring(src, dst)
+            .saturating_add(RING_DESCS)
+            .saturating_add(self.entry(index).saturating_mul(RING_DESC_LEN))
     }
 
-    fn data_off(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
-        let descs = 2 * CACHE_LINE + RING_DESC_LEN * self.capacity() as usize;
-        let data = descs.div_ceil(CACHE_LINE) * CACHE_LINE;
-        let entry = (index & (self.capacity() - 1)) as usize;
-        self.layout.ring(src, dst) + data + entry * self.layout.geometry.slot_size as usize
+    /// Offset of the data of entry `index` of ring (src, dst): one slot.
+    pub fn entry_data(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
+        let slot_size = self.layout.geometry.slot_size as usize;
+        self.layout
+            .ring(src, dst)
+            .saturating_add(self.layout.ring_data())
+            .saturating_add(self.entry(index).saturating_mul(slot_size))
     }
 
-    pub(crate) fn tail(&self, src: NodeId, dst: NodeId) -> u32 {
+    /// The published tail of ring (src, dst).
+    pub fn tail(&self, src: NodeId, dst: NodeId) -> u32 {
         // Acquire pairs with the sender's Release in `publish`.
         self.region
             .load_u32(self.tail_off(src, dst), Ordering::Acquire)
     }
 
-    pub(crate) fn head(&self, src: NodeId, dst: NodeId) -> u32 {
+    /// The consumed head of ring (src, dst).
+    pub fn head(&self, src: NodeId, dst: NodeId) -> u32 {
         // Acquire pairs with the receiver's Release in `consume`: the
         // entries below the head are no longer read.
         self.region
@@ -68,81 +87,88 @@ impl Rings<'_> {
     }
 
     /// Sender side: makes entries up to `tail` visible.
-    pub(crate) fn publish(&self, src: NodeId, dst: NodeId, tail: u32) {
+    pub fn publish(&self, src: NodeId, dst: NodeId, tail: u32) {
         self.region
             .store_u32(self.tail_off(src, dst), tail, Ordering::Release)
     }
 
     /// Receiver side: hands entries below `head` back to the sender.
-    pub(crate) fn consume(&self, src: NodeId, dst: NodeId, head: u32) {
+    pub fn consume(&self, src: NodeId, dst: NodeId, head: u32) {
         self.region
             .store_u32(self.head_off(src, dst), head, Ordering::Release)
     }
 
     /// Formats every ring empty.
-    pub(crate) fn init(&self) {
+    pub fn init(&self) {
         let nodes = self.layout.geometry.max_nodes as usize;
         for src in 0..nodes {
             for dst in 0..nodes {
-                self.publish(src, dst, crate::layout::INITIAL_INDEX);
-                self.consume(src, dst, crate::layout::INITIAL_INDEX);
+                self.publish(src, dst, INITIAL_INDEX);
+                self.consume(src, dst, INITIAL_INDEX);
             }
         }
     }
 
     /// Entries a frame of `len` bytes needs.
-    pub(crate) fn span(&self, len: usize) -> u32 {
-        len.div_ceil(self.layout.geometry.slot_size as usize) as u32
+    pub fn span(&self, len: usize) -> u32 {
+        let slot_size = (self.layout.geometry.slot_size as usize).max(1);
+        u32::try_from(len.div_ceil(slot_size)).unwrap_or(u32::MAX)
     }
 
     /// Writes `frame` at entry `tail` of ring (src, dst). The caller checked
     /// that `span(frame.len())` entries are free and publishes later.
-    pub(crate) fn write(&self, src: NodeId, dst: NodeId, tail: u32, frame: &[u8]) {
-        let slot_size = self.layout.geometry.slot_size as usize;
-        for (i, chunk) in frame.chunks(slot_size).enumerate() {
-            self.region.write_bytes(
-                self.entry_data(src, dst, tail.wrapping_add(i as u32)),
-                chunk,
-            );
+    pub fn write(&self, src: NodeId, dst: NodeId, tail: u32, frame: &[u8]) {
+        let slot_size = (self.layout.geometry.slot_size as usize).max(1);
+        let mut index = tail;
+        for chunk in frame.chunks(slot_size) {
+            self.region
+                .write_bytes(self.entry_data(src, dst, index), chunk);
+            index = index.wrapping_add(1);
         }
         self.describe(src, dst, tail, frame.len());
     }
 
-    /// Offset of the data of entry `index` of ring (src, dst): one slot.
-    pub(crate) fn entry_data(&self, src: NodeId, dst: NodeId, index: u32) -> usize {
-        self.data_off(src, dst, index)
-    }
-
     /// Writes the descriptor of a frame of `len` bytes whose data already
     /// fills the entries from `tail` on.
-    pub(crate) fn describe(&self, src: NodeId, dst: NodeId, tail: u32, len: usize) {
+    pub fn describe(&self, src: NodeId, dst: NodeId, tail: u32, len: usize) {
         let desc = self.desc_off(src, dst, tail);
-        self.region.store_u32(desc, len as u32, Ordering::Relaxed);
-        self.region
-            .store_u32(desc + 4, self.span(len), Ordering::Relaxed);
+        self.region.store_u32(
+            desc.saturating_add(RING_DESC_FRAME_LEN),
+            u32::try_from(len).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        self.region.store_u32(
+            desc.saturating_add(RING_DESC_SPAN),
+            self.span(len),
+            Ordering::Relaxed,
+        );
     }
 
     /// Reads and validates the descriptor at `head`, given `avail` published
     /// entries; appends the frame's segments and returns (len, span).
-    pub(crate) fn read(
+    pub fn read(
         &self,
         src: NodeId,
         dst: NodeId,
         head: u32,
         avail: u32,
-        segments: &mut Vec<Segment>,
+        segments: &mut impl Sink<Segment>,
     ) -> Result<(usize, u32), ProtocolError> {
         let slot_size = self.layout.geometry.slot_size;
         let desc = self.desc_off(src, dst, head);
-        let len = self.region.load_u32(desc, Ordering::Relaxed);
-        let span = self.region.load_u32(desc + 4, Ordering::Relaxed);
+        let len = self
+            .region
+            .load_u32(desc.saturating_add(RING_DESC_FRAME_LEN), Ordering::Relaxed);
+        let span = self
+            .region
+            .load_u32(desc.saturating_add(RING_DESC_SPAN), Ordering::Relaxed);
         if len == 0 || len as usize > MAX_FRAME {
             return Err(ProtocolError::BadLength {
                 len,
-                reason: "outside 1..=65536",
+                reason: "outside 1..=65600",
             });
         }
-        if span != len.div_ceil(slot_size) {
+        if span != len.div_ceil(slot_size.max(1)) {
             return Err(ProtocolError::BadLength {
                 len,
                 reason: "does not match its span of entries",
@@ -154,25 +180,25 @@ impl Rings<'_> {
                 reason: "spans entries not yet published",
             });
         }
+        if segments.room() < span as usize {
+            return Err(ProtocolError::ScratchFull);
+        }
         let mut left = len as usize;
-        for i in 0..span {
+        let mut index = head;
+        for _ in 0..span {
             let n = left.min(slot_size as usize);
             segments.push(Segment {
-                offset: self.data_off(src, dst, head.wrapping_add(i)),
+                offset: self.entry_data(src, dst, index),
                 len: n,
             });
-            left -= n;
+            left = left.saturating_sub(n);
+            index = index.wrapping_add(1);
         }
         Ok((len as usize, span))
     }
 
     /// Validated distance between `head` and the published tail.
-    pub(crate) fn available(
-        &self,
-        src: NodeId,
-        dst: NodeId,
-        head: u32,
-    ) -> Result<u32, ProtocolError> {
+    pub fn available(&self, src: NodeId, dst: NodeId, head: u32) -> Result<u32, ProtocolError> {
         let tail = self.tail(src, dst);
         let avail = tail.wrapping_sub(head);
         if avail > self.capacity() {
@@ -191,6 +217,7 @@ impl Rings<'_> {
 mod tests {
     use super::*;
     use crate::layout::{scratch, BufferConfig};
+    use std::vec::Vec;
 
     #[test]
     fn frames_wrap_around_the_ring() {
@@ -209,12 +236,7 @@ mod tests {
         let mut seg = Vec::new();
         let (len, span) = rings.read(0, 1, start, avail, &mut seg).unwrap();
         assert_eq!((len, span), (5000, 3));
-        let rx = crate::frame::RxFrame {
-            region: &region,
-            segments: &seg,
-            len,
-            source: Some(0),
-        };
+        let rx = crate::frame::RxFrame::new(&region, &seg, len, Some(0));
         assert_eq!(rx.to_vec(), frame);
     }
 

@@ -20,9 +20,10 @@
 //! the one recomputed from the geometry. Only the validated [`Layout`] is
 //! used afterwards; the header is never re-read except for its epoch.
 
-use std::sync::atomic::Ordering;
+use core::fmt;
+use core::sync::atomic::Ordering;
 
-use crate::region::Region;
+use super::region::Region;
 
 /// "MINTVNI" + NUL, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MINTVNI\0");
@@ -41,38 +42,159 @@ pub const CACHE_LINE: usize = 64;
 
 /// Where free-running queue, ring and ticket indices start after a format:
 /// just below the u32 wrap, so every run exercises the wrap-around.
-pub(crate) const INITIAL_INDEX: u32 = u32::MAX - 255;
+pub const INITIAL_INDEX: u32 = u32::MAX - 255;
+
+// The region's format, in one table: every word's offset within its part,
+// and each part's size. The const assertions below check at compile time
+// that the words of a part fit in it without overlapping.
 
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 128;
-pub(crate) const HDR_MAGIC: usize = 0;
-pub(crate) const HDR_EPOCH: usize = 16;
-const HDR_CHECKSUM: usize = 120;
+/// Header: magic (u64), written last by a formatter.
+pub const HDR_MAGIC: usize = 0;
+/// Header: layout version (u32).
+pub const HDR_VERSION: usize = 8;
+/// Header: buffer configuration, 1 or 2 (u32).
+pub const HDR_CONFIG: usize = 12;
+/// Header: format epoch (u64).
+pub const HDR_EPOCH: usize = 16;
+/// Header: bytes the layout occupies (u64).
+pub const HDR_TOTAL: usize = 24;
+/// Header: the geometry, six u32 from here: max_nodes, slot_size,
+/// slot_count, queue_capacity, mac_capacity, lease_ms.
+pub const HDR_GEOMETRY: usize = 32;
+/// Header: the largest frame this format carries (u32).
+pub const HDR_MAX_FRAME: usize = 56;
+/// Header: section offsets, [`SECTIONS`] u64 from here.
+pub const HDR_SECTIONS: usize = 64;
+/// Sections whose offsets the header stores.
+pub const SECTIONS: usize = 6;
+/// Header: FNV-1a checksum of the bytes before it (u64).
+pub const HDR_CHECKSUM: usize = 120;
 
 /// Bytes per node table entry, one cache line per writer pattern: line 0
 /// is read-mostly (state, generation, MAC, sleeping, doorbell peer id: read
 /// by senders on every frame), line 1 changes often (heartbeat, lock
 /// ticket), line 2 holds the counters.
 pub const NODE_ENTRY_LEN: usize = 192;
-pub(crate) const NODE_STATE: usize = 0;
-pub(crate) const NODE_GENERATION: usize = 4;
-pub(crate) const NODE_MAC: usize = 8;
-pub(crate) const NODE_SLEEPING: usize = 16;
-pub(crate) const NODE_DOORBELL: usize = 20;
-pub(crate) const NODE_HEARTBEAT: usize = 64;
-pub(crate) const NODE_TICKET: usize = 72;
-pub(crate) const NODE_WAITING: usize = 76;
-pub(crate) const NODE_COUNTERS: usize = 128;
+/// Node entry: state (u32).
+pub const NODE_STATE: usize = 0;
+/// Node entry: generation (u32).
+pub const NODE_GENERATION: usize = 4;
+/// Node entry: MAC in the low 48 bits (u64).
+pub const NODE_MAC: usize = 8;
+/// Node entry: sleeping flag (u32).
+pub const NODE_SLEEPING: usize = 16;
+/// Node entry: doorbell peer id + 1 (u32).
+pub const NODE_DOORBELL: usize = 20;
+/// Node entry: heartbeat (u64), on the second line.
+pub const NODE_HEARTBEAT: usize = 64;
+/// Node entry: the lock ticket it waits for (u32).
+pub const NODE_TICKET: usize = 72;
+/// Node entry: waiting-for-the-lock flag (u32).
+pub const NODE_WAITING: usize = 76;
+/// Node entry: counters, [`NODE_COUNTER_COUNT`] u64 from here (third line).
+pub const NODE_COUNTERS: usize = 128;
+/// Counters in a node entry.
+pub const NODE_COUNTER_COUNT: usize = 8;
 
-/// Bytes per config-2 slot descriptor: owner, next, len, frame_len.
-pub(crate) const DESC_LEN: usize = 16;
-/// Bytes per config-1 ring descriptor: len, span.
-pub(crate) const RING_DESC_LEN: usize = 8;
-/// Bytes per address table entry: MAC word, node word, padding.
-pub(crate) const ADDR_ENTRY_LEN: usize = 16;
+/// Lock words, on a cache line of their own: next ticket (u32).
+pub const LOCK_NEXT_TICKET: usize = 0;
+/// Lock: the ticket being served (u32).
+pub const LOCK_NOW_SERVING: usize = 4;
+/// Lock: holder word, (ticket << 32) | (node + 1) << 16 | generation (u64).
+pub const LOCK_HOLDER: usize = 8;
+/// Lock: dead holders recovered from (u64).
+pub const LOCK_RECOVERIES: usize = 16;
+/// Bytes of the lock part.
+pub const LOCK_LEN: usize = CACHE_LINE;
+
+/// Address table: version word (u32), alone on the first line; entries follow.
+pub const ADDR_VERSION: usize = 0;
+/// Address table: first entry.
+pub const ADDR_ENTRIES: usize = CACHE_LINE;
+/// Address entry: MAC word, bit 63 = valid (u64).
+pub const ADDR_ENTRY_MAC: usize = 0;
+/// Address entry: owning node (u32).
+pub const ADDR_ENTRY_NODE: usize = 8;
+/// Bytes per address table entry (MAC word, node word, padding).
+pub const ADDR_ENTRY_LEN: usize = 16;
+
+/// Config 2, free stack: top (u32) on its own line; slot ids follow.
+pub const FREE_TOP: usize = 0;
+/// Config 2, free stack: first entry (u32 each).
+pub const FREE_ENTRIES: usize = CACHE_LINE;
+/// Config 2 slot descriptor: owner word (u32).
+pub const DESC_OWNER: usize = 0;
+/// Slot descriptor: next slot of the chain (u32).
+pub const DESC_NEXT: usize = 4;
+/// Slot descriptor: bytes in this slot (u32).
+pub const DESC_LEN_WORD: usize = 8;
+/// Slot descriptor, first slot of a chain: frame length | sender << 24 (u32).
+pub const DESC_META: usize = 12;
+/// Bytes per config-2 slot descriptor.
+pub const DESC_LEN: usize = 16;
+/// Config 2 receive queue: head (u32), own line.
+pub const QUEUE_HEAD: usize = 0;
+/// Receive queue: tail (u32), own line.
+pub const QUEUE_TAIL: usize = CACHE_LINE;
+/// Receive queue: first entry (u32 each: a chain's first slot).
+pub const QUEUE_ENTRIES: usize = 2 * CACHE_LINE;
+
+/// Config 1 ring: tail (u32), own line.
+pub const RING_TAIL: usize = 0;
+/// Ring: head (u32), own line.
+pub const RING_HEAD: usize = CACHE_LINE;
+/// Ring: first descriptor.
+pub const RING_DESCS: usize = 2 * CACHE_LINE;
+/// Ring descriptor: frame length (u32).
+pub const RING_DESC_FRAME_LEN: usize = 0;
+/// Ring descriptor: entries the frame spans (u32).
+pub const RING_DESC_SPAN: usize = 4;
+/// Bytes per config-1 ring descriptor.
+pub const RING_DESC_LEN: usize = 8;
+
+const _: () = {
+    // Header: the words in order, each after the last, all before the
+    // checksum, which ends the header.
+    assert!(HDR_VERSION >= HDR_MAGIC + 8 && HDR_CONFIG >= HDR_VERSION + 4);
+    assert!(HDR_EPOCH >= HDR_CONFIG + 4 && HDR_TOTAL >= HDR_EPOCH + 8);
+    assert!(HDR_GEOMETRY >= HDR_TOTAL + 8 && HDR_MAX_FRAME >= HDR_GEOMETRY + 6 * 4);
+    assert!(HDR_SECTIONS >= HDR_MAX_FRAME + 4);
+    assert!(HDR_CHECKSUM >= HDR_SECTIONS + 8 * SECTIONS);
+    assert!(HDR_CHECKSUM + 8 == HEADER_LEN && HEADER_LEN % CACHE_LINE == 0);
+    assert!(HDR_EPOCH % 8 == 0 && HDR_TOTAL % 8 == 0 && HDR_SECTIONS % 8 == 0);
+    // Node entry: line 0 read-mostly, line 1 heartbeat and lock, line 2 counters.
+    assert!(NODE_GENERATION >= NODE_STATE + 4 && NODE_MAC >= NODE_GENERATION + 4);
+    assert!(NODE_SLEEPING >= NODE_MAC + 8 && NODE_DOORBELL >= NODE_SLEEPING + 4);
+    assert!(NODE_DOORBELL + 4 <= CACHE_LINE);
+    assert!(NODE_HEARTBEAT == CACHE_LINE && NODE_TICKET >= NODE_HEARTBEAT + 8);
+    assert!(NODE_WAITING >= NODE_TICKET + 4 && NODE_WAITING + 4 <= 2 * CACHE_LINE);
+    assert!(NODE_COUNTERS == 2 * CACHE_LINE);
+    assert!(NODE_COUNTERS + 8 * NODE_COUNTER_COUNT <= NODE_ENTRY_LEN);
+    assert!(NODE_ENTRY_LEN % CACHE_LINE == 0 && NODE_MAC % 8 == 0);
+    // Lock words on one line.
+    assert!(LOCK_NOW_SERVING >= LOCK_NEXT_TICKET + 4 && LOCK_HOLDER >= LOCK_NOW_SERVING + 4);
+    assert!(LOCK_RECOVERIES >= LOCK_HOLDER + 8 && LOCK_RECOVERIES + 8 <= LOCK_LEN);
+    assert!(LOCK_HOLDER % 8 == 0 && LOCK_RECOVERIES % 8 == 0);
+    // Address entries, free stack, descriptors, queues, rings.
+    assert!(ADDR_VERSION + 4 <= ADDR_ENTRIES && ADDR_ENTRY_NODE >= ADDR_ENTRY_MAC + 8);
+    assert!(ADDR_ENTRY_NODE + 4 <= ADDR_ENTRY_LEN && ADDR_ENTRY_LEN % 8 == 0);
+    assert!(FREE_TOP + 4 <= FREE_ENTRIES);
+    assert!(DESC_NEXT >= DESC_OWNER + 4 && DESC_LEN_WORD >= DESC_NEXT + 4);
+    assert!(DESC_META >= DESC_LEN_WORD + 4 && DESC_META + 4 <= DESC_LEN);
+    assert!(QUEUE_HEAD + 4 <= QUEUE_TAIL && QUEUE_TAIL + 4 <= QUEUE_ENTRIES);
+    assert!(RING_TAIL + 4 <= RING_HEAD && RING_HEAD + 4 <= RING_DESCS);
+    assert!(RING_DESC_SPAN >= RING_DESC_FRAME_LEN + 4 && RING_DESC_SPAN + 4 <= RING_DESC_LEN);
+    // Frame lengths and senders share a descriptor's meta word (24 + 8
+    // bits); slot ids and owner tags share the owner word (24 + 8).
+    assert!(MAX_FRAME < 1 << 24 && MAX_NODES <= 1 << 8);
+    assert!(MAX_SLOT as usize % CACHE_LINE == 0);
+};
 
 /// How frame buffers are organised (the study's two configurations).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum BufferConfig {
     /// Configuration 1: a separate ring for each (sender, receiver) pair.
     /// Little processing per frame, low buffer utilisation.
@@ -101,8 +223,8 @@ impl BufferConfig {
     }
 }
 
-impl std::fmt::Display for BufferConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for BufferConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BufferConfig::PerPair => write!(f, "1 (per-pair rings)"),
             BufferConfig::SharedPool => write!(f, "2 (shared pool)"),
@@ -111,27 +233,21 @@ impl std::fmt::Display for BufferConfig {
 }
 
 /// Errors in a geometry or in a region's header.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayoutError {
     /// No node has formatted the region yet (magic is zero).
-    #[error("Region is not formatted (no VNI header)")]
     NotFormatted,
     /// The first word is neither zero nor the VNI magic.
-    #[error("Region has no VNI header: magic {found:#018x}, expected {MAGIC:#018x}")]
     BadMagic {
         /// The word found.
         found: u64,
     },
     /// Formatted by an incompatible version of the protocol.
-    #[error(
-        "Region layout version {found} is not supported (this build speaks version {VERSION})"
-    )]
     UnsupportedVersion {
         /// The version found.
         found: u32,
     },
     /// The header's checksum does not match its contents.
-    #[error("Region header is corrupt: checksum {found:#x}, computed {computed:#x}")]
     BadChecksum {
         /// Stored checksum.
         found: u64,
@@ -139,7 +255,6 @@ pub enum LayoutError {
         computed: u64,
     },
     /// A geometry field is out of range.
-    #[error("Invalid {field} {value}: {allowed}")]
     BadGeometry {
         /// The field.
         field: &'static str,
@@ -149,7 +264,6 @@ pub enum LayoutError {
         allowed: &'static str,
     },
     /// The layout needs more bytes than the region has.
-    #[error("Layout needs {needed} bytes but the region has {available}")]
     TooSmall {
         /// Bytes the geometry needs.
         needed: u64,
@@ -157,7 +271,6 @@ pub enum LayoutError {
         available: u64,
     },
     /// A stored section offset disagrees with the geometry.
-    #[error("Region header is corrupt: {section} offset {found:#x}, geometry gives {expected:#x}")]
     OffsetMismatch {
         /// The section.
         section: &'static str,
@@ -168,9 +281,49 @@ pub enum LayoutError {
     },
 }
 
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            LayoutError::NotFormatted => write!(f, "Region is not formatted (no VNI header)"),
+            LayoutError::BadMagic { found } => write!(
+                f,
+                "Region has no VNI header: magic {found:#018x}, expected {MAGIC:#018x}"
+            ),
+            LayoutError::UnsupportedVersion { found } => write!(
+                f,
+                "Region layout version {found} is not supported (this build speaks version {VERSION})"
+            ),
+            LayoutError::BadChecksum { found, computed } => write!(
+                f,
+                "Region header is corrupt: checksum {found:#x}, computed {computed:#x}"
+            ),
+            LayoutError::BadGeometry {
+                field,
+                value,
+                allowed,
+            } => write!(f, "Invalid {field} {value}: {allowed}"),
+            LayoutError::TooSmall { needed, available } => write!(
+                f,
+                "Layout needs {needed} bytes but the region has {available}"
+            ),
+            LayoutError::OffsetMismatch {
+                section,
+                found,
+                expected,
+            } => write!(
+                f,
+                "Region header is corrupt: {section} offset {found:#x}, geometry gives {expected:#x}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for LayoutError {}
+
 /// The sizes a region is formatted with. Chosen at format time; every node
 /// reads them from the header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Geometry {
     /// Buffer configuration 1 or 2.
     pub config: BufferConfig,
@@ -218,21 +371,28 @@ impl Geometry {
             lease_ms: Self::DEFAULT_LEASE_MS,
         };
         // Size everything but the slots, then give the rest to slots.
-        let fixed = Layout::compute_unchecked(&geometry).total;
+        let fixed = Layout::compute(&geometry).map_or(usize::MAX, |l| l.total);
         let spare = region_len.saturating_sub(fixed);
         let count = match config {
             BufferConfig::SharedPool => {
-                let per_slot = slot_size as usize + DESC_LEN + 4;
-                (spare.saturating_sub(2 * 4096) / per_slot).min(Layout::MAX_POOL_SLOTS) as u32
+                let per_slot = (slot_size as usize).saturating_add(DESC_LEN + 4);
+                let count = spare
+                    .saturating_sub(2 * 4096)
+                    .checked_div(per_slot)
+                    .unwrap_or(0);
+                u32::try_from(count.min(Layout::MAX_POOL_SLOTS)).unwrap_or(0)
             }
             BufferConfig::PerPair => {
-                let rings = (max_nodes as usize).pow(2);
-                let per_slot = slot_size as usize + RING_DESC_LEN;
-                let per_ring = spare.saturating_sub(rings * 256) / rings.max(1) / per_slot;
-                if per_ring == 0 {
-                    0
-                } else {
-                    1u32 << (usize::BITS - 1 - per_ring.leading_zeros()).min(20)
+                let rings = (max_nodes as usize).saturating_mul(max_nodes as usize);
+                let per_slot = (slot_size as usize).saturating_add(RING_DESC_LEN);
+                let per_ring = spare
+                    .saturating_sub(rings.saturating_mul(256))
+                    .checked_div(rings)
+                    .and_then(|room| room.checked_div(per_slot))
+                    .unwrap_or(0);
+                match per_ring.checked_ilog2() {
+                    None => 0,
+                    Some(log) => 1u32 << log.min(20),
                 }
             }
         };
@@ -265,7 +425,7 @@ impl Geometry {
                 "a multiple of 64 from 64 to 65536",
             );
         }
-        if !(self.max_nodes..=self.max_nodes * 64).contains(&self.mac_capacity) {
+        if !(self.max_nodes..=self.max_nodes.saturating_mul(64)).contains(&self.mac_capacity) {
             return bad(
                 "mac_capacity",
                 self.mac_capacity,
@@ -277,7 +437,7 @@ impl Geometry {
         }
         match self.config {
             BufferConfig::SharedPool => {
-                let min = self.max_chain() * 2;
+                let min = self.max_chain().saturating_mul(2);
                 if self.slot_count < min || self.slot_count as usize > Layout::MAX_POOL_SLOTS {
                     return bad(
                         "slot_count",
@@ -344,8 +504,18 @@ pub struct Layout {
     pub total: usize,
 }
 
-fn align_up(value: usize, align: usize) -> usize {
-    value.div_ceil(align) * align
+/// Checked arithmetic for the layout's offsets: `None` on overflow, which
+/// [`Layout::new`] reports as a geometry too large for the region.
+fn align_up(value: usize, align: usize) -> Option<usize> {
+    value.checked_next_multiple_of(align)
+}
+
+fn add(a: usize, b: usize) -> Option<usize> {
+    a.checked_add(b)
+}
+
+fn mul(a: usize, b: usize) -> Option<usize> {
+    a.checked_mul(b)
 }
 
 impl Layout {
@@ -355,7 +525,10 @@ impl Layout {
     /// The layout of `geometry` in a region of `region_len` bytes.
     pub fn new(geometry: &Geometry, region_len: usize) -> Result<Self, LayoutError> {
         geometry.validate()?;
-        let layout = Self::compute_unchecked(geometry);
+        let layout = Self::compute(geometry).ok_or(LayoutError::TooSmall {
+            needed: u64::MAX,
+            available: region_len as u64,
+        })?;
         if layout.total > region_len {
             return Err(LayoutError::TooSmall {
                 needed: layout.total as u64,
@@ -365,28 +538,31 @@ impl Layout {
         Ok(layout)
     }
 
-    /// Offsets for `geometry` without range checks; sizes are bounded by the
-    /// field types, so this cannot overflow on 64-bit hosts.
-    fn compute_unchecked(g: &Geometry) -> Self {
+    /// Offsets for `geometry`, without range checks; `None` when they
+    /// overflow (a geometry no region can hold).
+    fn compute(g: &Geometry) -> Option<Self> {
+        let max_nodes = g.max_nodes as usize;
         let nodes = HEADER_LEN;
-        let lock = nodes + NODE_ENTRY_LEN * g.max_nodes as usize;
-        let addr = lock + CACHE_LINE;
-        let pool = align_up(
-            addr + CACHE_LINE + ADDR_ENTRY_LEN * g.mac_capacity as usize,
-            CACHE_LINE,
-        );
+        let lock = add(nodes, mul(NODE_ENTRY_LEN, max_nodes)?)?;
+        let addr = add(lock, LOCK_LEN)?;
+        let addr_end = add(
+            add(addr, ADDR_ENTRIES)?,
+            mul(ADDR_ENTRY_LEN, g.mac_capacity as usize)?,
+        )?;
+        let pool = align_up(addr_end, CACHE_LINE)?;
         let slot_count = g.slot_count as usize;
         let slot_size = g.slot_size as usize;
-        match g.config {
+        Some(match g.config {
             BufferConfig::SharedPool => {
-                // Free-stack top on its own line, then the stack.
-                let descs = align_up(pool + CACHE_LINE + 4 * slot_count, CACHE_LINE);
-                let queues = align_up(descs + DESC_LEN * slot_count, CACHE_LINE);
-                // Head and tail on separate lines, then the entries.
-                let queue_stride =
-                    align_up(2 * CACHE_LINE + 4 * g.queue_capacity as usize, CACHE_LINE);
-                let slots = align_up(queues + queue_stride * g.max_nodes as usize, 4096);
-                let total = slots + slot_size * slot_count;
+                let stack_end = add(add(pool, FREE_ENTRIES)?, mul(4, slot_count)?)?;
+                let descs = align_up(stack_end, CACHE_LINE)?;
+                let queues = align_up(add(descs, mul(DESC_LEN, slot_count)?)?, CACHE_LINE)?;
+                let queue_stride = align_up(
+                    add(QUEUE_ENTRIES, mul(4, g.queue_capacity as usize)?)?,
+                    CACHE_LINE,
+                )?;
+                let slots = align_up(add(queues, mul(queue_stride, max_nodes)?)?, 4096)?;
+                let total = add(slots, mul(slot_size, slot_count)?)?;
                 Layout {
                     geometry: *g,
                     nodes,
@@ -401,11 +577,10 @@ impl Layout {
                 }
             }
             BufferConfig::PerPair => {
-                // Tail and head on separate lines, descriptors, then data.
-                let data = align_up(2 * CACHE_LINE + RING_DESC_LEN * slot_count, CACHE_LINE);
-                let queue_stride = align_up(data + slot_size * slot_count, CACHE_LINE);
-                let rings = (g.max_nodes as usize).pow(2);
-                let total = pool + queue_stride * rings;
+                let data = Self::ring_data_offset(slot_count)?;
+                let queue_stride = align_up(add(data, mul(slot_size, slot_count)?)?, CACHE_LINE)?;
+                let rings = mul(max_nodes, max_nodes)?;
+                let total = add(pool, mul(queue_stride, rings)?)?;
                 Layout {
                     geometry: *g,
                     nodes,
@@ -419,41 +594,62 @@ impl Layout {
                     total,
                 }
             }
-        }
+        })
+    }
+
+    /// Config 1: where a ring's slot data starts, after its indices and
+    /// `slot_count` descriptors.
+    fn ring_data_offset(slot_count: usize) -> Option<usize> {
+        align_up(
+            add(RING_DESCS, mul(RING_DESC_LEN, slot_count)?)?,
+            CACHE_LINE,
+        )
     }
 
     /// Writes the header for this layout, magic excluded (the formatter
-    /// publishes the magic last).
-    pub(crate) fn write_header(&self, region: &Region, epoch: u64) {
-        let bytes = self.header_bytes(epoch);
-        region.write_bytes(8, &bytes[8..]);
+    /// publishes the magic last), a word at a time: peers read these
+    /// words atomically.
+    pub fn write_header(&self, region: &Region, epoch: u64) {
+        let words = header_words(&self.header_bytes(epoch));
+        region.store_words(8, words.get(1..).unwrap_or(&[]), Ordering::Relaxed);
     }
 
     fn header_bytes(&self, epoch: u64) -> [u8; HEADER_LEN] {
         let g = &self.geometry;
         let mut h = [0u8; HEADER_LEN];
-        let mut put = |off: usize, bytes: &[u8]| h[off..off + bytes.len()].copy_from_slice(bytes);
+        let mut put = |off: usize, bytes: &[u8]| {
+            if let Some(dst) = off
+                .checked_add(bytes.len())
+                .and_then(|end| h.get_mut(off..end))
+            {
+                dst.copy_from_slice(bytes);
+            }
+        };
         put(HDR_MAGIC, &MAGIC.to_le_bytes());
-        put(8, &VERSION.to_le_bytes());
-        put(12, &g.config.number().to_le_bytes());
+        put(HDR_VERSION, &VERSION.to_le_bytes());
+        put(HDR_CONFIG, &g.config.number().to_le_bytes());
         put(HDR_EPOCH, &epoch.to_le_bytes());
-        put(24, &(self.total as u64).to_le_bytes());
-        put(32, &g.max_nodes.to_le_bytes());
-        put(36, &g.slot_size.to_le_bytes());
-        put(40, &g.slot_count.to_le_bytes());
-        put(44, &g.queue_capacity.to_le_bytes());
-        put(48, &g.mac_capacity.to_le_bytes());
-        put(52, &g.lease_ms.to_le_bytes());
-        put(56, &(MAX_FRAME as u32).to_le_bytes());
-        for (i, off) in self.section_offsets().iter().enumerate() {
-            put(64 + 8 * i, &(off.1 as u64).to_le_bytes());
+        put(HDR_TOTAL, &(self.total as u64).to_le_bytes());
+        let geometry = [
+            g.max_nodes,
+            g.slot_size,
+            g.slot_count,
+            g.queue_capacity,
+            g.mac_capacity,
+            g.lease_ms,
+        ];
+        for (off, value) in (HDR_GEOMETRY..).step_by(4).zip(geometry) {
+            put(off, &value.to_le_bytes());
         }
-        let sum = checksum(&h[..HDR_CHECKSUM]);
-        h[HDR_CHECKSUM..].copy_from_slice(&sum.to_le_bytes());
+        put(HDR_MAX_FRAME, &(MAX_FRAME as u32).to_le_bytes());
+        for (off, (_, section)) in (HDR_SECTIONS..).step_by(8).zip(self.section_offsets()) {
+            put(off, &(section as u64).to_le_bytes());
+        }
+        seal(&mut h);
         h
     }
 
-    fn section_offsets(&self) -> [(&'static str, usize); 6] {
+    fn section_offsets(&self) -> [(&'static str, usize); SECTIONS] {
         [
             ("nodes", self.nodes),
             ("lock", self.lock),
@@ -473,15 +669,13 @@ impl Layout {
         if magic == 0 {
             return Err(LayoutError::NotFormatted);
         }
-        let mut h = [0u8; HEADER_LEN];
-        region.read_bytes(0, &mut h);
-        Self::parse(&h, region.len())
+        Self::parse(&read_header(region), region.len())
     }
 
     /// Validates a header copied out of a region of `region_len` bytes.
     pub fn parse(h: &[u8; HEADER_LEN], region_len: usize) -> Result<(Self, u64), LayoutError> {
-        let u32_at = |off: usize| u32::from_le_bytes(h[off..off + 4].try_into().expect("4 bytes"));
-        let u64_at = |off: usize| u64::from_le_bytes(h[off..off + 8].try_into().expect("8 bytes"));
+        let u32_at = |off: usize| header_u32(h, off);
+        let u64_at = |off: usize| header_u64(h, off);
         let magic = u64_at(HDR_MAGIC);
         if magic != MAGIC {
             return Err(if magic == 0 {
@@ -490,39 +684,41 @@ impl Layout {
                 LayoutError::BadMagic { found: magic }
             });
         }
-        let version = u32_at(8);
+        let version = u32_at(HDR_VERSION);
         if version != VERSION {
             return Err(LayoutError::UnsupportedVersion { found: version });
         }
-        let computed = checksum(&h[..HDR_CHECKSUM]);
+        let computed = checksum(h.get(..HDR_CHECKSUM).unwrap_or(&[]));
         let found = u64_at(HDR_CHECKSUM);
         if computed != found {
             return Err(LayoutError::BadChecksum { found, computed });
         }
-        let config = BufferConfig::from_number(u32_at(12)).ok_or(LayoutError::BadGeometry {
+        let config_word = u32_at(HDR_CONFIG);
+        let config = BufferConfig::from_number(config_word).ok_or(LayoutError::BadGeometry {
             field: "config",
-            value: u32_at(12).into(),
+            value: config_word.into(),
             allowed: "1 or 2",
         })?;
-        let max_frame = u32_at(56);
+        let max_frame = u32_at(HDR_MAX_FRAME);
         if max_frame as usize != MAX_FRAME {
             return Err(LayoutError::BadGeometry {
                 field: "max_frame",
                 value: max_frame.into(),
-                allowed: "65536",
+                allowed: "65600",
             });
         }
+        let field = |i: usize| u32_at(HDR_GEOMETRY.saturating_add(4usize.saturating_mul(i)));
         let geometry = Geometry {
             config,
-            max_nodes: u32_at(32),
-            slot_size: u32_at(36),
-            slot_count: u32_at(40),
-            queue_capacity: u32_at(44),
-            mac_capacity: u32_at(48),
-            lease_ms: u32_at(52),
+            max_nodes: field(0),
+            slot_size: field(1),
+            slot_count: field(2),
+            queue_capacity: field(3),
+            mac_capacity: field(4),
+            lease_ms: field(5),
         };
         let layout = Layout::new(&geometry, region_len)?;
-        let stored_total = u64_at(24);
+        let stored_total = u64_at(HDR_TOTAL);
         if stored_total != layout.total as u64 {
             return Err(LayoutError::OffsetMismatch {
                 section: "end",
@@ -530,8 +726,9 @@ impl Layout {
                 expected: layout.total as u64,
             });
         }
-        for (i, (section, expected)) in layout.section_offsets().into_iter().enumerate() {
-            let found = u64_at(64 + 8 * i);
+        for (off, (section, expected)) in (HDR_SECTIONS..).step_by(8).zip(layout.section_offsets())
+        {
+            let found = u64_at(off);
             if found != expected as u64 {
                 return Err(LayoutError::OffsetMismatch {
                     section,
@@ -544,36 +741,103 @@ impl Layout {
     }
 
     /// Offset of `field` in node `node`'s table entry.
+    ///
+    /// Node ids come from this node's own id (checked at attach), from
+    /// loops over the table, and from peer values validated against
+    /// `max_nodes` before use; an id out of range is a bug in the core and
+    /// stops it (as [`Region`] does for an offset outside the mapping)
+    /// rather than touching another node's entry or another part.
     #[inline]
-    pub(crate) fn node(&self, node: usize, field: usize) -> usize {
-        debug_assert!(node < self.geometry.max_nodes as usize);
-        self.nodes + node * NODE_ENTRY_LEN + field
+    pub fn node(&self, node: usize, field: usize) -> usize {
+        #[allow(clippy::panic, reason = "a bug in the core, not a peer's doing")]
+        if node >= self.geometry.max_nodes as usize || field >= NODE_ENTRY_LEN {
+            panic!(
+                "bug: node {node} field {field:#x} outside a table of {} entries",
+                self.geometry.max_nodes
+            );
+        }
+        // Cannot overflow: `node < max_nodes <= 64` and `field < 192`, and
+        // the table fits in the region (`Layout::new`).
+        #[allow(clippy::arithmetic_side_effects, reason = "bounded just above")]
+        let off = self.nodes + node * NODE_ENTRY_LEN + field;
+        off
     }
 
-    /// Offset of address table entry `i`.
+    /// Offset of address table entry `i` (`i < mac_capacity`, the callers'
+    /// loop bound; the region checks the result).
     #[inline]
-    pub(crate) fn addr_entry(&self, i: usize) -> usize {
-        self.addr + CACHE_LINE + i * ADDR_ENTRY_LEN
+    pub fn addr_entry(&self, i: usize) -> usize {
+        self.addr
+            .saturating_add(ADDR_ENTRIES)
+            .saturating_add(i.saturating_mul(ADDR_ENTRY_LEN))
     }
 
-    /// Offset of the byte `slot_size * slot` (config 2).
+    /// Offset of the byte `slot_size * slot` (config 2; `slot` validated
+    /// against `slot_count` by the caller, the region checks the result).
     #[inline]
-    pub(crate) fn slot(&self, slot: u32) -> usize {
-        self.slots + slot as usize * self.geometry.slot_size as usize
+    pub fn slot(&self, slot: u32) -> usize {
+        self.slots
+            .saturating_add((slot as usize).saturating_mul(self.geometry.slot_size as usize))
     }
 
     /// Offset of the ring carrying frames from `src` to `dst` (config 1).
     #[inline]
-    pub(crate) fn ring(&self, src: usize, dst: usize) -> usize {
-        self.pool + (src * self.geometry.max_nodes as usize + dst) * self.queue_stride
+    pub fn ring(&self, src: usize, dst: usize) -> usize {
+        let index = src
+            .saturating_mul(self.geometry.max_nodes as usize)
+            .saturating_add(dst);
+        self.pool
+            .saturating_add(index.saturating_mul(self.queue_stride))
     }
+
+    /// Config 1: offset of a ring's slot data from the ring's start.
+    pub fn ring_data(&self) -> usize {
+        Self::ring_data_offset(self.geometry.slot_count as usize).unwrap_or(usize::MAX)
+    }
+}
+
+/// The header's 128 bytes as the region holds them now, read a word at a
+/// time (formatters and guards write them a word at a time).
+pub fn read_header(region: &Region) -> [u8; HEADER_LEN] {
+    let mut words = [0u64; HEADER_LEN / 8];
+    region.load_words(0, &mut words, Ordering::Relaxed);
+    let mut h = [0u8; HEADER_LEN];
+    for (chunk, word) in h.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    h
+}
+
+/// Header bytes as the words they are stored as.
+pub fn header_words(h: &[u8; HEADER_LEN]) -> [u64; HEADER_LEN / 8] {
+    let mut words = [0u64; HEADER_LEN / 8];
+    for (word, chunk) in words.iter_mut().zip(h.chunks_exact(8)) {
+        *word = header_u64(chunk, 0);
+    }
+    words
+}
+
+fn header_u32(h: &[u8], off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(src) = off.checked_add(4).and_then(|end| h.get(off..end)) {
+        b.copy_from_slice(src);
+    }
+    u32::from_le_bytes(b)
+}
+
+fn header_u64(h: &[u8], off: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(src) = off.checked_add(8).and_then(|end| h.get(off..end)) {
+        b.copy_from_slice(src);
+    }
+    u64::from_le_bytes(b)
 }
 
 /// An unformatted region of `len` bytes and the layout of the largest
 /// `config` geometry for `nodes` nodes with 2 KiB slots (unit tests).
 #[cfg(test)]
 pub(crate) fn scratch(config: BufferConfig, len: usize, nodes: u32) -> (Region, Layout) {
-    let region = Region::anonymous(len).expect("anonymous mapping");
+    let region = super::region::testing::region(len);
     let geometry = Geometry::fit(config, len, nodes, 2048).expect("geometry fits");
     let layout = Layout::new(&geometry, len).expect("layout fits");
     (region, layout)
@@ -581,11 +845,18 @@ pub(crate) fn scratch(config: BufferConfig, len: usize, nodes: u32) -> (Region, 
 
 /// Recomputes the header checksum over the header as it is in `region`:
 /// what a rogue that wants its edits accepted does (hostile tests).
-pub(crate) fn reseal_header(region: &Region) {
-    let mut h = [0u8; HEADER_LEN];
-    region.read_bytes(0, &mut h);
-    let sum = checksum(&h[..HDR_CHECKSUM]);
-    region.write_bytes(HDR_CHECKSUM, &sum.to_le_bytes());
+pub fn reseal_header(region: &Region) {
+    let h = read_header(region);
+    let sum = checksum(h.get(..HDR_CHECKSUM).unwrap_or(&[]));
+    region.store_u64(HDR_CHECKSUM, sum, Ordering::Relaxed);
+}
+
+/// Writes the checksum of the bytes before it into `h`.
+fn seal(h: &mut [u8; HEADER_LEN]) {
+    let sum = checksum(h.get(..HDR_CHECKSUM).unwrap_or(&[]));
+    if let Some(dst) = h.get_mut(HDR_CHECKSUM..) {
+        dst.copy_from_slice(&sum.to_le_bytes());
+    }
 }
 
 /// FNV-1a, 64 bit: detects a scribbled header, not an adversary (who could

@@ -6,21 +6,22 @@
 //! refresh it (again under the lock) only when the version moved: lookups on
 //! the data path read one word of shared memory.
 
-use std::sync::atomic::Ordering;
+use core::fmt;
+use core::sync::atomic::Ordering;
 
-use crate::ether::MacAddr;
-use crate::layout::Layout;
-use crate::nodes::NodeId;
-use crate::region::Region;
+use super::ether::MacAddr;
+use super::layout::{Layout, ADDR_ENTRY_MAC, ADDR_ENTRY_NODE, ADDR_VERSION};
+use super::nodes::NodeId;
+use super::region::Region;
+use super::sink::Sink;
 
 const VALID: u64 = 1 << 63;
 const MAC_MASK: u64 = (1 << 48) - 1;
 
 /// Errors from address management.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddrError {
     /// Another running node already owns this address.
-    #[error("MAC address {mac} is already owned by node {owner}")]
     InUse {
         /// The address.
         mac: MacAddr,
@@ -28,19 +29,34 @@ pub enum AddrError {
         owner: NodeId,
     },
     /// Every entry is taken.
-    #[error("Address table is full ({0} entries)")]
     Full(u32),
     /// Group addresses cannot be owned.
-    #[error("MAC address {0} is a group address; a node needs a unicast address")]
     GroupAddress(MacAddr),
 }
+
+impl fmt::Display for AddrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddrError::InUse { mac, owner } => {
+                write!(f, "MAC address {mac} is already owned by node {owner}")
+            }
+            AddrError::Full(entries) => write!(f, "Address table is full ({entries} entries)"),
+            AddrError::GroupAddress(mac) => write!(
+                f,
+                "MAC address {mac} is a group address; a node needs a unicast address"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for AddrError {}
 
 /// Access to the address table of one region. Mutating calls must be made
 /// with the region lock held.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct AddrTable<'a> {
-    pub(crate) region: &'a Region,
-    pub(crate) layout: &'a Layout,
+pub struct AddrTable<'a> {
+    pub region: &'a Region,
+    pub layout: &'a Layout,
 }
 
 impl AddrTable<'_> {
@@ -48,29 +64,38 @@ impl AddrTable<'_> {
         self.layout.geometry.mac_capacity as usize
     }
 
-    pub(crate) fn version(&self) -> u32 {
-        self.region.load_u32(self.layout.addr, Ordering::Acquire)
+    /// Bumped after every change (a node refreshes its copy when it moved).
+    pub fn version(&self) -> u32 {
+        self.region.load_u32(self.version_off(), Ordering::Acquire)
+    }
+
+    fn version_off(&self) -> usize {
+        self.layout.addr.saturating_add(ADDR_VERSION)
     }
 
     fn bump(&self) {
         // Release: a node that sees the new version sees the entries.
         self.region
-            .fetch_add_u32(self.layout.addr, 1, Ordering::Release);
+            .fetch_add_u32(self.version_off(), 1, Ordering::Release);
     }
 
     /// Entry `i` as (MAC word, node word), read once.
     fn entry(&self, i: usize) -> (u64, u32) {
         let off = self.layout.addr_entry(i);
         (
-            self.region.load_u64(off, Ordering::Acquire),
-            self.region.load_u32(off + 8, Ordering::Relaxed),
+            self.region
+                .load_u64(off.saturating_add(ADDR_ENTRY_MAC), Ordering::Acquire),
+            self.region
+                .load_u32(off.saturating_add(ADDR_ENTRY_NODE), Ordering::Relaxed),
         )
     }
 
     fn set_entry(&self, i: usize, mac: u64, node: u32) {
         let off = self.layout.addr_entry(i);
-        self.region.store_u32(off + 8, node, Ordering::Relaxed);
-        self.region.store_u64(off, mac, Ordering::Release);
+        self.region
+            .store_u32(off.saturating_add(ADDR_ENTRY_NODE), node, Ordering::Relaxed);
+        self.region
+            .store_u64(off.saturating_add(ADDR_ENTRY_MAC), mac, Ordering::Release);
     }
 
     /// Decodes a valid-flagged entry: `None` when it is malformed (node out
@@ -89,27 +114,32 @@ impl AddrTable<'_> {
         ok.then_some((addr, node as NodeId))
     }
 
-    /// Valid entries, validated (the first entry for an address wins), and
-    /// how many malformed entries were skipped.
-    pub(crate) fn snapshot(&self) -> (Vec<(MacAddr, NodeId)>, u64) {
-        let mut out = Vec::new();
-        let mut bad = 0;
+    /// Appends the valid entries to `out`, validated (the first entry for
+    /// an address wins), and returns how many malformed entries were
+    /// skipped. `out` should have room for `mac_capacity` entries; what
+    /// does not fit is left out.
+    pub fn snapshot(&self, out: &mut impl Sink<(MacAddr, NodeId)>) -> u64 {
+        let mut bad = 0u64;
         for i in 0..self.capacity() {
             let (mac, node) = self.entry(i);
             if mac & VALID == 0 {
                 continue;
             }
-            match self.well_formed(mac, node, &out) {
-                Some(entry) => out.push(entry),
-                None => bad += 1,
+            match self.well_formed(mac, node, out.as_slice()) {
+                Some(entry) => {
+                    if !out.push(entry) {
+                        break;
+                    }
+                }
+                None => bad = bad.saturating_add(1),
             }
         }
-        (out, bad)
+        bad
     }
 
     /// Records that `node` owns `mac`. `is_running` says whether a node
     /// still counts as an owner (a dead node's address can be taken over).
-    pub(crate) fn register(
+    pub fn register(
         &self,
         mac: MacAddr,
         node: NodeId,
@@ -146,19 +176,25 @@ impl AddrTable<'_> {
 
     /// Drops every entry for which `keep(mac, node)` is false, and every
     /// malformed entry. Returns how many malformed entries were dropped.
-    pub(crate) fn retain(&self, keep: impl Fn(MacAddr, NodeId) -> bool) -> u64 {
-        let mut kept = Vec::new();
-        let mut bad = 0;
+    /// `kept` is scratch space for the entries kept (room for
+    /// `mac_capacity`; an entry that does not fit is dropped).
+    pub fn retain(
+        &self,
+        keep: impl Fn(MacAddr, NodeId) -> bool,
+        kept: &mut impl Sink<(MacAddr, NodeId)>,
+    ) -> u64 {
+        kept.truncate(0);
+        let mut bad = 0u64;
         for i in 0..self.capacity() {
             let (mac, node) = self.entry(i);
             if mac & VALID == 0 {
                 continue;
             }
-            match self.well_formed(mac, node, &kept) {
-                Some(entry) if keep(entry.0, entry.1) => kept.push(entry),
+            match self.well_formed(mac, node, kept.as_slice()) {
+                Some(entry) if keep(entry.0, entry.1) && kept.push(entry) => {}
                 Some(_) => self.set_entry(i, 0, 0),
                 None => {
-                    bad += 1;
+                    bad = bad.saturating_add(1);
                     self.set_entry(i, 0, 0);
                 }
             }
@@ -172,6 +208,14 @@ impl AddrTable<'_> {
 mod tests {
     use super::*;
     use crate::layout::{scratch, BufferConfig};
+    use std::vec;
+    use std::vec::Vec;
+
+    fn snap(t: &AddrTable<'_>) -> (Vec<(MacAddr, NodeId)>, u64) {
+        let mut entries = Vec::new();
+        let bad = t.snapshot(&mut entries);
+        (entries, bad)
+    }
 
     fn table() -> (Region, Layout) {
         scratch(BufferConfig::SharedPool, 1 << 20, 4)
@@ -189,7 +233,7 @@ mod tests {
         t.register(MacAddr::for_node(2), 2, |_| true).unwrap();
         assert_ne!(t.version(), v0);
         assert_eq!(
-            t.snapshot().0,
+            snap(&t).0,
             vec![(MacAddr::for_node(1), 1), (MacAddr::for_node(2), 2)]
         );
         assert_eq!(
@@ -201,13 +245,13 @@ mod tests {
         );
         // A dead owner's address can be taken over.
         t.register(MacAddr::for_node(1), 3, |n| n != 1).unwrap();
-        assert_eq!(t.snapshot().0[0], (MacAddr::for_node(1), 3));
+        assert_eq!(snap(&t).0[0], (MacAddr::for_node(1), 3));
         assert_eq!(
             t.register(MacAddr::BROADCAST, 0, |_| true),
             Err(AddrError::GroupAddress(MacAddr::BROADCAST))
         );
-        t.retain(|_, node| node != 2);
-        assert_eq!(t.snapshot().0, vec![(MacAddr::for_node(1), 3)]);
+        t.retain(|_, node| node != 2, &mut Vec::new());
+        assert_eq!(snap(&t).0, vec![(MacAddr::for_node(1), 3)]);
     }
 
     #[test]
@@ -239,10 +283,10 @@ mod tests {
         t.set_entry(3, MacAddr::for_node(1).to_word() | VALID, 2);
         t.set_entry(4, MacAddr::for_node(5).to_word() | VALID, 999);
         t.set_entry(5, MacAddr::BROADCAST.to_word() | VALID, 0);
-        let (entries, bad) = t.snapshot();
+        let (entries, bad) = snap(&t);
         assert_eq!(entries, vec![(MacAddr::for_node(1), 1)]);
         assert_eq!(bad, 3);
-        t.retain(|_, _| true);
-        assert_eq!(t.snapshot(), (vec![(MacAddr::for_node(1), 1)], 0));
+        t.retain(|_, _| true, &mut Vec::new());
+        assert_eq!(snap(&t), (vec![(MacAddr::for_node(1), 1)], 0));
     }
 }
