@@ -58,6 +58,7 @@
 extern crate std;
 
 pub mod addr;
+pub mod endpoint;
 pub mod ether;
 pub mod frame;
 pub mod layout;
@@ -70,6 +71,10 @@ pub mod rings;
 pub mod sink;
 
 pub use addr::AddrError;
+pub use endpoint::{
+    format, members, Buffers, Dest, DirectSlots, Endpoint, EndpointError, FlushReport, NoSource,
+    SendError, BATCH, OFFENCE_LIMIT, QUARANTINE_LEASES,
+};
 pub use ether::{MacAddr, MacParseError};
 pub use frame::{ProtocolError, RawSegment, RxFrame, Segment};
 pub use layout::{BufferConfig, Geometry, Layout, LayoutError, HEADER_LEN, MAX_FRAME, MAX_NODES};

@@ -38,6 +38,12 @@ pub const NO_SLOT: u32 = u32::MAX;
 const OWNER_FREE: u32 = 0;
 const OWNER_HELD: u32 = 1 << 24;
 const OWNER_QUEUED: u32 = 2 << 24;
+/// Only during [`rebuild`], under the lock: a queued slot found in an
+/// intact chain of the node in the low bits.
+const OWNER_KEPT: u32 = 3 << 24;
+/// An owner word [`rebuild`] found with the kept tag before it started
+/// (a rogue's): freed like garbage.
+const OWNER_STALE: u32 = 0xff << 24;
 const OWNER_NODE_MASK: u32 = (1 << 24) - 1;
 const META_LEN_MASK: u32 = (1 << 24) - 1;
 
@@ -73,51 +79,6 @@ impl Owner {
             OWNER_HELD => Owner::Held(node),
             OWNER_QUEUED => Owner::Queued(node),
             _ => Owner::Garbage,
-        }
-    }
-}
-
-/// Scratch memory for [`rebuild`], from the caller (the core allocates
-/// nothing): a bit per slot and room for one chain. Sizes from
-/// [`Scratch::marks_for`] and [`Scratch::chain_for`].
-#[derive(Debug)]
-pub struct Scratch<'a> {
-    /// One bit per slot of the pool.
-    pub marks: &'a mut [u64],
-    /// Room for the longest chain.
-    pub chain: &'a mut [u32],
-}
-
-impl Scratch<'_> {
-    /// Words of `marks` a pool of `layout` needs.
-    pub fn marks_for(layout: &Layout) -> usize {
-        (layout.geometry.slot_count as usize).div_ceil(64)
-    }
-
-    /// Entries of `chain` a pool of `layout` needs.
-    pub fn chain_for(layout: &Layout) -> usize {
-        layout.geometry.max_chain() as usize
-    }
-
-    fn fits(&self, layout: &Layout) -> bool {
-        self.marks.len() >= Self::marks_for(layout) && self.chain.len() >= Self::chain_for(layout)
-    }
-
-    fn marked(&self, slot: u32) -> bool {
-        let bit = 1u64 << (slot & 63);
-        self.marks
-            .get((slot >> 6) as usize)
-            .is_some_and(|word| word & bit != 0)
-    }
-
-    fn mark(&mut self, slot: u32, on: bool) {
-        let bit = 1u64 << (slot & 63);
-        if let Some(word) = self.marks.get_mut((slot >> 6) as usize) {
-            if on {
-                *word |= bit;
-            } else {
-                *word &= !bit;
-            }
         }
     }
 }
@@ -523,24 +484,31 @@ pub struct RebuildReport {
 /// live nodes' queues whose chains are intact, and slots held by live nodes.
 /// Everything else (a dead node's cache, its queue, half-done enqueues or
 /// frees) goes back to the pool. Lock held by the caller; `beat` is called
-/// now and then to keep the caller's heartbeat going. `scratch` too small
-/// for the pool (a caller's bug) changes nothing and counts one error.
+/// now and then to keep the caller's heartbeat going.
+///
+/// It needs no memory per slot: a slot of an intact chain is tagged kept in
+/// its own owner word (which only lock holders change) until the last pass
+/// puts the queued tag back. `chain` is scratch for one chain, at least
+/// [`Geometry::max_chain`](crate::Geometry::max_chain) entries (shorter, and
+/// long chains are dropped as broken).
 pub fn rebuild(
     pool: &Pool<'_>,
     nodes: &NodeTable<'_>,
     is_live: &dyn Fn(NodeId) -> bool,
     beat: &mut dyn FnMut(),
-    scratch: &mut Scratch<'_>,
+    chain: &mut [u32],
 ) -> RebuildReport {
     let mut report = RebuildReport::default();
-    if !scratch.fits(pool.layout) {
-        report.errors = 1;
-        return report;
-    }
-    scratch.marks.fill(0);
     let count = pool.slot_count();
     let capacity = pool.capacity();
     let old_free = pool.free_top().min(count);
+
+    // A kept tag before we start is someone else's scribble.
+    for slot in 0..count {
+        if pool.owner(slot) & !OWNER_NODE_MASK == OWNER_KEPT {
+            pool.set_owner(slot, OWNER_STALE);
+        }
+    }
 
     for node in 0..nodes.count() {
         let (head, tail) = pool.queue_indices(node);
@@ -558,7 +526,7 @@ pub fn rebuild(
         let mut write = head;
         for index in (0..depth).map(|i| head.wrapping_add(i)) {
             let first = pool.entry(node, index);
-            if keep_chain(pool, node, first, scratch) {
+            if keep_chain(pool, node, first, chain) {
                 pool.region
                     .store_u32(pool.entry_off(node, write), first, Ordering::Relaxed);
                 write = write.wrapping_add(1);
@@ -573,10 +541,12 @@ pub fn rebuild(
 
     let mut top = 0u32;
     for slot in 0..count {
-        if scratch.marked(slot) {
+        let owner = pool.owner(slot);
+        if owner & !OWNER_NODE_MASK == OWNER_KEPT {
+            pool.set_owner(slot, OWNER_QUEUED | (owner & OWNER_NODE_MASK));
             continue;
         }
-        if let Owner::Held(holder) = Owner::from_word(pool.owner(slot)) {
+        if let Owner::Held(holder) = Owner::from_word(owner) {
             if holder < nodes.count() && is_live(holder) {
                 continue;
             }
@@ -595,24 +565,24 @@ pub fn rebuild(
     report
 }
 
-/// Marks the chain from `first` as kept when every slot is queued for
-/// `node` and in no chain kept before; otherwise unmarks what it marked
-/// (the chain's slots, recorded in the scratch, not re-read from the
+/// Tags the chain from `first` kept when every slot is queued for `node`
+/// (so in no chain kept before, which are tagged kept); otherwise puts
+/// back the slots it tagged (recorded in `chain`, not re-read from the
 /// region) and says no.
-fn keep_chain(pool: &Pool<'_>, node: NodeId, first: u32, scratch: &mut Scratch<'_>) -> bool {
+fn keep_chain(pool: &Pool<'_>, node: NodeId, first: u32, chain: &mut [u32]) -> bool {
     let count = pool.slot_count();
     let mut len = 0usize;
     let mut slot = first;
     let intact = loop {
-        if slot >= count || scratch.marked(slot) || pool.owner(slot) != queued(node) {
+        if slot >= count || pool.owner(slot) != queued(node) {
             break false;
         }
-        let Some(cell) = scratch.chain.get_mut(len) else {
+        let Some(cell) = chain.get_mut(len) else {
             break false; // longer than any frame
         };
         *cell = slot;
         len = len.saturating_add(1);
-        scratch.mark(slot, true);
+        pool.set_owner(slot, OWNER_KEPT | (node as u32 & OWNER_NODE_MASK));
         slot = pool
             .region
             .load_u32(pool.desc(slot, DESC_NEXT), Ordering::Relaxed);
@@ -621,10 +591,8 @@ fn keep_chain(pool: &Pool<'_>, node: NodeId, first: u32, scratch: &mut Scratch<'
         }
     };
     if !intact {
-        for i in 0..len {
-            if let Some(&marked) = scratch.chain.get(i) {
-                scratch.mark(marked, false);
-            }
+        for &tagged in chain.get(..len).unwrap_or(&[]) {
+            pool.set_owner(tagged, queued(node));
         }
     }
     intact
@@ -643,13 +611,8 @@ mod tests {
     use std::vec::Vec;
 
     fn rebuild_all(pool: &Pool<'_>, nodes: &NodeTable<'_>) -> RebuildReport {
-        let mut marks = vec![0; Scratch::marks_for(pool.layout)];
-        let mut chain = vec![0; Scratch::chain_for(pool.layout)];
-        let mut scratch = Scratch {
-            marks: &mut marks,
-            chain: &mut chain,
-        };
-        rebuild(pool, nodes, &attached(nodes), &mut || {}, &mut scratch)
+        let mut chain = vec![0; pool.layout.geometry.max_chain() as usize];
+        rebuild(pool, nodes, &attached(nodes), &mut || {}, &mut chain)
     }
 
     fn setup() -> (Region, Layout) {

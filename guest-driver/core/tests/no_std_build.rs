@@ -25,8 +25,22 @@ fn the_core_builds_without_std_included_by_path() {
     .unwrap();
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let output = Command::new(rustc)
-        .args(["--edition", "2021", "--crate-type", "rlib", "--crate-name", "vni_module"])
-        .args(["-C", "panic=abort", "-D", "warnings", "-D", "unsafe_op_in_unsafe_fn"])
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "rlib",
+            "--crate-name",
+            "vni_module",
+        ])
+        .args([
+            "-C",
+            "panic=abort",
+            "-D",
+            "warnings",
+            "-D",
+            "unsafe_op_in_unsafe_fn",
+        ])
         .arg("--out-dir")
         .arg(&out)
         .arg(&root)

@@ -266,8 +266,9 @@ fn region_trouble(e: &anyhow::Error) -> bool {
             || cause.is::<LockError>()
             || cause.is::<vni_protocol::ProtocolError>()
             || cause.is::<vni_protocol::LayoutError>()
+            || cause.is::<vni_protocol::SendError>()
             || matches!(
-                cause.downcast_ref::<vni_protocol::SendError>(),
+                cause.downcast_ref::<vni_protocol::SendError<std::io::Error>>(),
                 Some(e) if !matches!(e, vni_protocol::SendError::Source(_))
             )
     })

@@ -89,7 +89,7 @@ fn sections(layout: &Layout) -> [(usize, usize); 8] {
 /// indices; random bytes over the header, the node table, the lock, the
 /// address table and the buffer management. It takes no lock and honours
 /// nothing. Honest nodes must keep running, count protocol errors, fence
-/// it ([`crate::endpoint::OFFENCE_LIMIT`]) and never read out of bounds.
+/// it ([`crate::OFFENCE_LIMIT`]) and never read out of bounds.
 #[derive(Debug)]
 pub struct Rogue {
     region: Arc<Region>,
@@ -352,7 +352,7 @@ pub fn attach_hostile(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::QUARANTINE_LEASES;
+    use crate::QUARANTINE_LEASES;
 
     /// One round of an honest node as the driver runs it: on any error
     /// it attaches again (after a fence, a scribbled generation, …).
@@ -403,10 +403,7 @@ mod tests {
             }
             assert!(fenced, "{config:?}: nobody fenced the rogue");
             let errors: u64 = honest.iter().map(|e| e.counters().protocol_errors).sum();
-            assert!(
-                errors >= u64::from(crate::endpoint::OFFENCE_LIMIT),
-                "{config:?}"
-            );
+            assert!(errors >= u64::from(crate::OFFENCE_LIMIT), "{config:?}");
             // Fenced: its entry was reset and nothing goes to it.
             for ep in &honest {
                 if ep.quarantined() & 1 << rogue_id != 0 {
@@ -448,7 +445,7 @@ mod tests {
             // node's rings are blamed on it: a rogue can frame others for
             // a while) they exchange frames again.
             let before: u64 = honest.iter().map(|e| e.counters().rx_frames).sum();
-            let quarantine = u64::from(LEASE_MS * crate::endpoint::QUARANTINE_LEASES);
+            let quarantine = u64::from(LEASE_MS * crate::QUARANTINE_LEASES);
             let until =
                 std::time::Instant::now() + std::time::Duration::from_millis(3 * quarantine);
             for round in 0.. {

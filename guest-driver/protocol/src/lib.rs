@@ -56,7 +56,7 @@
 //! ```
 
 // The shared-memory core, under the names this crate's modules use.
-use vni_core::{addr, ether, frame, layout, lock, nodes, pool, rings};
+use vni_core::{addr, ether, layout, lock, nodes, pool, rings};
 
 mod endpoint;
 #[doc(hidden)]
@@ -67,14 +67,15 @@ mod platform;
 mod region;
 pub mod sim;
 
-pub use endpoint::{
-    format, members, Dest, Endpoint, EndpointError, FlushReport, SendError, BATCH, OFFENCE_LIMIT,
-    QUARANTINE_LEASES,
-};
+pub use endpoint::{format, CoreEndpoint, Endpoint, SharedRegion};
 pub use inspect::{inspect, NodeReport, PoolReport, RegionReport};
 pub use io::{frame_iovecs, IoSlots};
 pub use platform::{Backoff, StdPlatform};
 pub use region::{Region, RegionError};
+pub use vni_core::{
+    members, Dest, EndpointError, FlushReport, NoSource, SendError, BATCH, OFFENCE_LIMIT,
+    QUARANTINE_LEASES,
+};
 pub use vni_core::{
     AddrError, BufferConfig, Counters, Geometry, Holder, Layout, LayoutError, LockError,
     LockStatus, MacAddr, MacParseError, NodeId, NodeState, ProtocolError, RxFrame, Segment,
