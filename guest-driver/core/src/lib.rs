@@ -64,6 +64,7 @@ pub mod frame;
 pub mod layout;
 pub mod lock;
 pub mod nodes;
+pub mod offsets;
 pub mod platform;
 pub mod pool;
 pub mod region;

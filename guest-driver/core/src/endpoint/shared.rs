@@ -1,0 +1,194 @@
+//! What both configurations' paths need of an endpoint: the region, the
+//! node's identity and counters, the lock and its recovery, the peers'
+//! standing (offences, quarantine).
+
+use core::ops::Deref;
+use core::sync::atomic::{fence, Ordering};
+
+use super::buffers::RepairScratch;
+use super::{
+    attached, bit, members, rebuild, AddrTable, BufferConfig, Counters, EndpointError, Instant,
+    Layout, Liveness, LockError, NodeId, NodeState, NodeTable, Platform, Pool, ProtocolError,
+    Region, RegionLock, Rings, Ticket, MAX_NODES,
+};
+
+/// Repairs what a dead node may have left half done; the caller holds the
+/// lock. Returns the number of inconsistencies found.
+pub(super) fn repair(
+    region: &Region,
+    layout: &Layout,
+    me: NodeId,
+    scratch: &mut RepairScratch,
+) -> u64 {
+    let nodes = NodeTable { region, layout };
+    let is_live = attached(&nodes);
+    let mut errors =
+        AddrTable { region, layout }.retain(|_, node| is_live(node), &mut scratch.kept);
+    if layout.geometry.config == BufferConfig::SharedPool {
+        let report = rebuild(
+            &Pool { region, layout },
+            &nodes,
+            &is_live,
+            &mut || nodes.beat(me),
+            &mut scratch.chain,
+        );
+        errors = errors.saturating_add(report.errors);
+    }
+    errors
+}
+
+/// What both configurations' paths need of the endpoint: the region, this
+/// node's identity and counters, the lock, the peers' standing.
+#[derive(Debug)]
+pub(super) struct Shared<M, P> {
+    pub(super) region: M,
+    pub(super) layout: Layout,
+    pub(super) me: NodeId,
+    pub(super) generation: u32,
+    pub(super) liveness: Liveness,
+    pub(super) counters: Counters,
+    pub(super) last_error: Option<ProtocolError>,
+    pub(super) fenced: bool,
+    pub(super) platform: P,
+    /// Protocol errors blamed on each peer since it was last fenced.
+    pub(super) offences: [u32; MAX_NODES],
+    /// Peers fenced for misbehaving, until when they are ignored.
+    pub(super) quarantine: [Option<Instant>; MAX_NODES],
+}
+
+impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
+    pub(super) fn nodes(&self) -> NodeTable<'_> {
+        NodeTable {
+            region: &self.region,
+            layout: &self.layout,
+        }
+    }
+
+    pub(super) fn pool(&self) -> Pool<'_> {
+        Pool {
+            region: &self.region,
+            layout: &self.layout,
+        }
+    }
+
+    pub(super) fn rings(&self) -> Rings<'_> {
+        Rings {
+            region: &self.region,
+            layout: &self.layout,
+        }
+    }
+
+    pub(super) fn slot_size(&self) -> usize {
+        (self.layout.geometry.slot_size as usize).max(1)
+    }
+
+    pub(super) fn note(&mut self, error: ProtocolError) {
+        self.counters.protocol_errors = self.counters.protocol_errors.saturating_add(1);
+        self.last_error = Some(error);
+    }
+
+    /// Counts `n` more protocol errors.
+    pub(super) fn add_errors(&mut self, n: u64) {
+        self.counters.protocol_errors = self.counters.protocol_errors.saturating_add(n);
+    }
+
+    pub(super) fn dropped_tx(&mut self, n: u64) {
+        self.counters.tx_dropped = self.counters.tx_dropped.saturating_add(n);
+    }
+
+    pub(super) fn check_usable(&self) -> Result<(), EndpointError> {
+        if self.fenced {
+            return Err(LockError::Fenced.into());
+        }
+        Ok(())
+    }
+
+    /// Counts a protocol error against the node that caused it, when it
+    /// is known; [`Endpoint::tick`] fences a peer at [`OFFENCE_LIMIT`].
+    pub(super) fn blame(&mut self, node: Option<NodeId>) {
+        if let Some(count) = node
+            .filter(|&n| n != self.me)
+            .and_then(|n| self.offences.get_mut(n))
+        {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    pub(super) fn quarantined(&self) -> u64 {
+        self.quarantine
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.is_some())
+            .fold(0, |set, (n, _)| set | bit(n))
+    }
+
+    pub(super) fn running_peers(&self) -> u64 {
+        self.nodes().running_peers(self.me) & !self.quarantined()
+    }
+
+    /// Whether frames can go to `dest`: another node, in `Run`, not in
+    /// quarantine.
+    pub(super) fn reachable(&self, dest: NodeId) -> bool {
+        dest != self.me
+            && dest < self.layout.geometry.max_nodes as usize
+            && self.quarantine.get(dest).is_some_and(Option::is_none)
+            && self.nodes().state(dest) == NodeState::Run
+    }
+
+    pub(super) fn acquire(&mut self, scratch: &mut RepairScratch) -> Result<Ticket, EndpointError> {
+        self.check_usable()?;
+        let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let mut recovered = 0u64;
+        let mut errors = 0u64;
+        let result = RegionLock { region, layout }.lock(
+            me,
+            self.generation,
+            &mut self.liveness,
+            &self.platform,
+            &mut |_dead| {
+                recovered = recovered.saturating_add(1);
+                errors = errors.saturating_add(repair(region, layout, me, scratch));
+            },
+        );
+        self.counters.recoveries = self.counters.recoveries.saturating_add(recovered);
+        self.add_errors(errors);
+        result.map_err(|e| self.lock_failed(e))
+    }
+
+    pub(super) fn release(&mut self, ticket: Ticket) -> Result<(), EndpointError> {
+        let lock = RegionLock {
+            region: &self.region,
+            layout: &self.layout,
+        };
+        lock.unlock(ticket, self.me, self.generation)
+            .map_err(|e| self.lock_failed(e))
+    }
+
+    pub(super) fn lock_failed(&mut self, error: LockError) -> EndpointError {
+        if error == LockError::Fenced {
+            self.fenced = true;
+        }
+        error.into()
+    }
+
+    /// With the lock held: repair the region's buffer and address
+    /// management, counting what was wrong.
+    pub(super) fn repair_region(&mut self, scratch: &mut RepairScratch) {
+        let errors = repair(&self.region, &self.layout, self.me, scratch);
+        self.add_errors(errors);
+    }
+
+    /// Of `dests` (just published to), those that said they sleep.
+    pub(super) fn sleepers(&self, dests: u64) -> u64 {
+        if dests == 0 {
+            return 0;
+        }
+        // SeqCst: pairs with the receiver's SeqCst store of its sleeping
+        // flag; either we see the flag, or it sees our published frames.
+        fence(Ordering::SeqCst);
+        let nodes = self.nodes();
+        members(dests)
+            .filter(|&n| n < nodes.count() && nodes.sleeping(n))
+            .fold(0, |set, n| set | bit(n))
+    }
+}
