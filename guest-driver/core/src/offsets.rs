@@ -166,4 +166,3 @@ const _: () = {
     assert!(MAX_FRAME < 1 << 24 && MAX_NODES <= 1 << 8);
     assert!(MAX_SLOT as usize % CACHE_LINE == 0);
 };
-

@@ -245,7 +245,7 @@ fn rogue(
     rate: u32,
     seed: u64,
 ) -> anyhow::Result<serde_json::Value> {
-    use vni_protocol::hostile::{Rogue, ROGUE_ATTACKS};
+    use vni_sim::hostile::{Rogue, ROGUE_ATTACKS};
     let region = Arc::new(Ivshmem::open(VECTORS)?.map_region()?);
     let attach = || -> anyhow::Result<vni_protocol::Endpoint> {
         let mut ep = vni_protocol::Endpoint::attach(region.clone(), node, mac)?;

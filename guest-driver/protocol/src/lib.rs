@@ -59,13 +59,10 @@
 use vni_core::{addr, ether, layout, lock, nodes, pool, rings};
 
 mod endpoint;
-#[doc(hidden)]
-pub mod hostile;
 mod inspect;
 mod io;
 mod platform;
 mod region;
-pub mod sim;
 
 pub use endpoint::{format, CoreEndpoint, Endpoint, SharedRegion};
 pub use inspect::{inspect, NodeReport, PoolReport, RegionReport};

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    vni_protocol::hostile::attach_hostile(data);
+    vni_sim::hostile::attach_hostile(data);
 });

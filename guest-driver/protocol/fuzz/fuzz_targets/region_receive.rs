@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     } else {
         BufferConfig::PerPair
     };
-    vni_protocol::hostile::run_hostile(config, rest);
+    vni_sim::hostile::run_hostile(config, rest);
 });

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use vni_protocol::sim::{self, Pattern, Sizes, WorkerPlan};
 use vni_protocol::{BufferConfig, Geometry};
+use vni_sim::{self as sim, Pattern, Sizes, WorkerPlan};
 
 /// Frames per run, spread over all pairs: 6 runs make 3 million frames.
 const FRAMES_PER_RUN: u64 = 500_000;

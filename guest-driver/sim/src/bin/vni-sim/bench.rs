@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use vni_protocol::sim::{self, Pattern, Sizes, WorkerPlan};
 use vni_protocol::BufferConfig;
+use vni_sim::{self as sim, Pattern, Sizes, WorkerPlan};
 
 /// Options of `vni-sim bench`.
 #[derive(clap::Args, Debug)]

@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use vni_protocol::hostile::{attach_hostile, run_hostile};
 use vni_protocol::{
     format, inspect, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region,
 };
+use vni_sim::hostile::{attach_hostile, run_hostile};
 
 const NODES: usize = 3;
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use vni_protocol::sim::{self, Pattern, Sizes, WorkerPlan};
 use vni_protocol::{BufferConfig, Endpoint, MacAddr, NodeState, Region};
+use vni_sim::{self as sim, Pattern, Sizes, WorkerPlan};
 
 mod bench;
 

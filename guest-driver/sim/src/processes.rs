@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::{
+use vni_protocol::{
     format, inspect, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region,
     RegionReport, SendError,
 };
@@ -81,7 +81,7 @@ pub fn frame_len(sizes: Sizes, seed: u64, src: usize, dst: usize, seq: u64) -> u
             let max = match r & 3 {
                 0 | 1 => 1514,
                 2 => 9000,
-                _ => crate::MAX_FRAME as u64,
+                _ => vni_protocol::MAX_FRAME as u64,
             };
             1 + ((r >> 8) % max) as usize
         }
@@ -159,7 +159,7 @@ const TICK_EVERY: Duration = Duration::from_millis(5);
 struct Pacer {
     last_tick: Instant,
     calls: u32,
-    idle: crate::Backoff,
+    idle: vni_protocol::Backoff,
 }
 
 impl Pacer {
@@ -169,7 +169,7 @@ impl Pacer {
         Pacer {
             last_tick: Instant::now(),
             calls: 0,
-            idle: crate::Backoff::default(),
+            idle: vni_protocol::Backoff::default(),
         }
     }
 
@@ -187,7 +187,7 @@ impl Pacer {
             now = Some(t);
         }
         if progress {
-            self.idle = crate::Backoff::default();
+            self.idle = vni_protocol::Backoff::default();
         } else {
             self.idle.wait();
         }
@@ -225,7 +225,7 @@ pub fn run_worker(plan: &WorkerPlan) -> anyhow::Result<WorkerReport> {
     let done_at = Instant::now();
     ep.set_state(NodeState::Ready)?;
     while ep.running_peers() & all != 0 && done_at.elapsed() < BARRIER_TIMEOUT {
-        ep.recv(crate::BATCH, |_| {})?;
+        ep.recv(vni_protocol::BATCH, |_| {})?;
         ep.tick()?;
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -248,15 +248,15 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
         node: me,
         ..Default::default()
     };
-    let mut buf = vec![0u8; crate::MAX_FRAME];
-    let mut want = vec![0u8; crate::MAX_FRAME];
+    let mut buf = vec![0u8; vni_protocol::MAX_FRAME];
+    let mut want = vec![0u8; vni_protocol::MAX_FRAME];
     let start = Instant::now();
     let mut pacer = Pacer::new();
     let mut deferred = 0;
     let mut rr = 0;
     loop {
         let mut progress = false;
-        let got = ep.recv(crate::BATCH, |frame| {
+        let got = ep.recv(vni_protocol::BATCH, |frame| {
             let Some(src) = frame.source().filter(|s| sources.contains(s)) else {
                 report.misordered += 1;
                 report.problem.get_or_insert_with(|| {
@@ -293,7 +293,7 @@ fn stress_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRep
         let mut sent_now = 0;
         for k in 0..targets.len() {
             let dst = targets[(rr + k) % targets.len()];
-            while next_seq[dst] < plan.frames_per_pair && sent_now < crate::BATCH {
+            while next_seq[dst] < plan.frames_per_pair && sent_now < vni_protocol::BATCH {
                 let seq = next_seq[dst];
                 let len = frame_len(plan.sizes, plan.seed, me, dst, seq);
                 fill_frame(&mut buf[..len], plan.seed, me, dst, seq);
@@ -340,7 +340,7 @@ fn bench_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRepo
     };
     let mut frame = vec![0u8; len];
     fill_frame(&mut frame, plan.seed, me, 0, 0);
-    let mut sink = vec![0u8; crate::MAX_FRAME];
+    let mut sink = vec![0u8; vni_protocol::MAX_FRAME];
     let mut report = WorkerReport {
         node: me,
         ..Default::default()
@@ -350,13 +350,13 @@ fn bench_loop(ep: &mut Endpoint, plan: &WorkerPlan) -> anyhow::Result<WorkerRepo
     let mut pacer = Pacer::new();
     'run: loop {
         let mut progress = false;
-        let got = ep.recv(crate::BATCH, |f| {
+        let got = ep.recv(vni_protocol::BATCH, |f| {
             report.received_bytes += f.copy_to(&mut sink) as u64;
         })?;
         report.received += got as u64;
         progress |= got > 0;
         for &dst in &targets {
-            for _ in 0..crate::BATCH {
+            for _ in 0..vni_protocol::BATCH {
                 match ep.send(Dest::Node(dst), &frame) {
                     Ok(()) => report.sent += 1,
                     Err(e) if e.is_backpressure() => {

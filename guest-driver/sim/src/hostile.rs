@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use crate::layout::{Layout, HEADER_LEN, MAX_FRAME};
-use crate::{format, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region};
+use vni_core::layout::{Layout, HEADER_LEN, MAX_FRAME};
+use vni_protocol::{format, BufferConfig, Dest, Endpoint, Geometry, MacAddr, NodeState, Region};
 
 /// One write of a rogue peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +89,7 @@ fn sections(layout: &Layout) -> [(usize, usize); 8] {
 /// indices; random bytes over the header, the node table, the lock, the
 /// address table and the buffer management. It takes no lock and honours
 /// nothing. Honest nodes must keep running, count protocol errors, fence
-/// it ([`crate::OFFENCE_LIMIT`]) and never read out of bounds.
+/// it ([`vni_protocol::OFFENCE_LIMIT`]) and never read out of bounds.
 #[derive(Debug)]
 pub struct Rogue {
     region: Arc<Region>,
@@ -113,7 +113,11 @@ pub const ROGUE_ATTACKS: [&str; 8] = [
 impl Rogue {
     /// A rogue as node `me` of `region` (which must hold a valid header),
     /// its random choices seeded with `seed`.
-    pub fn new(region: Arc<Region>, me: usize, seed: u64) -> Result<Self, crate::LayoutError> {
+    pub fn new(
+        region: Arc<Region>,
+        me: usize,
+        seed: u64,
+    ) -> Result<Self, vni_protocol::LayoutError> {
         let (layout, _) = Layout::read(&region)?;
         Ok(Rogue {
             region,
@@ -175,11 +179,11 @@ impl Rogue {
     /// victim: in its queue (configuration 2) or in the rogue's ring to it
     /// (configuration 1).
     fn bad_frame(&mut self, attack: usize) {
-        use crate::layout::{
+        use std::sync::atomic::Ordering::{Relaxed, Release};
+        use vni_core::layout::{
             DESC_LEN_WORD as D_LEN, DESC_META as D_META, DESC_NEXT as D_NEXT, DESC_OWNER as D_OWNER,
         };
-        use crate::pool::{queued, Pool, NO_SLOT};
-        use std::sync::atomic::Ordering::{Relaxed, Release};
+        use vni_core::pool::{queued, Pool, NO_SLOT};
         let victim = self.victim();
         let g = self.layout.geometry;
         // Random numbers first: the region is borrowed below.
@@ -211,7 +215,7 @@ impl Rogue {
                 pool.publish_tail(victim, tail.wrapping_add(1));
             }
             BufferConfig::PerPair => {
-                let rings = crate::rings::Rings { region, layout };
+                let rings = vni_core::rings::Rings { region, layout };
                 let tail = rings.tail(self.me, victim);
                 let desc = rings.desc_off(self.me, victim, tail);
                 let (len, span, publish) = match attack {
@@ -251,7 +255,7 @@ fn lab(config: BufferConfig) -> (Arc<Region>, Vec<Endpoint>) {
 
 /// Honest traffic among `endpoints`; endpoints that fail are dropped.
 fn traffic(endpoints: &mut Vec<Endpoint>, rounds: usize) {
-    let mut buf = vec![0u8; crate::MAX_FRAME];
+    let mut buf = vec![0u8; vni_protocol::MAX_FRAME];
     for round in 0..rounds {
         endpoints.retain_mut(|ep| {
             let me = ep.id();
@@ -268,11 +272,11 @@ fn traffic(endpoints: &mut Vec<Endpoint>, rounds: usize) {
                 && ep.route(&frame).is_ok()
                 && !matches!(
                     ep.send(Dest::Node((me + 1) % NODES), &frame),
-                    Err(crate::SendError::Endpoint(_))
+                    Err(vni_protocol::SendError::Endpoint(_))
                 )
                 && !matches!(
                     ep.send(Dest::AllPeers, &frame[..frame.len().min(64)]),
-                    Err(crate::SendError::Endpoint(_))
+                    Err(vni_protocol::SendError::Endpoint(_))
                 )
                 && ep.flush().is_ok()
         });
@@ -293,7 +297,7 @@ pub fn run_hostile(config: BufferConfig, data: &[u8]) {
         endpoints.push(late);
         traffic(&mut endpoints, 2);
     }
-    let _ = crate::inspect(&region);
+    let _ = vni_protocol::inspect(&region);
     for ep in endpoints {
         let _ = ep.detach();
     }
@@ -326,14 +330,14 @@ pub fn attach_hostile(data: &[u8]) {
         edits.0.retain(|s| s.offset < layout.addr);
         edits.apply(&region);
         if mode & 4 != 0 {
-            crate::layout::reseal_header(&region);
+            vni_core::layout::reseal_header(&region);
         }
         region
     };
     if let Ok((layout, _)) = Layout::read(&region) {
         assert!(layout.total <= region.len());
     }
-    let _ = crate::inspect(&region);
+    let _ = vni_protocol::inspect(&region);
     // Attaching waits out a lease the header claims (up to 10 minutes) when
     // the node's entry looks alive, so only short-lease headers are tried.
     if Layout::read(&region).is_ok_and(|(l, _)| l.geometry.lease_ms <= 50) {
@@ -352,7 +356,7 @@ pub fn attach_hostile(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::QUARANTINE_LEASES;
+    use vni_protocol::QUARANTINE_LEASES;
 
     /// One round of an honest node as the driver runs it: on any error
     /// it attaches again (after a fence, a scribbled generation, …).
@@ -366,7 +370,7 @@ mod tests {
             && ep.recv(64, |f| assert!(f.len() <= MAX_FRAME)).is_ok()
             && !matches!(
                 ep.send(Dest::Node(to), &frame),
-                Err(crate::SendError::Endpoint(_))
+                Err(vni_protocol::SendError::Endpoint(_))
             )
             && ep.flush().is_ok();
         if !ok {
@@ -403,7 +407,10 @@ mod tests {
             }
             assert!(fenced, "{config:?}: nobody fenced the rogue");
             let errors: u64 = honest.iter().map(|e| e.counters().protocol_errors).sum();
-            assert!(errors >= u64::from(crate::OFFENCE_LIMIT), "{config:?}");
+            assert!(
+                errors >= u64::from(vni_protocol::OFFENCE_LIMIT),
+                "{config:?}"
+            );
             // Fenced: its entry was reset and nothing goes to it.
             for ep in &honest {
                 if ep.quarantined() & 1 << rogue_id != 0 {
@@ -445,7 +452,7 @@ mod tests {
             // node's rings are blamed on it: a rogue can frame others for
             // a while) they exchange frames again.
             let before: u64 = honest.iter().map(|e| e.counters().rx_frames).sum();
-            let quarantine = u64::from(LEASE_MS * crate::QUARANTINE_LEASES);
+            let quarantine = u64::from(LEASE_MS * vni_protocol::QUARANTINE_LEASES);
             let until =
                 std::time::Instant::now() + std::time::Duration::from_millis(3 * quarantine);
             for round in 0.. {
@@ -580,7 +587,7 @@ mod tests {
         format(&region, &geometry).unwrap();
         assert!(matches!(
             eps[1].tick(),
-            Err(crate::EndpointError::Reformatted)
+            Err(vni_protocol::EndpointError::Reformatted)
         ));
     }
 

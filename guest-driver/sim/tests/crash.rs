@@ -39,7 +39,7 @@ fn attach_running(region: &Arc<Region>, node: usize) -> Endpoint {
 
 #[test]
 fn killing_the_lock_holder_loses_no_slot() {
-    let path = vni_protocol::sim::region_path("crash");
+    let path = vni_sim::region_path("crash");
     let mut cleanup = Cleanup {
         child: None,
         path: path.clone(),
