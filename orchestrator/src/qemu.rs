@@ -23,8 +23,9 @@ use crate::topology::Node;
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
-/// Doorbell vectors per node: 0 for "frames wait", 1 for control.
-pub const VECTORS: u16 = 2;
+/// Doorbell vectors per node (the protocol's: 0 for "frames wait", 1 for
+/// control).
+pub const VECTORS: u16 = vni_protocol::DOORBELL_VECTORS;
 /// The virtio-serial port name qemu-ga looks for.
 pub const AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
@@ -403,7 +404,7 @@ mod tests {
             "socket,id=agent,path=/run/lab/a.qga,server=on,wait=off",
             "name=org.qemu.guest_agent.0",
             "socket,id=ivshmem,path=/run/lab/ivshmem.sock",
-            "ivshmem-doorbell,chardev=ivshmem,vectors=2",
+            &format!("ivshmem-doorbell,chardev=ivshmem,vectors={VECTORS}"),
         ] {
             assert!(line.contains(part), "{part:?} missing from {line}");
         }

@@ -401,10 +401,7 @@ async fn setup_network(
     let node = &running.node;
     let (what, script) = match topology.network {
         Network::Vni => {
-            let notification = match topology.vni.notification {
-                crate::topology::Notification::Interrupt => "interrupt",
-                crate::topology::Notification::Polling => "polling",
-            };
+            let notification = topology.vni.notification;
             let script = format!(
                 "vni-driver run --node {} --mac {} --mtu {} --address {} --notification {notification} \
                  --busy-poll-us {}{} > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",

@@ -182,6 +182,8 @@ pub struct RawVni {
     pub mtu: Option<u32>,
     /// How a receiver learns of frames: `interrupt` (doorbell; default) or
     /// `polling`.
+    #[serde(default)]
+    #[schemars(schema_with = "notification_schema")]
     pub notification: Option<Notification>,
     /// How long a driver keeps polling after its last frame before it
     /// sleeps (`0` sleeps at once), e.g. `500us`, `2ms`; at most 100ms.
@@ -219,15 +221,31 @@ pub struct RawTimeouts {
     pub command: Option<DurationSpec>,
 }
 
-/// How a receiving node learns that frames wait.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Notification {
-    /// Doorbell (MSI-X through ivshmem) when the receiver sleeps.
-    #[default]
-    Interrupt,
-    /// The receiver polls, backing off while idle.
-    Polling,
+pub use vni_protocol::Notification;
+
+/// The schema of the lab file's `notification` key, from the protocol's
+/// one definition of the modes (names and descriptions).
+fn notification_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let modes: Vec<serde_json::Value> = Notification::ALL
+        .iter()
+        .map(|mode| {
+            serde_json::json!({
+                "const": mode.name(),
+                "description": mode.description(),
+                "type": "string",
+            })
+        })
+        .collect();
+    generator.definitions_mut().insert(
+        "Notification".into(),
+        serde_json::json!({
+            "description": "How a receiving node learns that frames wait.",
+            "oneOf": modes,
+        }),
+    );
+    schemars::json_schema!({
+        "anyOf": [{ "$ref": "#/$defs/Notification" }, { "type": "null" }]
+    })
 }
 
 /// Which accelerator runs the guests.

@@ -12,7 +12,8 @@ use vni_driver::device::Ivshmem;
 use vni_driver::run::{Config, Notification};
 
 /// Doorbell vectors the lab's QEMUs give each node.
-const VECTORS: u32 = 2;
+/// MSI-X vectors of the ivshmem device (the protocol's count).
+const VECTORS: u32 = vni_protocol::DOORBELL_VECTORS as u32;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,8 +47,8 @@ enum Cmd {
         #[arg(long, default_value = "vni0")]
         interface: String,
         /// interrupt or polling.
-        #[arg(long, default_value = "interrupt", value_parser = ["interrupt", "polling"])]
-        notification: String,
+        #[arg(long, default_value = "interrupt", value_parser = notification_parser())]
+        notification: Notification,
         /// Times the loop's phases and prints where the time went when
         /// the driver stops.
         #[arg(long)]
@@ -164,11 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mtu,
                 addresses,
                 interface,
-                notification: if notification == "polling" {
-                    Notification::Polling
-                } else {
-                    Notification::Interrupt
-                },
+                notification,
                 profile,
                 busy_poll: Duration::from_micros(busy_poll_us),
             };
@@ -362,4 +359,11 @@ fn probe(device: &Ivshmem) -> anyhow::Result<()> {
     });
     println!("{report}");
     Ok(())
+}
+
+/// `interrupt` or `polling`, the protocol's names, offered as possible values.
+fn notification_parser() -> impl clap::builder::TypedValueParser<Value = Notification> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Notification::NAMES)
+        .map(|name| name.parse().unwrap_or_default())
 }

@@ -36,14 +36,7 @@ use vni_protocol::{members, Endpoint, EndpointError, LockError, MacAddr, NodeSta
 use crate::device::Ivshmem;
 use crate::tap::{Tap, VNET_HDR_LEN};
 
-/// How a receiver learns that frames wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Notification {
-    /// Doorbells (MSI-X through VFIO) when it sleeps.
-    Interrupt,
-    /// It polls, backing off while idle.
-    Polling,
-}
+pub use vni_protocol::Notification;
 
 /// What the driver is told by the orchestrator.
 #[derive(Clone, Debug)]
@@ -70,7 +63,7 @@ pub struct Config {
 /// Housekeeping period.
 const TICK: Duration = Duration::from_millis(10);
 /// Doorbell vector for "frames wait".
-const RX_VECTOR: u16 = 0;
+const RX_VECTOR: u16 = vni_protocol::RX_VECTOR;
 /// Longest wait between polls in polling mode.
 const POLL_MAX: Duration = Duration::from_millis(1);
 const POLL_MIN: Duration = Duration::from_micros(50);

@@ -75,6 +75,6 @@ pub use vni_core::{
 };
 pub use vni_core::{
     AddrError, BufferConfig, Counters, Geometry, Holder, Layout, LayoutError, LockError,
-    LockStatus, MacAddr, MacParseError, NodeId, NodeState, ProtocolError, RxFrame, Segment,
-    HEADER_LEN, MAX_FRAME, MAX_NODES,
+    LockStatus, MacAddr, MacParseError, NodeId, NodeState, Notification, ProtocolError, RxFrame,
+    Segment, DOORBELL_VECTORS, HEADER_LEN, MAX_FRAME, MAX_NODES, RX_VECTOR,
 };

@@ -56,7 +56,7 @@ impl CaseSpec {
             Carrier::Vni {
                 buffers,
                 notification,
-            } => format!("c{buffers}-{}", notification_name(notification)),
+            } => format!("c{buffers}-{}", notification.name()),
             Carrier::VirtioNet => "virtio-net".to_owned(),
         };
         format!("n{}-mtu{}-{what}", self.nodes, self.mtu)
@@ -68,7 +68,7 @@ impl CaseSpec {
             Carrier::Vni {
                 buffers,
                 notification,
-            } => format!("VNI config {buffers}, {}", notification_name(notification)),
+            } => format!("VNI config {buffers}, {}", notification.name()),
             Carrier::VirtioNet => "virtio-net".to_owned(),
         }
     }
@@ -76,14 +76,6 @@ impl CaseSpec {
     /// Whether this is the baseline.
     pub fn is_baseline(&self) -> bool {
         self.carrier == Carrier::VirtioNet
-    }
-}
-
-/// `interrupt` or `polling`.
-pub fn notification_name(n: Notification) -> &'static str {
-    match n {
-        Notification::Interrupt => "interrupt",
-        Notification::Polling => "polling",
     }
 }
 
@@ -519,10 +511,7 @@ pub fn derive_lab(base: &str, case: &CaseSpec, name: &str) -> Result<String, Der
             notification,
         } => {
             vni.insert("buffers".into(), u64::from(buffers).into());
-            vni.insert(
-                "notification".into(),
-                notification_name(notification).into(),
-            );
+            vni.insert("notification".into(), notification.name().into());
             // A slot count sized for one configuration does not fit the
             // other; let each take what the region holds.
             vni.remove("slot_count");

@@ -357,7 +357,7 @@ impl Results {
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.spec.nodes,
                 c.spec.mtu,
-                super::notification_name(notification),
+                notification.name(),
                 buffers,
                 num(c.tcp_all.as_ref().map(|a| a.sum_mbit), 0),
                 slots,

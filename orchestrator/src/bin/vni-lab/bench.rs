@@ -41,8 +41,8 @@ pub struct Options {
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=2))]
     pub buffers: Vec<u32>,
     /// Notification modes (comma-separated: interrupt, polling).
-    #[arg(long, value_delimiter = ',', value_parser = ["interrupt", "polling"])]
-    pub notifications: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = notification_parser())]
+    pub notifications: Vec<Notification>,
     /// Every MTU at every node count (45 cases with the defaults).
     #[arg(long)]
     pub full: bool,
@@ -71,17 +71,7 @@ impl Options {
             m.buffers.clone_from(&self.buffers);
         }
         if !self.notifications.is_empty() {
-            m.notifications = self
-                .notifications
-                .iter()
-                .map(|n| {
-                    if n == "polling" {
-                        Notification::Polling
-                    } else {
-                        Notification::Interrupt
-                    }
-                })
-                .collect();
+            m.notifications.clone_from(&self.notifications);
         }
         m.full = self.full;
         m.baseline = !self.no_baseline;
@@ -458,4 +448,11 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `interrupt` or `polling`, the protocol's names, offered as possible values.
+fn notification_parser() -> impl clap::builder::TypedValueParser<Value = Notification> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Notification::NAMES)
+        .map(|name| name.parse().unwrap_or_default())
 }
