@@ -30,7 +30,8 @@ use core::time::Duration;
 
 use super::layout::{
     Layout, INITIAL_INDEX, LOCK_HOLDER as HOLDER, LOCK_NEXT_TICKET as NEXT_TICKET,
-    LOCK_NOW_SERVING as NOW_SERVING, LOCK_RECOVERIES as RECOVERIES, NODE_TICKET, NODE_WAITING,
+    LOCK_NOW_SERVING as NOW_SERVING, LOCK_RECOVERIES as RECOVERIES,
+    LOCK_RECOVERIES_CHECK as RECOVERIES_CHECK, NODE_TICKET, NODE_WAITING,
 };
 use super::nodes::{Liveness, NodeId, NodeTable, Stall};
 use super::platform::Platform;
@@ -107,6 +108,16 @@ pub struct LockStatus {
     pub held: bool,
     /// Dead holders recovered from, ever.
     pub recoveries: u64,
+    /// Whether `recoveries` passes its check word (false: a peer
+    /// scribbled over it; the next holder puts the last valid count back).
+    pub recoveries_valid: bool,
+}
+
+/// What a node remembers of the lock's words between its turns: the last
+/// valid recoveries count, put back if the words are scribbled over.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockMemory {
+    recoveries: u64,
 }
 
 /// Proof that the lock is held; give it back with [`RegionLock::unlock`].
@@ -146,8 +157,42 @@ impl<'a> RegionLock<'a> {
             u64::from(first.wrapping_sub(1)) << 32,
             Ordering::Relaxed,
         );
+        self.store_recoveries(0);
+    }
+
+    /// The recoveries count, `None` when its check word disagrees (a
+    /// scribble).
+    fn recoveries(&self) -> Option<u64> {
+        let count = self
+            .region
+            .load_u64(self.off(RECOVERIES), Ordering::Relaxed);
+        let check = self
+            .region
+            .load_u64(self.off(RECOVERIES_CHECK), Ordering::Relaxed);
+        (check == !count).then_some(count)
+    }
+
+    fn store_recoveries(&self, count: u64) {
         self.region
-            .store_u64(self.off(RECOVERIES), 0, Ordering::Relaxed);
+            .store_u64(self.off(RECOVERIES), count, Ordering::Relaxed);
+        self.region
+            .store_u64(self.off(RECOVERIES_CHECK), !count, Ordering::Relaxed);
+    }
+
+    /// With the lock held: remembers a valid recoveries count in `memory`,
+    /// or puts back the one remembered when the words were scribbled over,
+    /// as the other lock words heal. True when it healed them.
+    pub fn heal_stats(&self, memory: &mut LockMemory) -> bool {
+        match self.recoveries() {
+            Some(count) => {
+                memory.recoveries = count;
+                false
+            }
+            None => {
+                self.store_recoveries(memory.recoveries);
+                true
+            }
+        }
     }
 
     /// The lock words as they are now.
@@ -169,6 +214,7 @@ impl<'a> RegionLock<'a> {
             recoveries: self
                 .region
                 .load_u64(self.off(RECOVERIES), Ordering::Relaxed),
+            recoveries_valid: self.recoveries().is_some(),
         }
     }
 
@@ -401,8 +447,10 @@ impl<'a> RegionLock<'a> {
             liveness.forget(node);
         }
         repair(dead);
-        self.region
-            .fetch_add_u64(self.off(RECOVERIES), 1, Ordering::Relaxed);
+        // A scribbled count is left for the next holder to put back.
+        if let Some(count) = self.recoveries() {
+            self.store_recoveries(count.wrapping_add(1));
+        }
         // A turn nobody announced may be one of many garbage tickets (a
         // rogue moved `next_ticket`): jump to the nearest announced waiter
         // instead of waiting a lease for each. A node that took a ticket in

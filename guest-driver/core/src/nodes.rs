@@ -76,6 +76,37 @@ pub struct Counters {
 
 impl Counters {
     const FIELDS: usize = NODE_COUNTER_COUNT;
+    /// More frames, drops, errors or recoveries than any node could count
+    /// (2^48: 15 million frames a second for seven months).
+    const MAX_EVENTS: u64 = 1 << 48;
+
+    /// Whether these counters could be a node's own: each below a bound
+    /// no run reaches, and bytes between one and the largest frame per
+    /// frame. A node writes only its own counters, so values that fail are
+    /// a misbehaving writer's; `Err` names the first that fails.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let events = [
+            ("tx_frames", self.tx_frames),
+            ("rx_frames", self.rx_frames),
+            ("tx_dropped", self.tx_dropped),
+            ("rx_dropped", self.rx_dropped),
+            ("protocol_errors", self.protocol_errors),
+            ("recoveries", self.recoveries),
+        ];
+        if let Some((name, _)) = events.iter().find(|(_, v)| *v >= Self::MAX_EVENTS) {
+            return Err(name);
+        }
+        let fits = |frames: u64, bytes: u64| {
+            bytes >= frames && bytes <= frames.saturating_mul(super::layout::MAX_FRAME as u64)
+        };
+        if !fits(self.tx_frames, self.tx_bytes) {
+            return Err("tx_bytes");
+        }
+        if !fits(self.rx_frames, self.rx_bytes) {
+            return Err("rx_bytes");
+        }
+        Ok(())
+    }
 
     /// The counters in the order the node entry stores them.
     pub fn to_array(self) -> [u64; Self::FIELDS] {
@@ -358,6 +389,34 @@ impl Stall {
 mod tests {
     use super::*;
     use crate::layout::{scratch, BufferConfig};
+
+    #[test]
+    fn implausible_counters_are_named() {
+        let honest = Counters {
+            tx_frames: 10,
+            tx_bytes: 15_000,
+            rx_frames: 3,
+            rx_bytes: 180,
+            ..Counters::default()
+        };
+        assert_eq!(honest.check(), Ok(()));
+        assert_eq!(Counters::default().check(), Ok(()));
+        let scribbled = Counters {
+            recoveries: 9_082_264_506_918_269_174,
+            ..honest
+        };
+        assert_eq!(scribbled.check(), Err("recoveries"));
+        let short = Counters {
+            tx_bytes: 9,
+            ..honest
+        };
+        assert_eq!(short.check(), Err("tx_bytes"));
+        let long = Counters {
+            rx_bytes: 3 * 65_601,
+            ..honest
+        };
+        assert_eq!(long.check(), Err("rx_bytes"));
+    }
 
     #[test]
     fn liveness_needs_a_full_lease_of_silence() {

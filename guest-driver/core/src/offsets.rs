@@ -6,8 +6,9 @@
 
 /// "MINTVNI" + NUL, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"MINTVNI\0");
-/// Layout version this crate reads and writes.
-pub const VERSION: u32 = 1;
+/// Layout version this crate reads and writes (2: the lock's recoveries
+/// count has a check word).
+pub const VERSION: u32 = 2;
 /// Largest frame carried: an offloaded TCP segment, or a frame at the
 /// largest MTU (65535) with its Ethernet header, a VLAN tag and the
 /// virtio-net header in front, rounded up to a multiple of 64.
@@ -81,6 +82,9 @@ pub const LOCK_NOW_SERVING: usize = 4;
 pub const LOCK_HOLDER: usize = 8;
 /// Lock: dead holders recovered from (u64).
 pub const LOCK_RECOVERIES: usize = 16;
+/// Lock: `!recoveries` (u64), so that a scribbled count is recognised
+/// (and put back by the next holder).
+pub const LOCK_RECOVERIES_CHECK: usize = 24;
 /// Bytes of the lock part.
 pub const LOCK_LEN: usize = CACHE_LINE;
 
@@ -150,7 +154,8 @@ const _: () = {
     assert!(NODE_ENTRY_LEN % CACHE_LINE == 0 && NODE_MAC % 8 == 0);
     // Lock words on one line.
     assert!(LOCK_NOW_SERVING >= LOCK_NEXT_TICKET + 4 && LOCK_HOLDER >= LOCK_NOW_SERVING + 4);
-    assert!(LOCK_RECOVERIES >= LOCK_HOLDER + 8 && LOCK_RECOVERIES + 8 <= LOCK_LEN);
+    assert!(LOCK_RECOVERIES >= LOCK_HOLDER + 8 && LOCK_RECOVERIES_CHECK >= LOCK_RECOVERIES + 8);
+    assert!(LOCK_RECOVERIES_CHECK + 8 <= LOCK_LEN && LOCK_RECOVERIES_CHECK % 8 == 0);
     assert!(LOCK_HOLDER % 8 == 0 && LOCK_RECOVERIES % 8 == 0);
     // Address entries, free stack, descriptors, queues, rings.
     assert!(ADDR_VERSION + 4 <= ADDR_ENTRIES && ADDR_ENTRY_NODE >= ADDR_ENTRY_MAC + 8);

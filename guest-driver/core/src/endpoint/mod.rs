@@ -44,7 +44,7 @@ use super::layout::{
     header_words, read_header, BufferConfig, Geometry, Layout, LayoutError, HDR_CHECKSUM,
     HDR_EPOCH, HDR_MAGIC, HEADER_LEN, MAGIC, MAX_FRAME, MAX_NODES,
 };
-use super::lock::{LockError, RegionLock, Ticket};
+use super::lock::{LockError, LockMemory, RegionLock, Ticket};
 use super::nodes::{Counters, Liveness, NodeId, NodeState, NodeTable};
 use super::platform::{Instant, Platform};
 use super::pool::{attached, held_by, rebuild, Pool};
@@ -278,6 +278,7 @@ where
                 platform,
                 offences: [0; MAX_NODES],
                 quarantine: [None; MAX_NODES],
+                lock_memory: LockMemory::default(),
             },
             buffers,
             backend,

@@ -8,8 +8,8 @@ use core::sync::atomic::{fence, Ordering};
 use super::buffers::RepairScratch;
 use super::{
     attached, bit, members, rebuild, AddrTable, BufferConfig, Counters, EndpointError, Instant,
-    Layout, Liveness, LockError, NodeId, NodeState, NodeTable, Platform, Pool, ProtocolError,
-    Region, RegionLock, Rings, Ticket, MAX_NODES,
+    Layout, Liveness, LockError, LockMemory, NodeId, NodeState, NodeTable, Platform, Pool,
+    ProtocolError, Region, RegionLock, Rings, Ticket, MAX_NODES,
 };
 
 /// Repairs what a dead node may have left half done; the caller holds the
@@ -54,6 +54,8 @@ pub(super) struct Shared<M, P> {
     pub(super) offences: [u32; MAX_NODES],
     /// Peers fenced for misbehaving, until when they are ignored.
     pub(super) quarantine: [Option<Instant>; MAX_NODES],
+    /// The lock's statistics as last seen valid.
+    pub(super) lock_memory: LockMemory,
 }
 
 impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
@@ -152,7 +154,17 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         );
         self.counters.recoveries = self.counters.recoveries.saturating_add(recovered);
         self.add_errors(errors);
-        result.map_err(|e| self.lock_failed(e))
+        let ticket = result.map_err(|e| self.lock_failed(e))?;
+        let lock = RegionLock {
+            region: &self.region,
+            layout: &self.layout,
+        };
+        if lock.heal_stats(&mut self.lock_memory) {
+            self.note(ProtocolError::Scribbled {
+                what: "the lock's recoveries count",
+            });
+        }
+        Ok(ticket)
     }
 
     pub(super) fn release(&mut self, ticket: Ticket) -> Result<(), EndpointError> {

@@ -324,19 +324,22 @@ pub fn inspect(
 
 fn print_region(lab: &LabDir, topology: &Topology, r: &vni_protocol::RegionReport) {
     let g = &r.geometry;
+    // What fails the protocol's validation prints as `?`: a misbehaving
+    // node wrote it, and it is no figure.
+    let checked = |ok: bool, value: String| if ok { value } else { "?".to_string() };
     println!(
         "Lab {}: buffer configuration {}, {} slots of {} bytes, {} free; lock {} (holder {}, {} recoveries)",
         lab.name,
         g.config.number(),
         r.pool.slots,
         g.slot_size,
-        r.pool.free,
+        checked(r.trusted("pool.free"), r.pool.free.to_string()),
         if r.lock.held { "held" } else { "free" },
         r.lock
             .holder
             .node
             .map_or("none".into(), |n| n.to_string()),
-        r.lock.recoveries
+        checked(r.trusted("lock.recoveries"), r.lock.recoveries.to_string())
     );
     println!(
         "  {:<3} {:<10} {:<6} {:<17} {:>5} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8} {:>6}",
@@ -353,29 +356,45 @@ fn print_region(lab: &LabDir, topology: &Topology, r: &vni_protocol::RegionRepor
         "RX DROP",
         "ERRORS"
     );
+    let mut any_untrusted = !r.untrusted.is_empty();
     for n in &r.nodes {
         let name = topology
             .nodes
             .get(n.id)
             .map_or("-", |node| node.name.as_str());
-        if n.state == Some(vni_protocol::NodeState::Reset) && topology.nodes.get(n.id).is_none() {
+        if n.state == Some(vni_protocol::NodeState::Reset)
+            && topology.nodes.get(n.id).is_none()
+            && n.untrusted.is_empty()
+        {
             continue;
         }
+        any_untrusted |= !n.untrusted.is_empty();
+        let counter = |v: u64| checked(n.trusted("counters"), v.to_string());
         println!(
             "  {:<3} {:<10} {:<6} {:<17} {:>5} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8} {:>6}",
             n.id,
             name,
             n.state
                 .map_or("?".into(), |s| format!("{s:?}").to_uppercase()),
-            n.mac.to_string(),
+            checked(n.trusted("mac"), n.mac.to_string()),
             n.doorbell_peer.map_or("-".into(), |p| p.to_string()),
             n.slots_held,
-            n.queue_depth,
-            n.counters.tx_frames,
-            n.counters.rx_frames,
-            n.counters.tx_dropped,
-            n.counters.rx_dropped,
-            n.counters.protocol_errors
+            checked(n.trusted("queue_depth"), n.queue_depth.to_string()),
+            counter(n.counters.tx_frames),
+            counter(n.counters.rx_frames),
+            counter(n.counters.tx_dropped),
+            counter(n.counters.rx_dropped),
+            counter(n.counters.protocol_errors)
+        );
+    }
+    if any_untrusted {
+        let mut fields: Vec<String> = r.untrusted.iter().map(|f| f.to_string()).collect();
+        for n in &r.nodes {
+            fields.extend(n.untrusted.iter().map(|f| format!("node {} {f}", n.id)));
+        }
+        println!(
+            "  ? = fails the protocol's validation (a misbehaving node wrote it): {}",
+            fields.join(", ")
         );
     }
 }
