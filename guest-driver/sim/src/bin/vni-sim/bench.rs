@@ -103,8 +103,19 @@ fn memcpy_gb_s(block: usize, working_set: usize) -> f64 {
 }
 
 /// Bytes per second through a bare SPSC ring of `block`-byte entries
-/// between two threads, using the same region type as the protocol.
+/// between two threads, using the same region type as the protocol: the
+/// best of three windows, since it is the ceiling the VNI is held to and
+/// one window on a shared machine can land in another tenant's burst.
 fn handoff_gb_s(block: usize) -> Result<f64> {
+    let mut best = 0f64;
+    for _ in 0..3 {
+        best = best.max(handoff_window_gb_s(block)?);
+    }
+    Ok(best)
+}
+
+/// One 300 ms window of [`handoff_gb_s`].
+fn handoff_window_gb_s(block: usize) -> Result<f64> {
     use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
     const ENTRIES: usize = 64;
     const HEAD: usize = 0;
@@ -295,17 +306,18 @@ fn print_targets(results: &Results) {
             );
         }
         if case.frame_bytes == 65536 {
-            let verdict = if case.memcpy_hot_ratio >= 0.5 {
-                "met"
-            } else {
-                "NOT met"
-            };
+            // The ceiling is the bare handoff (two cores, two copies); one
+            // core's in-cache memcpy is beyond it where the machine moves
+            // bytes between cores slower than within one.
+            let verdict = |met: bool| if met { "met" } else { "NOT met" };
             println!(
-                "  config {}: 64 KiB frames at {:.0} % of in-cache memcpy (target >= 50 %): {verdict}; \
-                 {:.0} % of the bare two-thread handoff, {:.0} % of memcpy over the region size",
+                "  config {}: 64 KiB frames at {:.0} % of the bare two-thread handoff (target >= 90 %): {}; \
+                 {:.0} % of in-cache memcpy (>= 50 % where the machine allows: {}), {:.0} % of memcpy over the region size",
                 case.config,
-                case.memcpy_hot_ratio * 100.0,
                 case.handoff_ratio * 100.0,
+                verdict(case.handoff_ratio >= 0.9),
+                case.memcpy_hot_ratio * 100.0,
+                verdict(case.memcpy_hot_ratio >= 0.5),
                 case.memcpy_large_ratio * 100.0
             );
         }
