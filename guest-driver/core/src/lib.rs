@@ -85,4 +85,4 @@ pub use nodes::{Counters, NodeId, NodeState};
 pub use notify::{Notification, DOORBELL_VECTORS, RX_VECTOR};
 pub use platform::{Instant, Platform};
 pub use region::{Region, RegionError};
-pub use sink::{Sink, SliceVec};
+pub use sink::{Bounded, Sink};

@@ -108,6 +108,18 @@ impl Counters {
         Ok(())
     }
 
+    /// Counts a frame of `len` bytes handed to a receiver.
+    pub fn add_sent(&mut self, len: usize) {
+        self.tx_frames = self.tx_frames.saturating_add(1);
+        self.tx_bytes = self.tx_bytes.saturating_add(len as u64);
+    }
+
+    /// Counts a frame of `len` bytes delivered.
+    pub fn add_received(&mut self, len: usize) {
+        self.rx_frames = self.rx_frames.saturating_add(1);
+        self.rx_bytes = self.rx_bytes.saturating_add(len as u64);
+    }
+
     /// The counters in the order the node entry stores them.
     pub fn to_array(self) -> [u64; Self::FIELDS] {
         [

@@ -1,9 +1,9 @@
 //! Working storage the caller provides: the core allocates nothing.
 //!
 //! A [`Sink`] is where the core appends what it collects (slots popped
-//! from the free stack, the segments of received frames). User space
-//! passes a `Vec` (feature `std`); the kernel passes a [`SliceVec`] over
-//! memory it allocated once, when the device was probed.
+//! from the free stack, the segments of received frames): a [`Bounded`]
+//! list (the endpoint's, in memory its caller allocated once), or, with
+//! the `std` feature, a `Vec`.
 
 /// An append-only list the core writes into.
 pub trait Sink<T> {
@@ -21,50 +21,6 @@ pub trait Sink<T> {
     fn room(&self) -> usize;
     /// The items held.
     fn as_slice(&self) -> &[T];
-}
-
-/// A list of at most `buf.len()` items kept in a caller's slice.
-#[derive(Debug)]
-pub struct SliceVec<'a, T> {
-    buf: &'a mut [T],
-    len: usize,
-}
-
-impl<'a, T: Copy> SliceVec<'a, T> {
-    /// An empty list over `buf`.
-    pub fn new(buf: &'a mut [T]) -> Self {
-        SliceVec { buf, len: 0 }
-    }
-}
-
-impl<T: Copy> Sink<T> for SliceVec<'_, T> {
-    fn push(&mut self, value: T) -> bool {
-        match self.buf.get_mut(self.len) {
-            Some(cell) => {
-                *cell = value;
-                // Cannot overflow: `len < buf.len()`, checked by `get_mut`.
-                self.len = self.len.saturating_add(1);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
-    fn room(&self) -> usize {
-        self.buf.len().saturating_sub(self.len)
-    }
-
-    fn as_slice(&self) -> &[T] {
-        self.buf.get(..self.len).unwrap_or(&[])
-    }
 }
 
 /// A list of at most `N` items kept inline: the endpoint's working lists
@@ -220,17 +176,6 @@ impl<T> Sink<T> for std::vec::Vec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_slice_vec_stops_at_its_slice() {
-        let mut buf = [0u32; 2];
-        let mut list = SliceVec::new(&mut buf);
-        assert!(list.push(1) && list.push(2));
-        assert!(!list.push(3), "full");
-        assert_eq!(list.as_slice(), &[1, 2]);
-        list.truncate(1);
-        assert_eq!((list.len(), list.room()), (1, 1));
-    }
 
     #[test]
     fn a_bounded_list_keeps_order_and_its_bound() {

@@ -283,8 +283,7 @@ impl PoolState {
                     pool.enqueue_at(frame.dest, *tail, chain);
                     *tail = tail.wrapping_add(1);
                     report.published = report.published.saturating_add(1);
-                    sh.counters.tx_frames = sh.counters.tx_frames.saturating_add(1);
-                    sh.counters.tx_bytes = sh.counters.tx_bytes.saturating_add(frame.len as u64);
+                    sh.counters.add_sent(frame.len);
                 }
                 Some(Some(_)) => {
                     // Keep order per destination: once one frame waits, the
@@ -402,8 +401,7 @@ impl PoolState {
                 .unwrap_or(&[]);
             let source = (entry.source < MAX_NODES).then_some(entry.source);
             deliver(&RxFrame::new(&sh.region, segments, entry.len, source));
-            sh.counters.rx_frames = sh.counters.rx_frames.saturating_add(1);
-            sh.counters.rx_bytes = sh.counters.rx_bytes.saturating_add(entry.len as u64);
+            sh.counters.add_received(entry.len);
         }
         Ok(lists.rx.len())
     }

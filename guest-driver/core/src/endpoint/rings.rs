@@ -132,8 +132,7 @@ impl RingState {
         let tail = tail.wrapping_add(span);
         set(&mut self.tails, dest, tail);
         self.dirty |= bit(dest);
-        sh.counters.tx_frames = sh.counters.tx_frames.saturating_add(1);
-        sh.counters.tx_bytes = sh.counters.tx_bytes.saturating_add(len as u64);
+        sh.counters.add_sent(len);
         if tail.wrapping_sub(at(&self.published, dest)) >= BATCH as u32 {
             self.flush(sh);
         }
@@ -275,8 +274,7 @@ impl RingState {
                             len,
                             Some(src),
                         ));
-                        sh.counters.rx_frames = sh.counters.rx_frames.saturating_add(1);
-                        sh.counters.rx_bytes = sh.counters.rx_bytes.saturating_add(len as u64);
+                        sh.counters.add_received(len);
                         delivered = delivered.saturating_add(1);
                         head = head.wrapping_add(span);
                         avail = avail.saturating_sub(span);
