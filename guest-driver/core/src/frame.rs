@@ -72,11 +72,12 @@ impl<'a> RxFrame<'a> {
     }
 
     /// Copies the frame into `buf`; returns the bytes copied (fewer than the
-    /// frame's length when `buf` is short).
+    /// frame's length when `buf` is short). Segments that follow each other
+    /// in the region (consecutive slots) are copied as one.
     pub fn copy_to(&self, buf: &mut [u8]) -> usize {
         let mut rest = &mut *buf;
         let mut done = 0usize;
-        for seg in self.segments {
+        for seg in runs(self.segments.iter().copied()) {
             let n = seg.len.min(rest.len());
             let (chunk, tail) = core::mem::take(&mut rest).split_at_mut(n);
             self.region.read_bytes(seg.offset, chunk);
@@ -100,10 +101,68 @@ impl<'a> RxFrame<'a> {
     /// The frame's segments as raw pointers into the mapping, valid while
     /// this frame lives (see [`RawSegment`]).
     pub fn raw_segments(&self) -> impl Iterator<Item = RawSegment> + '_ {
-        self.segments.iter().map(|seg| RawSegment {
+        runs(self.segments.iter().copied()).map(|seg| RawSegment {
             ptr: self.region.raw_ptr(seg.offset, seg.len),
             len: seg.len,
         })
+    }
+}
+
+/// `segments` with each run of adjacent ones (one ending where the next
+/// starts) merged into one: a chain of consecutive slots is one copy.
+pub fn runs<'a>(
+    segments: impl Iterator<Item = Segment> + 'a,
+) -> impl Iterator<Item = Segment> + 'a {
+    let mut rest = segments.peekable();
+    core::iter::from_fn(move || {
+        let mut run = rest.next()?;
+        while let Some(next) =
+            rest.next_if(|next| run.offset.checked_add(run.len) == Some(next.offset))
+        {
+            run.len = run.len.saturating_add(next.len);
+        }
+        Some(run)
+    })
+}
+
+/// Writes `frame` in `chunk`-byte pieces at the offsets `offsets` yields,
+/// one copy for each run of pieces that follow each other in the region.
+pub fn write_runs(
+    region: &Region,
+    frame: &[u8],
+    chunk: usize,
+    offsets: impl Iterator<Item = usize>,
+) {
+    let chunk = chunk.max(1);
+    // The run being gathered: region offset, first byte of `frame`, bytes.
+    let mut run: Option<(usize, usize, usize)> = None;
+    let mut at = 0usize;
+    for off in offsets {
+        if at >= frame.len() {
+            break;
+        }
+        let len = chunk.min(frame.len().saturating_sub(at));
+        run = match run {
+            Some((start, from, bytes)) if start.checked_add(bytes) == Some(off) => {
+                Some((start, from, bytes.saturating_add(len)))
+            }
+            other => {
+                if let Some((start, from, bytes)) = other {
+                    write_run(region, frame, start, from, bytes);
+                }
+                Some((off, at, len))
+            }
+        };
+        at = at.saturating_add(len);
+    }
+    if let Some((start, from, bytes)) = run {
+        write_run(region, frame, start, from, bytes);
+    }
+}
+
+fn write_run(region: &Region, frame: &[u8], start: usize, from: usize, bytes: usize) {
+    if let Some(part) = from.checked_add(bytes).and_then(|end| frame.get(from..end)) {
+        region.write_bytes(start, part);
     }
 }
 
@@ -213,3 +272,42 @@ impl fmt::Display for ProtocolError {
 }
 
 impl core::error::Error for ProtocolError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    #[test]
+    fn adjacent_segments_merge_into_runs() {
+        let seg = |offset, len| Segment { offset, len };
+        let merged: Vec<Segment> =
+            runs([seg(0, 64), seg(64, 64), seg(256, 64), seg(320, 10)].into_iter()).collect();
+        assert_eq!(merged, [seg(0, 128), seg(256, 74)]);
+    }
+
+    #[test]
+    fn runs_write_and_read_back_as_pieces() {
+        let region = crate::region::testing::region(Region::MIN_LEN);
+        let frame: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        // Pieces of 128 bytes at 1024, 1152 (a run), then 4096.
+        write_runs(&region, &frame, 128, [1024, 1152, 4096].into_iter());
+        let segments = [
+            Segment {
+                offset: 1024,
+                len: 128,
+            },
+            Segment {
+                offset: 1152,
+                len: 128,
+            },
+            Segment {
+                offset: 4096,
+                len: 44,
+            },
+        ];
+        let rx = RxFrame::new(&region, &segments, 300, None);
+        assert_eq!(rx.to_vec(), frame);
+        assert_eq!(rx.raw_segments().count(), 2);
+    }
+}

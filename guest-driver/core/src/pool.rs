@@ -23,7 +23,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::frame::{ProtocolError, Segment};
+use super::frame::{write_runs, ProtocolError, Segment};
 use super::layout::{
     Layout, DESC_LEN, DESC_LEN_WORD, DESC_META, DESC_NEXT, DESC_OWNER, FREE_ENTRIES, FREE_TOP,
     INITIAL_INDEX, MAX_FRAME, QUEUE_ENTRIES, QUEUE_HEAD, QUEUE_TAIL,
@@ -257,12 +257,14 @@ impl<'a> Pool<'a> {
 
     /// Returns slots held by `me` to the free stack. Slots whose owner word
     /// no longer says so (recovered behind our back) are skipped and
-    /// counted, never freed twice.
+    /// counted, never freed twice. They are pushed last first, so that
+    /// they are popped in the order given: a chain of consecutive slots
+    /// comes back as one, to be filled (and copied out) in one piece.
     pub fn push_free(&self, me: NodeId, slots: &[u32]) -> Result<u64, ProtocolError> {
         let count = self.slot_count();
         let mut top = self.free_top();
         let mut skipped = 0u64;
-        for &slot in slots {
+        for &slot in slots.iter().rev() {
             if slot >= count || self.owner(slot) != held_by(me) {
                 skipped = skipped.saturating_add(1);
                 continue;
@@ -284,10 +286,9 @@ impl<'a> Pool<'a> {
     /// Writes one frame into a chain of slots held by the caller. No lock:
     /// the slots are the caller's alone until enqueued.
     pub fn fill(&self, me: NodeId, chain: &[u32], frame: &[u8]) {
-        let slot_size = (self.layout.geometry.slot_size as usize).max(1);
-        for (&slot, chunk) in chain.iter().zip(frame.chunks(slot_size)) {
-            self.region.write_bytes(self.layout.slot(slot), chunk);
-        }
+        let slot_size = self.layout.geometry.slot_size as usize;
+        let offsets = chain.iter().map(|&slot| self.layout.slot(slot));
+        write_runs(self.region, frame, slot_size, offsets);
         self.describe(me, chain, frame.len());
     }
 

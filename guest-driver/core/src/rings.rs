@@ -17,7 +17,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::frame::{ProtocolError, Segment};
+use super::frame::{write_runs, ProtocolError, Segment};
 use super::layout::{
     Layout, INITIAL_INDEX, MAX_FRAME, RING_DESCS, RING_DESC_FRAME_LEN, RING_DESC_LEN,
     RING_DESC_SPAN, RING_HEAD, RING_TAIL,
@@ -118,13 +118,10 @@ impl Rings<'_> {
     /// Writes `frame` at entry `tail` of ring (src, dst). The caller checked
     /// that `span(frame.len())` entries are free and publishes later.
     pub fn write(&self, src: NodeId, dst: NodeId, tail: u32, frame: &[u8]) {
-        let slot_size = (self.layout.geometry.slot_size as usize).max(1);
-        let mut index = tail;
-        for chunk in frame.chunks(slot_size) {
-            self.region
-                .write_bytes(self.entry_data(src, dst, index), chunk);
-            index = index.wrapping_add(1);
-        }
+        let slot_size = self.layout.geometry.slot_size as usize;
+        let offsets =
+            (0..self.span(frame.len())).map(|i| self.entry_data(src, dst, tail.wrapping_add(i)));
+        write_runs(self.region, frame, slot_size, offsets);
         self.describe(src, dst, tail, frame.len());
     }
 

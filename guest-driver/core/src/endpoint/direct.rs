@@ -5,8 +5,8 @@ use core::ops::{Deref, DerefMut};
 
 use super::buffers::Buffers;
 use super::{
-    route, send_taken, Backend, Dest, Endpoint, Platform, RawSegment, Region, SendError, Sink,
-    MAX_FRAME,
+    route, runs, send_taken, Backend, Dest, Endpoint, Platform, RawSegment, Region, Segment,
+    SendError, Sink, MAX_FRAME,
 };
 
 /// Where the bytes of a [`Endpoint::send_direct`] frame go: slot memory
@@ -45,13 +45,15 @@ impl DirectSlots<'_> {
             .into_iter()
             .flat_map(|(region, offsets, max, slot_size)| {
                 let mut left = max;
-                offsets.iter().map(move |&off| {
+                let pieces = offsets.iter().map(move |&offset| {
                     let len = left.min(slot_size);
                     left = left.saturating_sub(len);
-                    RawSegment {
-                        ptr: region.raw_ptr(off, len),
-                        len,
-                    }
+                    Segment { offset, len }
+                });
+                // Consecutive slots as one piece: fewer iovecs for `readv`.
+                runs(pieces).map(move |seg| RawSegment {
+                    ptr: region.raw_ptr(seg.offset, seg.len),
+                    len: seg.len,
                 })
             });
         from_slots.chain(buffer)

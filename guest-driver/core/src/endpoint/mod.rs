@@ -39,7 +39,7 @@ pub use error::{EndpointError, NoSource, SendError};
 
 use super::addr::AddrTable;
 use super::ether::MacAddr;
-use super::frame::{ProtocolError, RawSegment, RxFrame, Segment};
+use super::frame::{runs, ProtocolError, RawSegment, RxFrame, Segment};
 use super::layout::{
     header_words, read_header, BufferConfig, Geometry, Layout, LayoutError, HDR_CHECKSUM,
     HDR_EPOCH, HDR_MAGIC, HEADER_LEN, MAGIC, MAX_FRAME, MAX_NODES,
