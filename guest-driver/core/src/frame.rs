@@ -17,7 +17,7 @@ pub struct Segment {
 
 /// A received frame. Its segments were validated against the layout before
 /// it was handed out; its bytes are still in the region and are copied out
-/// by [`RxFrame::copy_to`] (or handed to `writev` via [`RxFrame::iovecs`]).
+/// by [`RxFrame::copy_to`] (or handed to `writev` via [`RxFrame::raw_segments`]).
 #[derive(Debug)]
 pub struct RxFrame<'a> {
     region: &'a Region,

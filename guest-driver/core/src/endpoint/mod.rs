@@ -11,7 +11,7 @@
 //! fencing, and reclaims the buffers of peers that died.
 //!
 //! This file holds what both configurations share and dispatches the rest
-//! once: [`pool`] has configuration 2's paths, [`rings`] configuration 1's.
+//! once: `pool.rs` has configuration 2's paths, `rings.rs` configuration 1's.
 //! The endpoint allocates nothing: its working lists live in [`Buffers`],
 //! which the caller allocates once (a `Box` in user space, zeroed kernel
 //! memory in the module), and the region, the buffers and the clock come
