@@ -445,8 +445,7 @@ impl Layout {
     /// publishes the magic last), a word at a time: peers read these
     /// words atomically.
     pub fn write_header(&self, region: &Region, epoch: u64) {
-        let words = header_words(&self.header_bytes(epoch));
-        region.store_words(8, words.get(1..).unwrap_or(&[]), Ordering::Relaxed);
+        store_header_body(region, &self.header_bytes(epoch));
     }
 
     fn header_bytes(&self, epoch: u64) -> [u8; HEADER_LEN] {
@@ -641,6 +640,15 @@ pub fn read_header(region: &Region) -> [u8; HEADER_LEN] {
         chunk.copy_from_slice(&word.to_le_bytes());
     }
     h
+}
+
+/// Writes header `h` into `region` but for its magic, a word at a time
+/// (peers read these words atomically). Whoever writes a header, a
+/// formatter or a guard restoring one, publishes the magic after it with
+/// `Release`.
+pub fn store_header_body(region: &Region, h: &[u8; HEADER_LEN]) {
+    let words = header_words(h);
+    region.store_words(8, words.get(1..).unwrap_or(&[]), Ordering::Relaxed);
 }
 
 /// Header bytes as the words they are stored as.

@@ -11,8 +11,7 @@ use clap::{Parser, Subcommand};
 use vni_driver::device::Ivshmem;
 use vni_driver::run::{Config, Notification};
 
-/// Doorbell vectors the lab's QEMUs give each node.
-/// MSI-X vectors of the ivshmem device (the protocol's count).
+/// Doorbell vectors the lab's QEMUs give each node (the protocol's count).
 const VECTORS: u32 = vni_protocol::DOORBELL_VECTORS as u32;
 
 #[derive(Parser, Debug)]

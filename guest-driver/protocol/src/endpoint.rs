@@ -6,7 +6,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use crate::io::IoSlots;
+use crate::io::{iovec, IoSlots};
 use crate::platform::StdPlatform;
 use crate::region::Region;
 use vni_core::{Buffers, EndpointError, Geometry, Layout, LayoutError, MacAddr, NodeId, SendError};
@@ -80,13 +80,7 @@ impl Endpoint {
         fill: impl FnOnce(&IoSlots<'_>) -> std::io::Result<usize>,
     ) -> Result<Option<usize>, SendError<std::io::Error>> {
         self.0.send_direct(max, route_offset, |slots| {
-            let iovecs: Vec<libc::iovec> = slots
-                .segments()
-                .map(|seg| libc::iovec {
-                    iov_base: seg.ptr.cast(),
-                    iov_len: seg.len,
-                })
-                .collect();
+            let iovecs: Vec<libc::iovec> = slots.segments().map(iovec).collect();
             fill(&IoSlots::new(&iovecs))
         })
     }

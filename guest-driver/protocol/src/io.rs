@@ -8,7 +8,7 @@
 //! [`IoSlots`] (over slots it holds) and an [`RxFrame`] (over validated
 //! segments, valid while the frame lives) yields the others.
 
-use vni_core::RxFrame;
+use vni_core::{RawSegment, RxFrame};
 
 /// Writable memory for one frame: slots this node holds (or a buffer of
 /// the endpoint's), as iovecs, valid for the borrow's lifetime. Only
@@ -46,8 +46,13 @@ impl<'a> IoSlots<'a> {
 /// `writev`: valid while `frame` lives.
 pub fn frame_iovecs(frame: &RxFrame<'_>, out: &mut Vec<libc::iovec>) {
     out.clear();
-    out.extend(frame.raw_segments().map(|seg| libc::iovec {
+    out.extend(frame.raw_segments().map(iovec));
+}
+
+/// A segment the core handed out, as the kernel's iovec.
+pub(crate) fn iovec(seg: RawSegment) -> libc::iovec {
+    libc::iovec {
         iov_base: seg.ptr.cast(),
         iov_len: seg.len,
-    }));
+    }
 }

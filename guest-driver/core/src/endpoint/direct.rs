@@ -44,20 +44,28 @@ impl DirectSlots<'_> {
         let from_slots = slots
             .into_iter()
             .flat_map(|(region, offsets, max, slot_size)| {
-                let mut left = max;
-                let pieces = offsets.iter().map(move |&offset| {
-                    let len = left.min(slot_size);
-                    left = left.saturating_sub(len);
-                    Segment { offset, len }
-                });
                 // Consecutive slots as one piece: fewer iovecs for `readv`.
-                runs(pieces).map(move |seg| RawSegment {
+                runs(slot_pieces(offsets, max, slot_size)).map(move |seg| RawSegment {
                     ptr: region.raw_ptr(seg.offset, seg.len),
                     len: seg.len,
                 })
             });
         from_slots.chain(buffer)
     }
+}
+
+/// The first `len` bytes of slots at `offsets`, as one segment a slot.
+fn slot_pieces(
+    offsets: &[usize],
+    len: usize,
+    slot_size: usize,
+) -> impl Iterator<Item = Segment> + '_ {
+    let mut left = len;
+    offsets.iter().map_while(move |&offset| {
+        let piece = left.min(slot_size);
+        left = left.saturating_sub(piece);
+        (piece > 0).then_some(Segment { offset, len: piece })
+    })
 }
 
 impl<M, B, P> Endpoint<M, B, P>
@@ -95,7 +103,6 @@ where
         let max = max.min(MAX_FRAME);
         let need = max.div_ceil(self.sh.slot_size());
         let Buffers { lists, bounce } = &mut *self.buffers;
-        lists.direct.clear();
         // Where the bytes go: the cache's last `need` slots, or the next
         // `need` entries of the speculated ring; `None`: the bounce buffer.
         let speculated = match &mut self.backend {
@@ -172,11 +179,10 @@ where
             // Another destination than the bytes sit for, or several:
             // copy the frame out and send it the ordinary way.
             let mut done = 0usize;
-            for &off in lists.direct.as_slice().iter().take(used) {
-                let len = n.saturating_sub(done).min(slot_size);
-                let end = done.saturating_add(len);
+            for seg in runs(slot_pieces(lists.direct.as_slice(), n, slot_size)) {
+                let end = done.saturating_add(seg.len);
                 if let Some(dst) = bounce.get_mut(done..end) {
-                    self.sh.region.read_bytes(off, dst);
+                    self.sh.region.read_bytes(seg.offset, dst);
                 }
                 done = end;
             }

@@ -8,8 +8,8 @@ use core::sync::atomic::Ordering;
 use super::buffers::Buffers;
 use super::shared::Shared;
 use super::{
-    bit, header_words, members, read_header, Backend, Endpoint, EndpointError, Instant, Layout,
-    LockError, NodeState, NodeTable, Platform, ProtocolError, Region, HDR_CHECKSUM, HDR_EPOCH,
+    bit, header_words, members, read_header, store_header_body, Backend, Endpoint, EndpointError,
+    Instant, Layout, LockError, NodeState, NodeTable, Platform, ProtocolError, Region, HDR_EPOCH,
     HDR_MAGIC, MAGIC, MAX_NODES, OFFENCE_LIMIT, QUARANTINE_LEASES,
 };
 
@@ -109,14 +109,9 @@ where
             return Ok(());
         }
         self.header_bad_since = None;
-        let words = header_words(&self.header);
-        let (magic, rest) = words.split_first().unwrap_or((&MAGIC, &[]));
-        region.store_words(
-            8,
-            rest.get(..HDR_CHECKSUM / 8).unwrap_or(rest),
-            Ordering::Relaxed,
-        );
-        region.store_u64(HDR_MAGIC, *magic, Ordering::Release);
+        store_header_body(region, &self.header);
+        let magic = header_words(&self.header).first().copied().unwrap_or(MAGIC);
+        region.store_u64(HDR_MAGIC, magic, Ordering::Release);
         self.sh.note(ProtocolError::Scribbled {
             what: "the region header",
         });

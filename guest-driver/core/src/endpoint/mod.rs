@@ -41,7 +41,7 @@ use super::addr::AddrTable;
 use super::ether::MacAddr;
 use super::frame::{runs, ProtocolError, RawSegment, RxFrame, Segment};
 use super::layout::{
-    header_words, read_header, BufferConfig, Geometry, Layout, LayoutError, HDR_CHECKSUM,
+    header_words, read_header, store_header_body, BufferConfig, Geometry, Layout, LayoutError,
     HDR_EPOCH, HDR_MAGIC, HEADER_LEN, MAGIC, MAX_FRAME, MAX_NODES,
 };
 use super::lock::{LockError, LockMemory, RegionLock, Ticket};
