@@ -175,13 +175,16 @@ fn tree(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), GuestBinEr
 }
 
 /// Writes `out`: the initramfs `base` followed by a cpio archive that adds
-/// the guest binaries from `bin_dir` to `/usr/local/bin` and, for a kernel
-/// of the user's, the `modules` tree (the directories of
-/// `lib/modules/`, one per kernel release) to `/lib/modules`.
+/// the guest binaries from `bin_dir` to `/usr/local/bin`, the VNI kernel
+/// module `kernel_module` (when nodes run it) as
+/// [`crate::driver::KERNEL_MODULE`], and, for a kernel of the user's, the
+/// `modules` tree (the directories of `lib/modules/`, one per kernel
+/// release) to `/lib/modules`.
 pub fn overlay_initrd(
     base: &Path,
     bin_dir: &Path,
     modules: Option<&Path>,
+    kernel_module: Option<&Path>,
     out: &Path,
 ) -> Result<(), GuestBinError> {
     let mut file =
@@ -213,6 +216,17 @@ pub fn overlay_initrd(
             cpio::NewcBuilder::new(&format!("{GUEST_DIR}/{bin}"))
                 .mode(0o100755)
                 .nlink(1),
+            io::Cursor::new(bytes),
+        ));
+    }
+    if let Some(module) = kernel_module {
+        let guest = crate::driver::KERNEL_MODULE.trim_start_matches('/');
+        let dir = guest.rsplit_once('/').map_or("", |(dir, _)| dir);
+        // usr/local/lib is in every Debian root filesystem.
+        entries.push(dir_entry(dir));
+        let bytes = std::fs::read(module).map_err(io_err(format!("read {}", module.display())))?;
+        entries.push((
+            cpio::NewcBuilder::new(guest).mode(0o100644).nlink(1),
             io::Cursor::new(bytes),
         ));
     }
@@ -251,7 +265,7 @@ mod tests {
         std::fs::create_dir_all(modules.join("6.1.0-x/kernel")).unwrap();
         std::fs::write(modules.join("6.1.0-x/kernel/a.ko"), b"ko").unwrap();
         std::os::unix::fs::symlink("/src/linux", modules.join("6.1.0-x/build")).unwrap();
-        overlay_initrd(&base, &dir, Some(&modules), &out).unwrap();
+        overlay_initrd(&base, &dir, Some(&modules), None, &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[..5], b"12345");
         assert_eq!(&bytes[5..8], &[0, 0, 0]);

@@ -53,7 +53,7 @@ pub enum ImageError {
     #[error("No Debian mirror found in apt's sources (/etc/apt/sources.list.d/*.sources or /etc/apt/sources.list)")]
     NoMirror,
     /// A suite we do not build.
-    #[error("Guest suite {0:?} is not supported: use bookworm or trixie")]
+    #[error("Guest suite {0:?} is not supported: use bookworm, trixie or trixie-backports")]
     Suite(String),
     /// A build step failed.
     #[error("Image build step \"{step}\" failed: `{command}` exited with {status}\n{tail}")]
@@ -94,6 +94,10 @@ pub struct Manifest {
     pub kernel_package: String,
     /// The kernel release the guests report (`uname -r`).
     pub kernel_release: String,
+    /// The Debian version of the kernel package (its source package's
+    /// version too: what the kernel module is built against).
+    #[serde(default)]
+    pub kernel_version: String,
     /// Hash of the recipe and the above.
     pub key: String,
     /// Bytes of the packed initramfs.
@@ -181,7 +185,7 @@ pub fn mirror_from_apt_sources(deb822: &[String], one_line: &str) -> Option<Stri
         })
 }
 
-fn apt_mirror() -> Result<String, ImageError> {
+pub(crate) fn apt_mirror() -> Result<String, ImageError> {
     let mut deb822 = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -220,7 +224,24 @@ fn run(step: &'static str, cmd: &mut Command) -> Result<Output, ImageError> {
 }
 
 /// Debian suites guests can run.
-pub const SUITES: &[&str] = &["bookworm", "trixie"];
+pub const SUITES: &[&str] = &["bookworm", "trixie", "trixie-backports"];
+
+/// The suite whose root filesystem an image suite has: a backports suite
+/// is its release's root with the backports' kernel.
+pub fn root_suite(suite: &str) -> &str {
+    suite.strip_suffix("-backports").unwrap_or(suite)
+}
+
+/// The kernel metapackage of an image suite: the distribution's generic
+/// kernel, or for backports the cloud flavour (smaller, quicker to boot,
+/// and what the kernel module is built against).
+fn kernel_meta(suite: &str) -> &'static str {
+    if suite.ends_with("-backports") {
+        "linux-image-cloud-amd64"
+    } else {
+        "linux-image-amd64"
+    }
+}
 /// Package lists of a suite the host's apt does not carry are refreshed
 /// when older than this.
 const LISTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -308,12 +329,12 @@ fn host_suite() -> Option<String> {
         .map(|v| v.trim_matches('"').to_owned())
 }
 
-/// The kernel package `linux-image-amd64` depends on, per apt.
-fn kernel_package(apt: &Apt) -> Result<String, ImageError> {
+/// The kernel package the suite's kernel metapackage depends on, per apt.
+fn kernel_package(apt: &Apt, suite: &str) -> Result<String, ImageError> {
+    let meta = kernel_meta(suite);
     let out = run(
         "resolve the kernel package",
-        apt.command("apt-cache")
-            .args(["depends", "linux-image-amd64"]),
+        apt.command("apt-cache").args(["depends", meta]),
     )?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -325,8 +346,53 @@ fn kernel_package(apt: &Apt) -> Result<String, ImageError> {
         })
         .ok_or_else(|| ImageError::Step {
             step: "resolve the kernel package",
-            command: "apt-cache depends linux-image-amd64".into(),
+            command: format!("apt-cache depends {meta}"),
             status: "no linux-image dependency".into(),
+            tail: "run apt-get update".into(),
+        })
+}
+
+/// The packages a kernel comes in: the image package and, from 7.x on,
+/// the parts it depends on that carry its release in their name
+/// (`linux-binary-R` with the kernel, `linux-modules-R`, `linux-base-R`).
+fn kernel_parts(apt: &Apt, package: &str) -> Result<Vec<String>, ImageError> {
+    let release = package.trim_start_matches("linux-image-");
+    let out = run(
+        "resolve the kernel package",
+        apt.command("apt-cache").args(["depends", package]),
+    )?;
+    Ok(std::iter::once(package.to_owned())
+        .chain(parts_from_depends(
+            &String::from_utf8_lossy(&out.stdout),
+            release,
+        ))
+        .collect())
+}
+
+/// The `linux-*-RELEASE` dependencies in `apt-cache depends` output.
+fn parts_from_depends(depends: &str, release: &str) -> Vec<String> {
+    depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with("linux-") && p.ends_with(&format!("-{release}")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The candidate version of `package`, per apt.
+fn package_version(apt: &Apt, package: &str) -> Result<String, ImageError> {
+    let out = run(
+        "resolve the kernel version",
+        apt.command("apt-cache")
+            .args(["show", "--no-all-versions", package]),
+    )?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: ").map(|v| v.trim().to_owned()))
+        .ok_or_else(|| ImageError::Step {
+            step: "resolve the kernel version",
+            command: format!("apt-cache show {package}"),
+            status: "no Version field".into(),
             tail: "run apt-get update".into(),
         })
 }
@@ -375,7 +441,7 @@ fn mounts_under(dir: &Path, mountinfo: &str) -> Vec<PathBuf> {
 /// mounted in it (an interrupted build can leave /proc or /sys mounted in
 /// the chroot; deleting through those mounts must never happen). A
 /// directory with a mount that will not go is left alone.
-fn remove_build_dir(dir: &Path) {
+pub(crate) fn remove_build_dir(dir: &Path) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for mount in mounts_under(dir, &mountinfo) {
         let Ok(c_path) = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes()) else {
@@ -391,7 +457,7 @@ fn remove_build_dir(dir: &Path) {
 
 /// Removes the build directories of builds whose process is gone (killed
 /// by Ctrl-C, say): `.build-<key>-<pid>`.
-fn remove_stale_builds(images: &Path) {
+pub(crate) fn remove_stale_builds(images: &Path) {
     let Ok(entries) = std::fs::read_dir(images) else {
         return;
     };
@@ -425,7 +491,7 @@ pub fn ensure(
     remove_stale_builds(&cache.join("images"));
     step("resolving the kernel package");
     let apt = Apt::for_suite(suite, cache)?;
-    let kernel_package = kernel_package(&apt)?;
+    let kernel_package = kernel_package(&apt, suite)?;
     let key = key(suite, &kernel_package);
     let dir = cache.join("images").join(format!("{suite}-{key}"));
     if !force {
@@ -453,25 +519,33 @@ pub fn ensure(
     let (kdir, rootfs) = (build.join("kernel"), build.join("rootfs"));
     std::fs::create_dir_all(&kdir).map_err(io_err(format!("create {}", kdir.display())))?;
 
-    step(&format!("downloading {kernel_package}"));
+    let kernel_version = package_version(&apt, &kernel_package)?;
+    let parts = kernel_parts(&apt, &kernel_package)?;
+    step(&format!("downloading {}", parts.join(", ")));
     run(
         "download the kernel",
         apt.command("apt-get")
-            .args(["download", "-q", &kernel_package])
+            .args(["download", "-q"])
+            .args(&parts)
             .current_dir(&build),
     )?;
-    let deb = std::fs::read_dir(&build)
+    let debs: Vec<PathBuf> = std::fs::read_dir(&build)
         .map_err(io_err("list the download"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| ImageError::Io {
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    if debs.is_empty() {
+        return Err(ImageError::Io {
             what: "find the kernel package".into(),
             source: io::ErrorKind::NotFound.into(),
-        })?;
-    run(
-        "unpack the kernel",
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kdir),
-    )?;
+        });
+    }
+    for deb in &debs {
+        run(
+            "unpack the kernel",
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(&kdir),
+        )?;
+    }
     // bookworm's kernel packages ship /lib/modules, trixie's (merged /usr)
     // /usr/lib/modules.
     let kmods = if kdir.join("lib/modules").is_dir() {
@@ -490,13 +564,18 @@ pub fn ensure(
         })?;
 
     step(&format!(
-        "building the root filesystem (debootstrap {suite}, about 30 s)"
+        "building the root filesystem (debootstrap {}, about 30 s)",
+        root_suite(suite)
     ));
     let include = entries(PACKAGES).join(",");
     run(
         "debootstrap",
         Command::new("debootstrap")
-            .args(["--variant=minbase", &format!("--include={include}"), suite])
+            .args([
+                "--variant=minbase",
+                &format!("--include={include}"),
+                root_suite(suite),
+            ])
             .arg(&rootfs)
             .arg(&mirror),
     )?;
@@ -582,7 +661,18 @@ pub fn ensure(
             .arg(&rootfs)
             .arg(&initrd),
     )?;
-    let kernel_file = kdir.join("boot").join(format!("vmlinuz-{release}"));
+    // Up to 6.12 Debian ships the kernel as /boot/vmlinuz-RELEASE, from
+    // 7.x as /usr/lib/modules/RELEASE/vmlinuz.
+    let kernel_file = [
+        kdir.join("boot").join(format!("vmlinuz-{release}")),
+        kmods.join("lib/modules").join(&release).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|f| f.is_file())
+    .ok_or_else(|| ImageError::Io {
+        what: format!("find the kernel image of {kernel_package}"),
+        source: io::ErrorKind::NotFound.into(),
+    })?;
 
     // Move the results into a fresh directory and publish it by rename.
     let staged = build.join("image");
@@ -594,6 +684,7 @@ pub fn ensure(
         suite: suite.to_owned(),
         kernel_package,
         kernel_release: release,
+        kernel_version,
         key,
         initrd_bytes: std::fs::metadata(staged.join("initrd.gz"))
             .map_err(io_err("stat the initramfs"))?
@@ -615,7 +706,10 @@ pub fn ensure(
     if let Ok(entries) = std::fs::read_dir(cache.join("images")) {
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{suite}-")) && entry.path() != dir {
+            let older = name
+                .strip_prefix(&format!("{suite}-"))
+                .is_some_and(|k| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+            if older && entry.path() != dir {
                 remove_build_dir(&entry.path());
             }
         }
@@ -643,6 +737,24 @@ fn load(dir: &Path) -> Option<Image> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_kernel_comes_in_its_release_parts() {
+        let depends = "linux-image-7.3.4+deb13-cloud-amd64\n  PreDepends: linux-base\n |Depends: <dracut>\n  Depends: linux-base-7.3.4+deb13-cloud-amd64\n  Depends: linux-binary-7.3.4+deb13-cloud-amd64\n  Depends: linux-modules-7.3.4+deb13-cloud-amd64\n  Breaks: <fwupdate>\n";
+        assert_eq!(
+            parts_from_depends(depends, "7.3.4+deb13-cloud-amd64"),
+            [
+                "linux-base-7.3.4+deb13-cloud-amd64",
+                "linux-binary-7.3.4+deb13-cloud-amd64",
+                "linux-modules-7.3.4+deb13-cloud-amd64"
+            ]
+        );
+        // 6.1's package is the whole kernel; linux-base is not a part.
+        assert!(
+            parts_from_depends("  Depends: linux-base\n  Depends: kmod\n", "6.1.0-56-amd64")
+                .is_empty()
+        );
+    }
 
     #[test]
     fn the_mirror_comes_from_apt_sources() {

@@ -9,11 +9,13 @@
 
 pub mod agent;
 pub mod bench;
+pub mod driver;
 pub mod fault;
 pub mod guest_bin;
 pub mod host;
 pub mod image;
 pub mod ivshmem_server;
+pub mod kmod;
 pub mod lab;
 pub mod qemu;
 pub mod soak;

@@ -28,10 +28,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::agent::{AgentError, GuestAgent};
+use crate::driver;
 use crate::ivshmem_server::IvshmemServer;
 use crate::lab::{LabDir, LabLock, NodeRecord, NodeState, Plan, State};
 use crate::qemu::{self, NodeSpec, Qmp};
-use crate::topology::{Network, Node, Topology};
+use crate::topology::{Driver, Network, Node, Topology};
 
 /// Lines of a console shown with a boot failure.
 pub const CONSOLE_TAIL: usize = 30;
@@ -383,13 +384,8 @@ fn load_plan(lab: &LabDir) -> Result<(Plan, Topology), String> {
     Ok((plan, topology))
 }
 
-/// Where a node's driver logs, in the guest.
-pub const DRIVER_LOG: &str = "/run/vni-driver.log";
-/// Where the driver's pid is, in the guest.
-pub const DRIVER_PID: &str = "/run/vni-driver.pid";
-
-/// Gives a node its network: with `network: vni`, starts the VNI driver in
-/// the background, logging to [`DRIVER_LOG`]; with `virtio-net`, names
+/// Gives a node its network: with `network: vni`, starts its VNI driver
+/// (the user-space one or the kernel module, see [`crate::driver`]); with `virtio-net`, names
 /// the node's virtio-net NIC `vni0` (so that every tool finds the lab's
 /// interface by one name) and gives it the node's MTU and address.
 async fn setup_network(
@@ -400,20 +396,13 @@ async fn setup_network(
 ) -> Result<(), String> {
     let node = &running.node;
     let (what, script) = match topology.network {
-        Network::Vni => {
-            let notification = topology.vni.notification;
-            let script = format!(
-                "vni-driver run --node {} --mac {} --mtu {} --address {} --notification {notification} \
-                 --busy-poll-us {}{} > {DRIVER_LOG} 2>&1 < /dev/null & echo $! > {DRIVER_PID}",
-                node.id,
-                node.mac,
-                topology.vni.mtu,
-                node.ip,
-                topology.vni.busy_poll.as_micros(),
-                if topology.vni.profile { " --profile" } else { "" }
-            );
-            ("start the VNI driver", script)
-        }
+        Network::Vni => (
+            match node.driver {
+                Driver::User => "start the VNI driver",
+                Driver::Kernel => "load the VNI kernel module",
+            },
+            driver::start(node, topology),
+        ),
         Network::VirtioNet => {
             let script = format!(
                 "modprobe virtio_net; \
@@ -427,6 +416,10 @@ async fn setup_network(
             ("configure its virtio-net NIC", script)
         }
     };
+    // Sockets may ask for room for bursts: NAPI hands up to 64 frames at
+    // once to a receiver that TCG runs slowly (iperf3's UDP test asks for
+    // 2 MiB, see `suite::checks`).
+    let script = format!("sysctl -qw net.core.rmem_max={SOCKET_BUFFER_MAX}; {script}");
     let out = agent
         .exec("/bin/sh", &["-c", &script], timeout)
         .await
@@ -439,6 +432,22 @@ async fn setup_network(
         ));
     }
     Ok(())
+}
+
+/// The largest socket receive buffer a guest's programs may ask for.
+pub const SOCKET_BUFFER_MAX: u32 = 4 << 20;
+
+/// The last lines of a node's driver log, or why they cannot be had.
+async fn driver_log(agent: &GuestAgent, which: Driver) -> String {
+    agent
+        .exec(
+            "/bin/sh",
+            &["-c", &driver::log(which, 50)],
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("(cannot read it: {e})"))
 }
 
 /// Waits until every node's entry in the region says RUN, reading the
@@ -473,7 +482,7 @@ async fn wait_for_vni(
         let mut dead = Vec::new();
         for node in &missing {
             if let Some(agent) = agents.get(node.id) {
-                let check = format!("kill -0 $(cat {DRIVER_PID})");
+                let check = driver::alive(node.driver);
                 if let Ok(out) = agent
                     .exec("/bin/sh", &["-c", &check], Duration::from_secs(10))
                     .await
@@ -494,12 +503,12 @@ async fn wait_for_vni(
             for node in failed {
                 message.push_str(&format!("node {}: its VNI driver {why}", node.name));
                 if let Some(agent) = agents.get(node.id) {
-                    let log = agent
-                        .exec("/bin/cat", &[DRIVER_LOG], Duration::from_secs(10))
-                        .await
-                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                        .unwrap_or_else(|e| format!("(cannot read it: {e})"));
-                    message.push_str(&format!("\n--- {DRIVER_LOG}:\n{}\n", log.trim_end()));
+                    let log = driver_log(agent, node.driver).await;
+                    message.push_str(&format!(
+                        "\n--- {}:\n{}\n",
+                        driver::log_name(node.driver),
+                        log.trim_end()
+                    ));
                 }
             }
             return Err(message);
@@ -982,13 +991,10 @@ async fn inject(
                         return Err(format!("node {name}: QEMU exited ({status})"));
                     }
                     if Instant::now() >= deadline {
-                        let log = agent
-                            .exec("/bin/cat", &[DRIVER_LOG], Duration::from_secs(10))
-                            .await
-                            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                            .unwrap_or_else(|e| format!("(cannot read it: {e})"));
+                        let log = driver_log(&agent, node.driver).await;
                         return Err(format!(
-                            "node {name}: its VNI driver did not reach RUN within timeouts.boot\n--- {DRIVER_LOG}:\n{}",
+                            "node {name}: its VNI driver did not reach RUN within timeouts.boot\n--- {}:\n{}",
+                            driver::log_name(node.driver),
                             log.trim_end()
                         ));
                     }

@@ -154,6 +154,9 @@ pub struct RawNode {
     /// Host CPUs this node's vCPUs are pinned to (Mint gives each node its
     /// own cores). Default: not pinned.
     pub host_cpus: Option<CpuSpec>,
+    /// This node's VNI driver, overriding `vni.driver` (a lab may mix
+    /// kernel and user-space nodes).
+    pub driver: Option<Driver>,
 }
 
 /// Defaults for every node.
@@ -193,6 +196,11 @@ pub struct RawVni {
     /// went (a `vni-driver: profile {...}` line in its log) when it stops.
     /// Default false.
     pub profile: Option<bool>,
+    /// Which VNI driver the nodes run: `user` (the user-space driver over
+    /// VFIO and a TAP; default) or `kernel` (the Rust kernel module
+    /// `vni.ko`, on Debian's Rust-enabled kernel). `nodes[].driver`
+    /// overrides it per node.
+    pub driver: Option<Driver>,
 }
 
 /// Guest settings as written.
@@ -200,7 +208,10 @@ pub struct RawVni {
 #[serde(deny_unknown_fields)]
 pub struct RawGuest {
     /// `bookworm` (Debian 12, kernel 6.1; default), `trixie` (Debian 13,
-    /// kernel 6.12), or the path of a kernel image (bzImage) to boot.
+    /// kernel 6.12), `trixie-backports` (Debian 13 with the backports'
+    /// 7.3 cloud kernel, which has Rust support; the default when a node
+    /// runs the kernel driver), or the path of a kernel image (bzImage) to
+    /// boot.
     pub kernel: Option<String>,
     /// Directory of modules for a kernel given by path (lib/modules/VERSION).
     pub modules: Option<PathBuf>,
@@ -261,6 +272,30 @@ pub enum Accel {
     Tcg,
 }
 
+/// Which VNI driver a node runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// The user-space driver: the ivshmem device through VFIO, frames to
+    /// and from a TAP interface. Runs on any kernel with VFIO and TUN.
+    #[default]
+    User,
+    /// The Rust kernel module `vni.ko`, an Ethernet driver as in Mint.
+    /// Needs Debian's Rust-enabled kernel (`guest.kernel:
+    /// trixie-backports`).
+    Kernel,
+}
+
+impl Driver {
+    /// The name in lab files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::User => "user",
+            Driver::Kernel => "kernel",
+        }
+    }
+}
+
 /// The kernel a lab boots.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Kernel {
@@ -268,8 +303,29 @@ pub enum Kernel {
     Bookworm,
     /// Debian 13's distribution kernel (6.12).
     Trixie,
+    /// Debian 13 with the backports' cloud kernel (7.3, Rust support).
+    TrixieBackports,
     /// A kernel image of the user's.
     Path(PathBuf),
+}
+
+impl Topology {
+    /// Whether any node runs `driver` (on the VNI network).
+    pub fn uses(&self, driver: Driver) -> bool {
+        self.network == Network::Vni && self.nodes.iter().any(|n| n.driver == driver)
+    }
+}
+
+impl Kernel {
+    /// The image suite it boots (a kernel of the user's boots bookworm's
+    /// root filesystem).
+    pub fn suite(&self) -> &'static str {
+        match self {
+            Kernel::Bookworm | Kernel::Path(_) => "bookworm",
+            Kernel::Trixie => "trixie",
+            Kernel::TrixieBackports => "trixie-backports",
+        }
+    }
 }
 
 /// A validated node.
@@ -289,6 +345,8 @@ pub struct Node {
     pub memory: u64,
     /// Host CPUs to pin to (empty: not pinned).
     pub host_cpus: Vec<u32>,
+    /// Its VNI driver.
+    pub driver: Driver,
 }
 
 /// Validated VNI settings.
@@ -714,6 +772,7 @@ impl Topology {
                 vcpus,
                 memory,
                 host_cpus,
+                driver: n.driver.or(raw.vni.driver).unwrap_or_default(),
             });
         }
 
@@ -763,13 +822,36 @@ impl Topology {
             raw.vni.slot_count,
         );
 
+        // The first node on the kernel driver, and where that was said.
+        let kernel_node = (raw.network == Network::Vni)
+            .then(|| nodes.iter().find(|n| n.driver == Driver::Kernel))
+            .flatten()
+            .map(|n| match raw.nodes.get(n.id).and_then(|r| r.driver) {
+                Some(_) => (n.name.clone(), format!("nodes[{}].driver", n.id)),
+                None => (n.name.clone(), "vni.driver".to_owned()),
+            });
         let kernel = match raw.guest.kernel.as_deref() {
+            None if kernel_node.is_some() => Kernel::TrixieBackports,
             None | Some("bookworm") => Kernel::Bookworm,
             Some("trixie") => Kernel::Trixie,
+            Some("trixie-backports") => Kernel::TrixieBackports,
             Some(path) => {
                 Kernel::Path(Self::existing(check, base, "guest.kernel", Path::new(path)))
             }
         };
+        if let Some((node, field)) = &kernel_node {
+            match &kernel {
+                Kernel::TrixieBackports => {}
+                Kernel::Path(_) => check.report(
+                    field,
+                    format!("node {node} runs the kernel driver, which vni-lab builds for Debian's Rust-enabled kernel only (guest.kernel: trixie-backports); with a kernel of your own use driver: user"),
+                ),
+                other => check.report(
+                    field,
+                    format!("node {node} runs the kernel driver, but guest.kernel {} has no Rust support: use guest.kernel: trixie-backports (Debian's 7.3 kernel), or driver: user", other.suite()),
+                ),
+            }
+        }
         let modules = raw
             .guest
             .modules
@@ -960,6 +1042,42 @@ mod tests {
         assert_ne!(t.nodes[0].mac, t.nodes[1].mac);
         assert!(!t.nodes[0].mac.is_group());
         assert_eq!(parse(MINIMAL).unwrap(), t, "derivation is stable");
+    }
+
+    #[test]
+    fn the_kernel_driver_brings_debians_rust_kernel() {
+        let src = format!("{MINIMAL}vni: {{driver: kernel}}\n");
+        let t = parse(&src).unwrap();
+        assert_eq!(t.kernel, Kernel::TrixieBackports);
+        assert!(t.nodes.iter().all(|n| n.driver == Driver::Kernel));
+        assert!(t.uses(Driver::Kernel) && !t.uses(Driver::User));
+        // Per node, in a lab of the user-space driver: a mixed lab.
+        let mixed = MINIMAL.replace("ip: 10.10.0.2/24", "ip: 10.10.0.2/24\n    driver: kernel");
+        let t = parse(&mixed).unwrap();
+        assert_eq!(
+            (t.nodes[0].driver, t.nodes[1].driver),
+            (Driver::User, Driver::Kernel)
+        );
+        assert_eq!(t.kernel, Kernel::TrixieBackports);
+        // The user-space driver alone keeps bookworm.
+        assert_eq!(parse(MINIMAL).unwrap().kernel, Kernel::Bookworm);
+    }
+
+    #[test]
+    fn the_kernel_driver_refuses_kernels_without_rust() {
+        let src = format!("{MINIMAL}vni: {{driver: kernel}}\nguest: {{kernel: trixie}}\n");
+        let problems = parse(&src).unwrap_err();
+        assert_eq!(problems[0].field, "vni.driver");
+        assert!(
+            problems[0].message.contains("trixie-backports"),
+            "{}",
+            problems[0].message
+        );
+        let per_node = MINIMAL.replace("ip: 10.10.0.2/24", "ip: 10.10.0.2/24\n    driver: kernel")
+            + "guest: {kernel: bookworm}\n";
+        let problems = parse(&per_node).unwrap_err();
+        assert_eq!(problems[0].field, "nodes[1].driver");
+        assert!(parse(&format!("{MINIMAL}vni: {{driver: both}}\n")).is_err());
     }
 
     #[test]

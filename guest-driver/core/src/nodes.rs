@@ -302,9 +302,12 @@ impl NodeTable<'_> {
     }
 }
 
-/// What one observer knows of each node's heartbeat.
+/// What one observer knows of each node's heartbeat. All integers (no
+/// `Option`), so that zeroed memory is a valid, idle watch.
 #[derive(Clone, Copy, Debug)]
 struct Watch {
+    /// Whether the fields below hold a sighting.
+    active: bool,
     generation: u32,
     heartbeat: u64,
     since: Instant,
@@ -313,18 +316,36 @@ struct Watch {
 }
 
 /// Decides, on this node's own clock, which peers have stopped beating.
+/// About 3 KiB: an endpoint keeps its own in its [`Buffers`](super::Buffers),
+/// off the stack.
 #[derive(Debug)]
 pub struct Liveness {
     lease: Duration,
-    watches: [Option<Watch>; MAX_NODES],
+    watches: [Watch; MAX_NODES],
 }
 
 impl Liveness {
-    /// A tracker for `nodes` nodes with the region's lease.
-    pub fn new(lease: Duration) -> Self {
+    const IDLE: Watch = Watch {
+        active: false,
+        generation: 0,
+        heartbeat: 0,
+        since: Instant::from_origin(Duration::ZERO),
+        looked: Instant::from_origin(Duration::ZERO),
+    };
+
+    /// A tracker with the region's lease.
+    pub const fn new(lease: Duration) -> Self {
         Liveness {
             lease,
-            watches: [None; MAX_NODES],
+            watches: [Self::IDLE; MAX_NODES],
+        }
+    }
+
+    /// Forgets every node and takes `lease`, in place.
+    pub fn reset(&mut self, lease: Duration) {
+        self.lease = lease;
+        for watch in &mut self.watches {
+            watch.active = false;
         }
     }
 
@@ -347,32 +368,28 @@ impl Liveness {
         let Some(watch) = self.watches.get_mut(node) else {
             return false;
         };
-        match watch {
-            Some(w)
-                if w.generation == generation
-                    && w.heartbeat == heartbeat
-                    && now.saturating_duration_since(w.looked)
-                        <= lease.checked_div(2).unwrap_or(lease) =>
-            {
-                w.looked = now;
-                now.saturating_duration_since(w.since) >= lease
-            }
-            slot => {
-                *slot = Some(Watch {
-                    generation,
-                    heartbeat,
-                    since: now,
-                    looked: now,
-                });
-                false
-            }
+        if watch.active
+            && watch.generation == generation
+            && watch.heartbeat == heartbeat
+            && now.saturating_duration_since(watch.looked) <= lease.checked_div(2).unwrap_or(lease)
+        {
+            watch.looked = now;
+            return now.saturating_duration_since(watch.since) >= lease;
         }
+        *watch = Watch {
+            active: true,
+            generation,
+            heartbeat,
+            since: now,
+            looked: now,
+        };
+        false
     }
 
     /// Forgets what was seen of `node` (after it was fenced or re-attached).
     pub fn forget(&mut self, node: NodeId) {
         if let Some(watch) = self.watches.get_mut(node) {
-            *watch = None;
+            watch.active = false;
         }
     }
 }

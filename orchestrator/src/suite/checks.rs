@@ -13,8 +13,9 @@ use vni_frames::{Rtts, Sent, Tally};
 use super::guests::{Guests, Trouble};
 use super::{scaled, Subject};
 use crate::agent::ExecOutput;
+use crate::driver;
 use crate::lab::LabDir;
-use crate::supervisor::{DRIVER_LOG, DRIVER_PID};
+use crate::topology::Driver;
 use crate::topology::{Network, Node, Topology};
 
 /// The smallest Ethernet frame (without FCS).
@@ -319,12 +320,13 @@ pub struct NodeFacts {
 }
 
 /// The script that prints a node's [`NodeFacts`] as `key=value` lines.
-fn facts_script() -> String {
+fn facts_script(which: Driver) -> String {
     format!(
-        "if kill -0 \"$(cat {DRIVER_PID} 2>/dev/null)\" 2>/dev/null; then echo driver=1; else echo driver=0; fi; \
+        "if {}; then echo driver=1; else echo driver=0; fi; \
          d=/sys/class/net/vni0; [ -d $d ] && echo interface=1; \
          for f in mtu operstate carrier address; do echo \"$f=$(cat $d/$f 2>/dev/null)\"; done; \
-         ip -4 -o addr show dev vni0 2>/dev/null | while read -r _ _ _ a _; do echo ip=$a; done"
+         ip -4 -o addr show dev vni0 2>/dev/null | while read -r _ _ _ a _; do echo ip=$a; done",
+        driver::alive(which)
     )
 }
 
@@ -480,7 +482,7 @@ impl Context {
         let node = self.node(a);
         let out = self
             .guests
-            .sh(&node.name, &facts_script(), self.t(10.0))
+            .sh(&node.name, &facts_script(node.driver), self.t(10.0))
             .await?;
         let mut facts = parse_facts(&String::from_utf8_lossy(&out.stdout));
         facts.region_state = self
@@ -493,16 +495,13 @@ impl Context {
         if !verdict.passed {
             let log = self
                 .guests
-                .sh(
-                    &node.name,
-                    &format!("tail -n 20 {DRIVER_LOG}"),
-                    self.t(10.0),
-                )
+                .sh(&node.name, &driver::log(node.driver, 20), self.t(10.0))
                 .await
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_else(|t| t.message);
             verdict.details = Some(format!(
-                "--- {DRIVER_LOG} in {}:\n{}",
+                "--- {} in {}:\n{}",
+                driver::log_name(node.driver),
                 node.name,
                 log.trim_end()
             ));
@@ -935,7 +934,16 @@ impl Context {
             .collect();
         command.extend([port.to_string(), "-t".into(), secs.to_string(), "-J".into()]);
         if let Some(rate) = udp_rate {
-            command.extend(["-u".into(), "-b".into(), rate.to_string()]);
+            // A socket buffer that holds a NAPI batch or two of datagrams
+            // (both ends; the guests allow up to 4 MiB): loss then
+            // measures the network, not how late TCG schedules iperf3.
+            command.extend([
+                "-u".into(),
+                "-b".into(),
+                rate.to_string(),
+                "-w".into(),
+                "2M".into(),
+            ]);
         }
         command
     }

@@ -10,7 +10,8 @@ use vni_frames::Rtts;
 
 use super::checks::{output_text, parse_iperf, Context, Iperf};
 use super::guests::Trouble;
-use crate::supervisor::{DRIVER_LOG, DRIVER_PID};
+use crate::driver::{DRIVER_LOG, DRIVER_PID};
+use crate::topology::Driver;
 
 /// The round trips in `ping`'s output (`time=0.512 ms` lines), summarised;
 /// `sent` from its summary line when it has one.
@@ -255,6 +256,11 @@ impl Context {
         let mut profiles = Vec::new();
         for i in 0..self.topology.nodes.len() {
             let name = self.node(i).name;
+            // The kernel module keeps no profile of its loop.
+            if self.node(i).driver == Driver::Kernel {
+                profiles.push(None);
+                continue;
+            }
             let script = format!(
                 "kill -TERM $(cat {DRIVER_PID}); i=0; while kill -0 $(cat {DRIVER_PID}) 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; cat {DRIVER_LOG}"
             );

@@ -1,7 +1,9 @@
 //! The endpoint's working lists, of fixed sizes: the core allocates
 //! nothing, so their bounds are the endpoint's limits.
 
-use super::{Bounded, MacAddr, NodeId, Segment, BATCH, MAX_FRAME};
+use core::time::Duration;
+
+use super::{Bounded, Instant, Liveness, MacAddr, NodeId, Segment, BATCH, MAX_FRAME, MAX_NODES};
 
 /// Slots a node holds at most for sending (its cache and staged frames).
 pub const HELD_SLOTS: usize = 4096;
@@ -85,6 +87,9 @@ pub(super) struct Lists {
     /// Slot offsets a `send_direct` fills.
     pub(super) direct: Bounded<usize, MAX_CHAIN>,
     pub(super) repair: RepairScratch,
+    /// Until when each peer in quarantine (`Shared::quarantined`) is
+    /// ignored.
+    pub(super) quarantine_until: [Instant; MAX_NODES],
 }
 
 impl Lists {
@@ -100,6 +105,8 @@ impl Lists {
         self.addresses.clear();
         self.direct.clear();
         self.repair.kept.clear();
+        let lease = self.repair.liveness.lease();
+        self.repair.liveness.reset(lease);
     }
 
     const fn new() -> Self {
@@ -128,14 +135,19 @@ impl Lists {
             repair: RepairScratch {
                 kept: Bounded::new((MacAddr([0; 6]), 0)),
                 chain: [0; MAX_CHAIN],
+                liveness: Liveness::new(Duration::ZERO),
             },
+            quarantine_until: [Instant::from_origin(Duration::ZERO); MAX_NODES],
         }
     }
 }
 
-/// Scratch for repairs: the address entries kept, one slot chain.
+/// What finding dead nodes and repairing their leftovers needs: the
+/// watch on every peer's heartbeat, the address entries kept, one slot
+/// chain.
 #[derive(Debug)]
 pub(super) struct RepairScratch {
     pub(super) kept: Bounded<(MacAddr, NodeId), ADDRESSES>,
     pub(super) chain: [u32; MAX_CHAIN],
+    pub(super) liveness: Liveness,
 }

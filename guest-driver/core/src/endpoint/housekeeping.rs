@@ -48,29 +48,27 @@ where
             });
         }
         let now = self.sh.platform.now();
-        let Shared {
-            quarantine,
-            offences,
-            ..
-        } = &mut self.sh;
-        for (until, offences) in quarantine.iter_mut().zip(offences.iter_mut()) {
-            if until.is_some_and(|until| now >= until) {
-                *until = None;
-                *offences = 0;
+        let until = &self.buffers.lists.quarantine_until;
+        for node in members(self.sh.quarantined) {
+            if until.get(node).is_none_or(|&until| now >= until) {
+                self.sh.quarantined &= !bit(node);
+                if let Some(count) = self.sh.offences.get_mut(node) {
+                    *count = 0;
+                }
             }
         }
+        let quarantined = self.sh.quarantined;
         let offenders = self
             .sh
             .offences
             .iter()
-            .zip(&self.sh.quarantine)
             .enumerate()
-            .filter(|(_, (&count, until))| count >= OFFENCE_LIMIT && until.is_none())
+            .filter(|&(n, &count)| count >= OFFENCE_LIMIT && quarantined & bit(n) == 0)
             .fold(0u64, |set, (n, _)| set | bit(n));
         if offenders != 0 {
             self.fence_offenders(offenders, now)?;
         }
-        let reap_every = self.sh.liveness.lease().checked_div(4).unwrap_or_default();
+        let reap_every = self.sh.lease.checked_div(4).unwrap_or_default();
         if now.saturating_duration_since(self.last_reap) >= reap_every {
             self.last_reap = now;
             self.reap(now)?;
@@ -104,7 +102,7 @@ where
         }
         let now = self.sh.platform.now();
         let since = *self.header_bad_since.get_or_insert(now);
-        let grace = self.sh.liveness.lease().checked_div(4).unwrap_or_default();
+        let grace = self.sh.lease.checked_div(4).unwrap_or_default();
         if now.saturating_duration_since(since) < grace {
             return Ok(());
         }
@@ -124,13 +122,14 @@ where
     fn fence_offenders(&mut self, offenders: u64, now: Instant) -> Result<(), EndpointError> {
         let lists = &mut self.buffers.lists;
         let ticket = self.sh.acquire(&mut lists.repair)?;
-        let until = now.saturating_add(self.sh.liveness.lease().saturating_mul(QUARANTINE_LEASES));
+        let until = now.saturating_add(self.sh.lease.saturating_mul(QUARANTINE_LEASES));
         for node in members(offenders) {
             let nodes = self.sh.nodes();
             nodes.fence(node, nodes.generation(node));
-            self.sh.liveness.forget(node);
-            if let Some(q) = self.sh.quarantine.get_mut(node) {
-                *q = Some(until);
+            lists.repair.liveness.forget(node);
+            if let Some(q) = lists.quarantine_until.get_mut(node) {
+                *q = until;
+                self.sh.quarantined |= bit(node);
             }
             if let Some(count) = self.sh.offences.get_mut(node) {
                 *count = 0;
@@ -147,12 +146,9 @@ where
         let mut any = false;
         {
             let Shared {
-                region,
-                layout,
-                liveness,
-                me,
-                ..
-            } = &mut self.sh;
+                region, layout, me, ..
+            } = &self.sh;
+            let liveness = &mut self.buffers.lists.repair.liveness;
             let nodes = NodeTable { region, layout };
             for node in (0..nodes.count()).filter(|n| n != me) {
                 if nodes.state(node) != NodeState::Reset && liveness.is_dead(&nodes, node, now) {
@@ -171,7 +167,7 @@ where
         for (node, generation) in dead.iter().enumerate() {
             if let Some(generation) = *generation {
                 if self.sh.nodes().fence(node, generation) {
-                    self.sh.liveness.forget(node);
+                    self.buffers.lists.repair.liveness.forget(node);
                     self.sh.counters.recoveries = self.sh.counters.recoveries.saturating_add(1);
                     fenced = true;
                 }

@@ -243,7 +243,10 @@ where
                 layout: &layout,
             };
             if busy_check && nodes.state(me) != NodeState::Reset {
-                let mut watch = Liveness::new(lease);
+                // The lists' own watch: a `Liveness` is too big for a
+                // kernel stack.
+                let watch = &mut buffers.lists.repair.liveness;
+                watch.reset(lease);
                 let start = platform.now();
                 watch.is_dead(&nodes, me, start);
                 while !watch.is_dead(&nodes, me, platform.now()) {
@@ -263,6 +266,7 @@ where
             BufferConfig::SharedPool => Backend::Pool(PoolState),
             BufferConfig::PerPair => Backend::Rings(RingState::default()),
         };
+        buffers.lists.repair.liveness.reset(lease);
         buffers.lists.reset();
         let now = platform.now();
         let mut endpoint = Endpoint {
@@ -271,13 +275,13 @@ where
                 layout,
                 me,
                 generation,
-                liveness: Liveness::new(lease),
+                lease,
                 counters: Counters::default(),
                 last_error: None,
                 fenced: false,
                 platform,
                 offences: [0; MAX_NODES],
-                quarantine: [None; MAX_NODES],
+                quarantined: 0,
                 lock_memory: LockMemory::default(),
             },
             buffers,

@@ -243,7 +243,7 @@ impl RingState {
                 continue;
             }
             let rings = sh.rings();
-            let quarantined = sh.quarantine.get(src).is_some_and(Option::is_some);
+            let quarantined = sh.quarantined & bit(src) != 0;
             let mut head = at(&self.heads, src);
             let mut avail = match rings.available(src, me, head) {
                 // A peer in quarantine: whatever it wrote is dropped.

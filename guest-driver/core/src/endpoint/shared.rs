@@ -5,10 +5,12 @@
 use core::ops::Deref;
 use core::sync::atomic::{fence, Ordering};
 
-use super::buffers::RepairScratch;
+use core::time::Duration;
+
+use super::buffers::{RepairScratch, ADDRESSES, MAX_CHAIN};
 use super::{
-    attached, bit, members, rebuild, AddrTable, BufferConfig, Counters, EndpointError, Instant,
-    Layout, Liveness, LockError, LockMemory, NodeId, NodeState, NodeTable, Platform, Pool,
+    attached, bit, members, rebuild, AddrTable, Bounded, BufferConfig, Counters, EndpointError,
+    Layout, LockError, LockMemory, MacAddr, NodeId, NodeState, NodeTable, Platform, Pool,
     ProtocolError, Region, RegionLock, Rings, Ticket, MAX_NODES,
 };
 
@@ -18,19 +20,19 @@ pub(super) fn repair(
     region: &Region,
     layout: &Layout,
     me: NodeId,
-    scratch: &mut RepairScratch,
+    kept: &mut Bounded<(MacAddr, NodeId), ADDRESSES>,
+    chain: &mut [u32; MAX_CHAIN],
 ) -> u64 {
     let nodes = NodeTable { region, layout };
     let is_live = attached(&nodes);
-    let mut errors =
-        AddrTable { region, layout }.retain(|_, node| is_live(node), &mut scratch.kept);
+    let mut errors = AddrTable { region, layout }.retain(|_, node| is_live(node), kept);
     if layout.geometry.config == BufferConfig::SharedPool {
         let report = rebuild(
             &Pool { region, layout },
             &nodes,
             &is_live,
             &mut || nodes.beat(me),
-            &mut scratch.chain,
+            chain,
         );
         errors = errors.saturating_add(report.errors);
     }
@@ -45,15 +47,17 @@ pub(super) struct Shared<M, P> {
     pub(super) layout: Layout,
     pub(super) me: NodeId,
     pub(super) generation: u32,
-    pub(super) liveness: Liveness,
+    /// The region's lease.
+    pub(super) lease: Duration,
     pub(super) counters: Counters,
     pub(super) last_error: Option<ProtocolError>,
     pub(super) fenced: bool,
     pub(super) platform: P,
     /// Protocol errors blamed on each peer since it was last fenced.
     pub(super) offences: [u32; MAX_NODES],
-    /// Peers fenced for misbehaving, until when they are ignored.
-    pub(super) quarantine: [Option<Instant>; MAX_NODES],
+    /// Peers fenced for misbehaving and ignored for now (until
+    /// `Lists::quarantine_until`), as a bit set.
+    pub(super) quarantined: u64,
     /// The lock's statistics as last seen valid.
     pub(super) lock_memory: LockMemory,
 }
@@ -117,11 +121,7 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
     }
 
     pub(super) fn quarantined(&self) -> u64 {
-        self.quarantine
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| q.is_some())
-            .fold(0, |set, (n, _)| set | bit(n))
+        self.quarantined
     }
 
     pub(super) fn running_peers(&self) -> u64 {
@@ -133,7 +133,7 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
     pub(super) fn reachable(&self, dest: NodeId) -> bool {
         dest != self.me
             && dest < self.layout.geometry.max_nodes as usize
-            && self.quarantine.get(dest).is_some_and(Option::is_none)
+            && self.quarantined & bit(dest) == 0
             && self.nodes().state(dest) == NodeState::Run
     }
 
@@ -142,14 +142,19 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         let (region, layout, me) = (&*self.region, &self.layout, self.me);
         let mut recovered = 0u64;
         let mut errors = 0u64;
+        let RepairScratch {
+            kept,
+            chain,
+            liveness,
+        } = scratch;
         let result = RegionLock { region, layout }.lock(
             me,
             self.generation,
-            &mut self.liveness,
+            liveness,
             &self.platform,
             &mut |_dead| {
                 recovered = recovered.saturating_add(1);
-                errors = errors.saturating_add(repair(region, layout, me, scratch));
+                errors = errors.saturating_add(repair(region, layout, me, kept, chain));
             },
         );
         self.counters.recoveries = self.counters.recoveries.saturating_add(recovered);
@@ -186,7 +191,13 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
     /// With the lock held: repair the region's buffer and address
     /// management, counting what was wrong.
     pub(super) fn repair_region(&mut self, scratch: &mut RepairScratch) {
-        let errors = repair(&self.region, &self.layout, self.me, scratch);
+        let errors = repair(
+            &self.region,
+            &self.layout,
+            self.me,
+            &mut scratch.kept,
+            &mut scratch.chain,
+        );
         self.add_errors(errors);
     }
 

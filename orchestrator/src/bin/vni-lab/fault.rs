@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use vni_lab::driver;
 use vni_lab::fault::{self, Fault, FaultError, Request};
 use vni_lab::lab::LabDir;
-use vni_lab::supervisor::DRIVER_PID;
 use vni_lab::topology::{Network, Topology};
 
 use crate::control::{node_of, sh_in};
@@ -125,7 +125,7 @@ async fn inject(lab: &LabDir, topology: &Topology, options: &Options) -> Result<
         ));
         let script = format!(
             "{}; vni-driver hold-lock --node {} --mac {} --peer-node {} > {HOLD_LOG} 2>&1 < /dev/null &",
-            stop_driver(),
+            driver::stop(node.driver),
             node.id,
             node.mac,
             peer.id
@@ -169,15 +169,6 @@ async fn inject(lab: &LabDir, topology: &Topology, options: &Options) -> Result<
     }
 }
 
-/// A script that stops the node's VNI driver and waits (up to 10 s) until
-/// it is gone (it detaches from the region as it stops).
-fn stop_driver() -> String {
-    format!(
-        "pid=$(cat {DRIVER_PID} 2>/dev/null); \
-         if [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null; then kill \"$pid\"; \
-         for i in $(seq 100); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done; fi"
-    )
-}
 /// Where the lock-holding stand-in logs, in the guest.
 const HOLD_LOG: &str = "/run/vni-hold.log";
 
@@ -206,7 +197,7 @@ async fn rogue(lab: &LabDir, topology: &Topology, options: &Options) -> Result<S
     }
     let script = format!(
         "{}; vni-driver rogue --node {} --mac {} --seconds {} --seed {}",
-        stop_driver(),
+        driver::stop(node.driver),
         node.id,
         node.mac,
         options.duration.as_secs().max(1),

@@ -203,8 +203,9 @@ enum ImageCommand {
     /// unless an image of the same recipe and kernel is cached. Needs root
     /// (debootstrap). Prints the image directory.
     Build {
-        /// Debian suite of the guests: bookworm (kernel 6.1) or trixie
-        /// (kernel 6.12).
+        /// Debian suite of the guests: bookworm (kernel 6.1), trixie
+        /// (kernel 6.12) or trixie-backports (trixie with the backports'
+        /// 7.3 cloud kernel, which runs the VNI kernel module).
         #[arg(long, default_value = "bookworm")]
         suite: String,
         /// Build even when a cached image matches.

@@ -7,10 +7,10 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use vni_lab::driver;
 use vni_lab::lab::{self, LabDir};
 use vni_lab::suite::report::{self, Report};
 use vni_lab::suite::{self, CaseResult, Counts, Observer, Status};
-use vni_lab::supervisor::DRIVER_LOG;
 use vni_lab::test_spec::Check;
 use vni_lab::topology::{Topology, TopologyError};
 
@@ -173,7 +173,7 @@ async fn collect(lab: &LabDir, topology: &Topology, to: &Path) {
         let log = crate::control::run_in(
             lab,
             &node.name,
-            &["/bin/cat", DRIVER_LOG],
+            &["/bin/sh", "-c", &driver::log(node.driver, 100_000)],
             Duration::from_secs(20),
         )
         .await

@@ -13,10 +13,11 @@ use anyhow::{bail, Context};
 use tokio::io::AsyncBufReadExt;
 use vni_lab::host::{self, HostFacts, QEMU_TOOL};
 use vni_lab::image;
+use vni_lab::kmod;
 use vni_lab::lab::{self, LabDir, LabLock, Plan};
 use vni_lab::qemu;
 use vni_lab::supervisor::{self, Event};
-use vni_lab::topology::{self, Kernel, Topology, TopologyError};
+use vni_lab::topology::{self, Driver, Kernel, Topology, TopologyError};
 
 use crate::Progress;
 
@@ -61,10 +62,8 @@ pub fn up(
     check_host_cpus(&topology)?;
 
     // The guest image, built when missing.
-    let suite = match &topology.kernel {
-        Kernel::Trixie => "trixie",
-        Kernel::Bookworm | Kernel::Path(_) => "bookworm",
-    };
+    let suite = topology.kernel.suite();
+    let mut manifest = None;
     let needs_built_image = topology.image.is_none() || !matches!(topology.kernel, Kernel::Path(_));
     let (kernel, initrd, release) = if needs_built_image {
         let build = |progress: &mut Progress| {
@@ -81,9 +80,16 @@ pub fn up(
             built => built,
         }
         .context("cannot get the guest image")?;
+        manifest = Some(built.manifest.clone());
         (built.kernel, built.initrd, built.manifest.kernel_release)
     } else {
         Default::default()
+    };
+    // The kernel module, for the nodes that run it, built against the
+    // image's kernel (validation made sure it is Debian's Rust-enabled one).
+    let kernel_module = match manifest.as_ref().filter(|_| topology.uses(Driver::Kernel)) {
+        None => None,
+        Some(manifest) => Some(kernel_module(manifest, &mut progress)?),
     };
     let (kernel, release) = match &topology.kernel {
         Kernel::Path(path) => (path.clone(), "custom".to_owned()),
@@ -117,6 +123,7 @@ pub fn up(
             &base_initrd,
             &guest_bins,
             topology.modules.as_deref(),
+            kernel_module.as_deref(),
             &initrd,
         )?;
         let plan = Plan {
@@ -157,6 +164,18 @@ pub fn up(
     let result = runtime.block_on(drive(&lab, lock, &topology, detach, &mut progress));
     progress.done();
     result
+}
+
+/// The VNI kernel module for the image's kernel: its build root prepared
+/// and the module built when they are not cached.
+fn kernel_module(manifest: &image::Manifest, progress: &mut Progress) -> anyhow::Result<PathBuf> {
+    let cache = image::cache_dir();
+    let mut step = |s: &str| progress.step(&format!("kernel module: {s}"));
+    let tree = kmod::ensure_tree(manifest, &cache, &mut step)
+        .context("cannot prepare the kernel tree for the VNI kernel module")?;
+    let checkout = vni_lab::guest_bin::source_root().ok_or(kmod::KmodError::NoSource)?;
+    kmod::ensure_module(&tree, &checkout, &cache, &mut step)
+        .context("cannot build the VNI kernel module")
 }
 
 /// Checks that pinned CPUs exist on this host.

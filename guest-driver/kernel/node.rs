@@ -1,0 +1,340 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One VNI device: its configuration, the state its three contexts share
+//! (transmit, the NAPI poll, the housekeeping work), and its life in the
+//! region: attach, heartbeat and housekeeping, trouble and attaching again,
+//! detach. The semantics are the user-space driver's (`vni-driver run`),
+//! from the same protocol core: a node its peers fenced, or one that met
+//! garbage a rogue wrote, attaches again as a new incarnation and carries
+//! on; nothing another node writes makes it stop.
+
+use core::time::Duration;
+
+use kernel::alloc::{flags::GFP_KERNEL, AllocError, KBox, VBox};
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+use crate::ffi::{self, VniPriv};
+use crate::lock::DevLock;
+use crate::platform::{Kernel, Shown};
+use crate::stats::Stats;
+use crate::vni_core::{
+    members, Buffers, Endpoint, EndpointError, Instant, MacAddr, NodeId, NodeState, Notification,
+    Platform, Region, BATCH, OFFENCE_LIMIT, QUARANTINE_LEASES, RX_VECTOR,
+};
+
+/// The endpoint as the kernel holds it: the mapped region shared by
+/// reference count, its working lists in vmalloc'ed memory (about
+/// 200 KiB, too large for a kernel stack), the kernel's clock. The
+/// endpoint itself (under 2 KiB) is boxed as well: the kernel's stack is
+/// 16 KiB and every move of an endpoint on it costs its size.
+pub(crate) type Ep = Endpoint<Arc<Region>, VBox<Buffers>, Kernel>;
+
+/// Housekeeping period: heartbeat, counters, dead peers, carrier.
+pub(crate) const TICK_US: u32 = 10_000;
+/// Pause before attaching again after a refused attach.
+const REATTACH_PAUSE_US: u32 = 200_000;
+/// Idle time after which the slots this node caches go back to the pool.
+const GIVE_BACK_AFTER: Duration = Duration::from_millis(100);
+
+/// What the module parameters and the device say.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Config {
+    pub(crate) node: NodeId,
+    pub(crate) mac: MacAddr,
+    pub(crate) notification: Notification,
+    pub(crate) busy_poll: Duration,
+    /// This guest's ivshmem peer id (IVPosition): peers ring it.
+    pub(crate) position: u16,
+}
+
+/// One device.
+pub(crate) struct Vni {
+    /// The glue's device structure (alive as long as this value).
+    pub(crate) dev: *mut VniPriv,
+    pub(crate) config: Config,
+    pub(crate) region: Arc<Region>,
+    pub(crate) state: DevLock<State>,
+}
+
+/// What the device's contexts share, under the glue's spinlock.
+pub(crate) struct State {
+    /// The current incarnation; `None` before the first attach and while
+    /// housekeeping attaches again.
+    pub(crate) ep: Option<KBox<Ep>>,
+    /// The endpoint met trouble with the region (fenced, garbage, a lock
+    /// that timed out): no frame goes through it; housekeeping attaches
+    /// again from it.
+    pub(crate) trouble: bool,
+    pub(crate) stats: Stats,
+    /// When a frame last went either way.
+    pub(crate) last_busy: Instant,
+    /// The idle node's cached slots went back to the pool.
+    pub(crate) gave_back: bool,
+    /// A flush left frames staged (their receiver's queue was full).
+    pub(crate) deferred: bool,
+    /// Polling mode: the wait until the next poll, growing while idle.
+    pub(crate) poll_wait_ns: u32,
+    carrier: bool,
+    quarantined: u64,
+    refused: u64,
+}
+
+impl State {
+    /// Marks the endpoint as in trouble after `e` and has housekeeping
+    /// attach again now.
+    pub(crate) fn fail(&mut self, dev: *mut VniPriv, e: &EndpointError) {
+        if !self.trouble {
+            pr_warn!("{}; attaching again\n", Shown(e));
+        }
+        self.trouble = true;
+        // SAFETY: `dev` is the device this state belongs to, alive.
+        unsafe { ffi::vni_housekeeping_soon(dev) };
+    }
+
+    /// Notes that frames moved.
+    pub(crate) fn busy(&mut self) {
+        self.last_busy = Kernel.now();
+        self.gave_back = false;
+    }
+}
+
+/// Rings the doorbell of each node in `wake` (the receivers a flush says
+/// sleep), with `peer << 16 | vector` to BAR0.
+pub(crate) fn ring(dev: *mut VniPriv, ep: &Ep, wake: u64, stats: &mut Stats) {
+    for node in members(wake) {
+        if let Some(peer) = ep.doorbell_peer(node) {
+            // SAFETY: `dev` is alive; a doorbell write has no other effect
+            // on this guest.
+            unsafe { ffi::vni_ring(dev, peer, RX_VECTOR) };
+            stats.doorbells += 1;
+        }
+    }
+}
+
+/// Working lists for an endpoint, zeroed in place (too large for a stack).
+fn new_buffers() -> Result<VBox<Buffers>, AllocError> {
+    let mut buffers = VBox::<Buffers>::new_uninit(GFP_KERNEL)?;
+    // SAFETY: the allocation holds one `Buffers`; every field of it is
+    // integers, so all-zero bytes are a valid, empty value (as its
+    // documentation promises), which `assume_init` then states.
+    unsafe {
+        buffers.as_mut_ptr().write_bytes(0, 1);
+        Ok(buffers.assume_init())
+    }
+}
+
+impl Vni {
+    /// A device on the glue's `dev` for `region`.
+    ///
+    /// # Safety
+    ///
+    /// `dev` must be the glue's device structure, alive with its spinlock
+    /// for as long as the returned value.
+    pub(crate) unsafe fn new(dev: *mut VniPriv, config: Config, region: Arc<Region>) -> Self {
+        let state = State {
+            ep: None,
+            trouble: false,
+            stats: Stats::default(),
+            last_busy: Kernel.now(),
+            gave_back: false,
+            deferred: false,
+            poll_wait_ns: crate::rx::POLL_MIN_NS,
+            carrier: false,
+            quarantined: 0,
+            refused: 0,
+        };
+        Vni {
+            dev,
+            config,
+            region,
+            // SAFETY: the glue's spinlock guards this state only; `dev`
+            // outlives it (the caller's promise).
+            state: unsafe { DevLock::new(dev, state) },
+        }
+    }
+
+    /// The housekeeping work's round (process context): attach when
+    /// there is no usable endpoint, then heartbeat, counters, dead peers,
+    /// quarantine, the idle cache, the carrier. Returns the delay until
+    /// the next round, in microseconds.
+    pub(crate) fn housekeep(&self) -> u32 {
+        let attach = {
+            let s = self.state.lock();
+            s.ep.is_none() || s.trouble
+        };
+        if attach && !self.attach() {
+            return REATTACH_PAUSE_US;
+        }
+        self.tick()
+    }
+
+    /// Housekeeping's work on an attached endpoint.
+    #[inline(never)]
+    fn tick(&self) -> u32 {
+        // SAFETY: `dev` is alive.
+        let up = unsafe { ffi::vni_is_up(self.dev) };
+        let mut carrier = None;
+        {
+            let mut guard = self.state.lock();
+            let s = &mut *guard;
+            let Some(ep) = s.ep.as_mut().filter(|_| !s.trouble) else {
+                return TICK_US;
+            };
+            let mut result = ep.tick();
+            let banned = ep.quarantined();
+            if banned != s.quarantined {
+                for node in members(banned & !s.quarantined) {
+                    pr_warn!(
+                        "fenced node {}: {} protocol errors blamed on it; its frames are ignored for {} leases\n",
+                        node,
+                        OFFENCE_LIMIT,
+                        QUARANTINE_LEASES
+                    );
+                    s.stats.quarantines += 1;
+                }
+                for node in members(s.quarantined & !banned) {
+                    pr_info!("node {} is out of quarantine\n", node);
+                }
+                s.quarantined = banned;
+            }
+            if result.is_ok() && !up {
+                // Nobody polls a down interface: take what peers sent so
+                // that their frames do not wait for ever.
+                result = ep
+                    .recv(4 * BATCH, |_| s.stats.rx_while_down += 1)
+                    .map(|_| ());
+            }
+            let idle = Kernel.now().saturating_duration_since(s.last_busy) >= GIVE_BACK_AFTER;
+            if result.is_ok() && idle && !s.gave_back {
+                result = ep.release_idle();
+                s.gave_back = true;
+            }
+            let running = ep.running_peers() != 0;
+            if let Err(e) = result {
+                s.fail(self.dev, &e);
+            } else if running != s.carrier {
+                s.carrier = running;
+                carrier = Some(running);
+            }
+            if s.trouble && s.carrier {
+                s.carrier = false;
+                carrier = Some(false);
+            }
+        }
+        if let Some(on) = carrier {
+            // SAFETY: `dev` is alive; carrier changes may be made from
+            // process context.
+            unsafe { ffi::vni_carrier(self.dev, on) };
+        }
+        TICK_US
+    }
+
+    /// Attaches (first time) or attaches again from the incarnation in
+    /// trouble; may sleep (the first attach watches an earlier
+    /// incarnation's heartbeat for a lease). True when attached. Not
+    /// inlined: it holds endpoints on the stack, the core's attach more.
+    #[inline(never)]
+    fn attach(&self) -> bool {
+        let old = {
+            let mut s = self.state.lock();
+            if s.carrier {
+                s.carrier = false;
+                // SAFETY: `dev` is alive.
+                unsafe { ffi::vni_carrier(self.dev, false) };
+            }
+            s.ep.take()
+        };
+        let config = &self.config;
+        let attached = new_buffers()
+            .map_err(|_| None)
+            .and_then(|buffers| {
+                match &old {
+                    Some(old) => old.reattach(buffers, config.mac),
+                    None => Ep::attach(
+                        self.region.clone(),
+                        buffers,
+                        Kernel,
+                        config.node,
+                        config.mac,
+                    ),
+                }
+                .map_err(Some)
+            })
+            .and_then(|ep| KBox::new(ep, GFP_KERNEL).map_err(|_| None))
+            .and_then(|mut ep| {
+                ep.set_doorbell_peer(Some(config.position));
+                ep.set_state(NodeState::Run).map_err(Some)?;
+                Ok(ep)
+            });
+        let mut s = self.state.lock();
+        match attached {
+            Ok(ep) => {
+                if let Some(old) = &old {
+                    s.stats.retire(&old.counters());
+                }
+                s.ep = Some(ep);
+                s.trouble = false;
+                s.refused = 0;
+                s.stats.incarnations += 1;
+                pr_info!(
+                    "node {} up, ivshmem peer {} (MAC {}, {}; incarnation {})\n",
+                    config.node,
+                    config.position,
+                    Shown(&config.mac),
+                    config.notification.name(),
+                    s.stats.incarnations
+                );
+                drop(s);
+                // The old incarnation's lists are freed here, not under
+                // the spinlock.
+                drop(old);
+                // SAFETY: `dev` is alive; frames may already wait.
+                unsafe { ffi::vni_napi_schedule(self.dev) };
+                true
+            }
+            Err(e) => {
+                // Said once, then every 50th time (every 10 s).
+                if s.refused % 50 == 0 {
+                    match e {
+                        Some(e) => pr_warn!(
+                            "cannot attach as node {}: {}; trying again\n",
+                            config.node,
+                            Shown(&e)
+                        ),
+                        None => pr_warn!(
+                            "cannot attach as node {}: out of memory; trying again\n",
+                            config.node
+                        ),
+                    }
+                }
+                s.refused += 1;
+                s.stats.attach_failures += 1;
+                if let Some(mut old) = old {
+                    // Keep healing the header from our copy meanwhile.
+                    let _ = old.guard_header();
+                    s.ep = Some(old);
+                    s.trouble = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// Leaves the region (the device goes away): every slot this node
+    /// holds goes back to the pool, its address is removed, its state is
+    /// `Reset`, so the others go on with a consistent region.
+    pub(crate) fn detach(&mut self) {
+        let s = self.state.get_mut();
+        if let Some(ep) = s.ep.take() {
+            match KBox::into_inner(ep).detach() {
+                Ok(()) => pr_info!("node {} left the region\n", self.config.node),
+                Err(e) => pr_warn!(
+                    "node {} could not leave the region cleanly: {}\n",
+                    self.config.node,
+                    Shown(&e)
+                ),
+            }
+        }
+    }
+}

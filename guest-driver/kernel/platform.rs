@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The protocol core's clock and waiting, from the kernel: `ktime_get_ns`,
+//! `cpu_relax` between looks at a word another node must change (the
+//! endpoint's calls run in softirq or with bottom halves off, where nothing
+//! may sleep), and `fsleep` only where the core says the caller may sleep
+//! (attaching, from the housekeeping work).
+
+use core::time::Duration;
+
+use crate::ffi;
+use crate::vni_core::{Instant, Platform};
+
+/// The kernel's monotonic clock and waits.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Kernel;
+
+impl Platform for Kernel {
+    fn now(&self) -> Instant {
+        // SAFETY: vni_now_ns wraps ktime_get_ns: no arguments, any context.
+        Instant::from_origin(Duration::from_nanos(unsafe { ffi::vni_now_ns() }))
+    }
+
+    fn pause(&self, _round: u32) {
+        kernel::processor::cpu_relax();
+    }
+
+    fn sleep(&self, duration: Duration) {
+        let us = u32::try_from(duration.as_micros()).unwrap_or(u32::MAX);
+        // SAFETY: vni_sleep_us wraps fsleep; the core calls `sleep` only
+        // while attaching, which this driver does from its housekeeping
+        // work (process context, no lock held).
+        unsafe { ffi::vni_sleep_us(us) };
+    }
+}
+
+/// The core's values (errors, addresses) in the kernel's log: its
+/// `pr_*!` macros take `kernel::fmt::Display`, the core implements
+/// `core::fmt::Display`.
+pub(crate) struct Shown<'a, T>(pub(crate) &'a T);
+
+impl<T: core::fmt::Display> kernel::fmt::Display for Shown<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(self.0, f)
+    }
+}

@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Receive: the doorbell interrupt schedules NAPI; the poll takes up to a
+//! budget of frames from the region, copies each out of its slots into a
+//! fresh skb, and hands them to GRO after dropping the lock (the stack may
+//! transmit from there). Doorbells are suppressed while the node polls: it
+//! says it sleeps only when it completes NAPI, and looks at its queue once
+//! more after saying so, the protocol's sleep/wake rule. In polling mode it
+//! never sleeps in the region's eyes; the kick timer polls, at 50 µs while
+//! busy and backing off to 1 ms while idle.
+
+use core::ptr;
+
+use crate::ffi::{self, SkBuff};
+use crate::node::{ring, Vni};
+use crate::platform::Kernel;
+use crate::vni_core::{Notification, Platform, BATCH};
+
+/// Polling mode: the first and the longest wait between polls.
+pub(crate) const POLL_MIN_NS: u32 = 50_000;
+const POLL_MAX_NS: u32 = 1_000_000;
+
+impl Vni {
+    /// One NAPI round with `budget`; returns the frames it handled (all of
+    /// `budget` to be polled again).
+    pub(crate) fn poll(&self, budget: i32) -> i32 {
+        let max = usize::try_from(budget).unwrap_or(0).min(BATCH);
+        let mut skbs = [ptr::null_mut::<SkBuff>(); BATCH];
+        let mut taken = 0usize;
+        let keep_polling;
+        {
+            let mut guard = self.state.lock();
+            let s = &mut *guard;
+            let Some(ep) = s.ep.as_mut().filter(|_| !s.trouble) else {
+                drop(guard);
+                // SAFETY: called from the NAPI poll with a budget of 0..=64.
+                unsafe { ffi::vni_napi_complete(self.dev, 0) };
+                return 0;
+            };
+            ep.set_sleeping(false);
+            let mut no_memory = 0u64;
+            let received = ep.recv(max, |frame| {
+                let len = frame.len();
+                let mut data = ptr::null_mut();
+                // SAFETY: `dev` is alive; in NAPI context, as
+                // napi_alloc_skb needs. A frame is at most MAX_FRAME bytes.
+                let skb = unsafe { ffi::vni_rx_alloc(self.dev, len as u32, &mut data) };
+                if skb.is_null() {
+                    no_memory += 1;
+                    return;
+                }
+                // SAFETY: `data` is the `len` bytes skb_put just gave the
+                // new skb, which nothing else knows yet.
+                let buf = unsafe { core::slice::from_raw_parts_mut(data, len) };
+                frame.copy_to(buf);
+                match skbs.get_mut(taken) {
+                    Some(slot) => {
+                        *slot = skb;
+                        taken += 1;
+                    }
+                    // SAFETY: the skb is ours (never reached: `recv` hands
+                    // out at most `max <= BATCH` frames).
+                    None => unsafe { ffi::vni_skb_drop(skb) },
+                }
+            });
+            s.stats.rx_no_memory += no_memory;
+            match received {
+                Ok(0) => {}
+                Ok(_) => s.busy(),
+                Err(e) => s.fail(self.dev, &e),
+            }
+            // Frames a full receiver deferred get another chance.
+            if s.deferred && !s.trouble {
+                if let Some(ep) = s.ep.as_mut() {
+                    match ep.flush() {
+                        Ok(report) => {
+                            ring(self.dev, ep, report.wake, &mut s.stats);
+                            s.deferred = report.deferred > 0;
+                        }
+                        Err(e) => s.fail(self.dev, &e),
+                    }
+                }
+            }
+            let since = Kernel.now().saturating_duration_since(s.last_busy);
+            keep_polling = s.deferred || since < self.config.busy_poll;
+        }
+        let mut bad = 0u64;
+        for &skb in skbs.iter().take(taken) {
+            // SAFETY: each is a filled skb of ours; deliver consumes it.
+            if unsafe { ffi::vni_rx_deliver(self.dev, skb) } != 0 {
+                bad += 1;
+            }
+        }
+        let done = i32::try_from(taken).unwrap_or(budget).min(budget);
+        if bad > 0 {
+            self.state.lock().stats.rx_bad_header += bad;
+        }
+        if done >= budget || keep_polling {
+            return budget;
+        }
+        // SAFETY: called from the NAPI poll, done < budget.
+        if !unsafe { ffi::vni_napi_complete(self.dev, done) } {
+            return done;
+        }
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        match self.config.notification {
+            Notification::Interrupt => {
+                if let Some(ep) = s.ep.as_mut().filter(|_| !s.trouble) {
+                    ep.set_sleeping(true);
+                    if ep.pending() {
+                        ep.set_sleeping(false);
+                        // SAFETY: `dev` is alive.
+                        unsafe { ffi::vni_napi_schedule(self.dev) };
+                    }
+                }
+            }
+            Notification::Polling => {
+                s.poll_wait_ns = if done > 0 {
+                    POLL_MIN_NS
+                } else {
+                    s.poll_wait_ns.saturating_mul(2).min(POLL_MAX_NS)
+                };
+                // SAFETY: `dev` is alive; the kick schedules NAPI again.
+                unsafe { ffi::vni_kick_after(self.dev, s.poll_wait_ns) };
+            }
+        }
+        done
+    }
+}

@@ -1,0 +1,364 @@
+//! The VNI kernel module (`vni.ko`), built against the exact kernel a lab
+//! boots, and cached.
+//!
+//! A Rust module must be built by the rustc that built the kernel, against
+//! the kernel's prepared source tree (Debian's headers have no `rust/`).
+//! So the first kernel-driver lab builds a *kernel tree*: a Debian 13 build
+//! root with its own toolchain, the kernel package's source, configuration
+//! and `Module.symvers`, after `make modules_prepare` (the recipe is
+//! `images/kernel-tree`; about 4 GB and 3 to 10 minutes, once per kernel
+//! package). Then each change of the module's source (`guest-driver/kernel`
+//! and the protocol core it includes, `guest-driver/core/src`) builds the
+//! module in it, in seconds. Both land under the image cache:
+//!
+//! - `<cache>/kernel-trees/<release>-<hash>/root`, the hash over the
+//!   recipe and the kernel package's name and version;
+//! - `<cache>/kernel-modules/<release>-<hash>/vni.ko`, the hash over the
+//!   tree's and every source file's path and contents.
+//!
+//! Builds run in directories of their own (`.build-<hash>-<pid>`) and are
+//! published by rename: an interrupted build leaves nothing that is used,
+//! and the next build removes it. The build root's `/proc` is mounted in
+//! a private mount namespace (`unshare --mount`), so no mount outlives a
+//! build, whatever stops it.
+
+use std::io::{self, BufRead};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::image::{self, Manifest};
+
+/// The build root's recipe.
+const KERNEL_TREE: &str = include_str!("../../images/kernel-tree");
+/// Where the module's source is, relative to the checkout.
+const MODULE_DIR: &str = "guest-driver/kernel";
+/// The protocol core it includes by path.
+const CORE_DIR: &str = "guest-driver/core/src";
+
+/// Errors of the module build.
+#[derive(Debug, thiserror::Error)]
+pub enum KmodError {
+    /// Building the tree needs root.
+    #[error(
+        "Building the VNI kernel module's build root needs root (debootstrap, chroot): run `vni-lab up` once as root; labs then use the cached module"
+    )]
+    NeedsRoot,
+    /// The module's source is not there.
+    #[error("The VNI kernel module's source ({MODULE_DIR}) was not found: run vni-lab from its source checkout")]
+    NoSource,
+    /// The image has no kernel version (built by an older vni-lab).
+    #[error("The guest image of {0} does not say its kernel's version: rebuild it with `vni-lab image build --suite trixie-backports --force`")]
+    NoVersion(String),
+    /// A build step failed.
+    #[error("{step} failed: {status}\n{tail}")]
+    Step {
+        /// What was being done.
+        step: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its output.
+        tail: String,
+    },
+    /// A file operation failed.
+    #[error("Kernel module build: cannot {what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> KmodError {
+    let what = what.into();
+    move |source| KmodError::Io { what, source }
+}
+
+/// FNV-1a over `parts`, as a cache key.
+fn hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for &b in part.iter().chain(&[0u8]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// A prepared kernel tree in its build root.
+#[derive(Clone, Debug)]
+pub struct KernelTree {
+    /// The build root (`usr/src/linux` in it is the tree).
+    pub root: PathBuf,
+    /// Its cache key.
+    pub key: String,
+    /// The kernel release it builds for.
+    pub release: String,
+}
+
+/// The tree for the image's kernel, building it first when missing.
+pub fn ensure_tree(
+    manifest: &Manifest,
+    cache: &Path,
+    step: &mut dyn FnMut(&str),
+) -> Result<KernelTree, KmodError> {
+    if manifest.kernel_version.is_empty() {
+        return Err(KmodError::NoVersion(manifest.suite.clone()));
+    }
+    let key = hash([
+        KERNEL_TREE.as_bytes(),
+        manifest.kernel_package.as_bytes(),
+        manifest.kernel_version.as_bytes(),
+    ]);
+    let trees = cache.join("kernel-trees");
+    let dir = trees.join(format!("{}-{key}", manifest.kernel_release));
+    let tree = KernelTree {
+        root: dir.join("root"),
+        key: key.clone(),
+        release: manifest.kernel_release.clone(),
+    };
+    if tree.root.join("usr/src/linux/.vni-localversion").is_file() {
+        return Ok(tree);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(KmodError::NeedsRoot);
+    }
+    std::fs::create_dir_all(&trees).map_err(io_err(format!("create {}", trees.display())))?;
+    image::remove_stale_builds(&trees);
+    let build = trees.join(format!(".build-{key}-{}", std::process::id()));
+    image::remove_build_dir(&build);
+    std::fs::create_dir_all(&build).map_err(io_err(format!("create {}", build.display())))?;
+    let scratch = Scratch(build.clone());
+    let script = build.join("kernel-tree");
+    std::fs::write(&script, KERNEL_TREE).map_err(io_err("write the build root recipe"))?;
+    let mirror = image::apt_mirror().map_err(|e| KmodError::Step {
+        step: "finding the Debian mirror".into(),
+        status: "none".into(),
+        tail: e.to_string(),
+    })?;
+    step(&format!(
+        "building the kernel tree for {} (once per kernel package)",
+        manifest.kernel_release
+    ));
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "bash"])
+        .arg(&script)
+        .arg(build.join("root"))
+        .args([
+            &mirror,
+            &manifest.kernel_version,
+            &manifest.kernel_release,
+            &flavour(&manifest.kernel_release),
+        ]);
+    run_with_steps("building the kernel tree", &mut command, step)?;
+    // The build's log stays beside the tree, for whoever wonders.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&build, &dir).map_err(io_err(format!("publish {}", dir.display())))?;
+    drop(scratch);
+    // Trees of other kernels or recipes are not used again (4 GB each).
+    if let Ok(entries) = std::fs::read_dir(&trees) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.path() != dir && !entry.file_name().to_string_lossy().starts_with('.') {
+                image::remove_build_dir(&entry.path());
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// The flavour at the end of a Debian kernel release (`cloud-amd64` of
+/// `7.3.4+deb13-cloud-amd64`).
+fn flavour(release: &str) -> String {
+    let parts: Vec<&str> = release.split('-').skip(1).collect();
+    let abi = parts
+        .iter()
+        .take_while(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        .count();
+    parts[abi..].join("-")
+}
+
+/// Removes a directory tree when dropped (a failed build's leftovers).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        image::remove_build_dir(&self.0);
+    }
+}
+
+/// Runs `command`, passing its `step: ` lines to `step`; on failure the
+/// end of its output is the error.
+fn run_with_steps(
+    what: &str,
+    command: &mut Command,
+    step: &mut dyn FnMut(&str),
+) -> Result<(), KmodError> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(format!("run {command:?}")))?;
+    let stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = stderr {
+            let _ = io::Read::read_to_string(&mut e, &mut text);
+        }
+        text
+    });
+    let mut output = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in io::BufReader::new(out).lines().map_while(Result::ok) {
+            match line.strip_prefix("step: ") {
+                Some(s) => step(s),
+                None => output.push(line),
+            }
+        }
+    }
+    let status = child.wait().map_err(io_err(format!("wait for {what}")))?;
+    let errors = errors.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let lines: Vec<&str> = output
+        .iter()
+        .map(String::as_str)
+        .chain(errors.lines())
+        .collect();
+    Err(KmodError::Step {
+        step: what.to_owned(),
+        status: status.to_string(),
+        tail: lines[lines.len().saturating_sub(25)..].join("\n"),
+    })
+}
+
+/// The module's source files, as (path relative to the checkout, bytes),
+/// in a stable order.
+fn sources(checkout: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, KmodError> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = dir.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                out.push((path.clone(), std::fs::read(root.join(&path))?));
+            }
+        }
+        Ok(())
+    }
+    if !checkout.join(MODULE_DIR).join("Kbuild").is_file() {
+        return Err(KmodError::NoSource);
+    }
+    let mut out = Vec::new();
+    for dir in [MODULE_DIR, CORE_DIR] {
+        walk(checkout, Path::new(dir), &mut out).map_err(io_err(format!("read {dir}")))?;
+    }
+    Ok(out)
+}
+
+/// The module for `tree`, built from the checkout's source unless the
+/// same source was built for the same tree before.
+pub fn ensure_module(
+    tree: &KernelTree,
+    checkout: &Path,
+    cache: &Path,
+    step: &mut dyn FnMut(&str),
+) -> Result<PathBuf, KmodError> {
+    let files = sources(checkout)?;
+    let key = hash(
+        std::iter::once(tree.key.as_bytes()).chain(
+            files
+                .iter()
+                .flat_map(|(p, b)| [p.as_os_str().as_encoded_bytes(), b.as_slice()]),
+        ),
+    );
+    let modules = cache.join("kernel-modules");
+    let dir = modules.join(format!("{}-{key}", tree.release));
+    let ko = dir.join("vni.ko");
+    if ko.is_file() {
+        return Ok(ko);
+    }
+    step("building the VNI kernel module (a few seconds)");
+    // The build happens inside the build root, in a directory of its own.
+    let inside = PathBuf::from(format!("/build/{key}-{}", std::process::id()));
+    let build = tree.root.join(inside.strip_prefix("/").unwrap_or(&inside));
+    let _ = std::fs::remove_dir_all(&build);
+    let scratch = Scratch(build.clone());
+    for (path, bytes) in &files {
+        let to = build.join(path);
+        std::fs::create_dir_all(to.parent().unwrap_or(&build))
+            .map_err(io_err(format!("create {}", build.display())))?;
+        std::fs::write(&to, bytes).map_err(io_err(format!("write {}", to.display())))?;
+    }
+    let module_dir = inside.join(MODULE_DIR);
+    let script = format!(
+        "mount -t proc proc {root}/proc && exec chroot {root} env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+         sh -c 'cd /usr/src/linux && make -s -j$(nproc) CC=x86_64-linux-gnu-gcc-14 LOCALVERSION=$(cat .vni-localversion) M={m} modules \
+         && x86_64-linux-gnu-strip --strip-debug {m}/vni.ko'",
+        root = tree.root.display(),
+        m = module_dir.display(),
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    run_with_steps("building the VNI kernel module", &mut command, step)?;
+    std::fs::create_dir_all(&modules).map_err(io_err(format!("create {}", modules.display())))?;
+    let staged = modules.join(format!(".build-{key}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staged);
+    std::fs::create_dir_all(&staged).map_err(io_err("create the module directory"))?;
+    std::fs::copy(build.join(MODULE_DIR).join("vni.ko"), staged.join("vni.ko"))
+        .map_err(io_err("copy vni.ko"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&staged, &dir).map_err(io_err(format!("publish {}", dir.display())))?;
+    drop(scratch);
+    // Modules of older sources are not used again.
+    if let Ok(entries) = std::fs::read_dir(&modules) {
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path() != dir
+                && (name.starts_with(&format!("{}-", tree.release)) || name.starts_with(".build-"))
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(ko)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flavour_is_the_end_of_the_release() {
+        assert_eq!(flavour("7.3.4+deb13-cloud-amd64"), "cloud-amd64");
+        assert_eq!(flavour("6.1.0-56-amd64"), "amd64");
+    }
+
+    #[test]
+    fn the_module_key_follows_every_source_file() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let files = sources(root).expect("the checkout has the module's source");
+        let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+        for needed in [
+            "guest-driver/kernel/Kbuild",
+            "guest-driver/kernel/vni_main.rs",
+            "guest-driver/kernel/vni_glue.c",
+            "guest-driver/core/src/lib.rs",
+            "guest-driver/core/src/endpoint/mod.rs",
+        ] {
+            assert!(names.iter().any(|n| n == needed), "{needed} in {names:?}");
+        }
+        assert_eq!(hash([b"a".as_slice(), b"b"]), hash([b"a".as_slice(), b"b"]));
+        assert_ne!(hash([b"ab".as_slice()]), hash([b"a".as_slice(), b"b"]));
+    }
+}
