@@ -16,7 +16,7 @@ use kernel::sync::Arc;
 
 use crate::ffi::{self, VniPriv};
 use crate::lock::DevLock;
-use crate::platform::{Kernel, Shown};
+use crate::platform::{Chain, Kernel, Shown};
 use crate::stats::Stats;
 use crate::vni_core::{
     members, Buffers, Endpoint, EndpointError, Instant, MacAddr, NodeId, NodeState, Notification,
@@ -78,6 +78,13 @@ pub(crate) struct State {
     carrier: bool,
     quarantined: u64,
     refused: u64,
+    /// Protocol errors last said in the log, and when.
+    errors_said: (u64, Instant),
+    /// When housekeeping last ran, and dead peers recovered by then.
+    last_tick: Instant,
+    recoveries: u64,
+    /// NAPI polls as housekeeping last saw them.
+    polls_seen: u64,
 }
 
 impl State {
@@ -85,7 +92,7 @@ impl State {
     /// attach again now.
     pub(crate) fn fail(&mut self, dev: *mut VniPriv, e: &EndpointError) {
         if !self.trouble {
-            pr_warn!("{}; attaching again\n", Shown(e));
+            pr_warn!("{}; attaching again\n", Chain(e));
         }
         self.trouble = true;
         // SAFETY: `dev` is the device this state belongs to, alive.
@@ -143,6 +150,10 @@ impl Vni {
             carrier: false,
             quarantined: 0,
             refused: 0,
+            errors_said: (0, Kernel.now()),
+            last_tick: Kernel.now(),
+            recoveries: 0,
+            polls_seen: 0,
         };
         Vni {
             dev,
@@ -181,7 +192,24 @@ impl Vni {
             let Some(ep) = s.ep.as_mut().filter(|_| !s.trouble) else {
                 return TICK_US;
             };
+            // Housekeeping beats the heartbeat: a late round (this CPU
+            // busy in softirq) brings the node near its lease.
+            let now = Kernel.now();
+            let late = now.saturating_duration_since(s.last_tick);
+            if late >= Duration::from_millis(300) {
+                pr_warn!("housekeeping ran {} ms late\n", late.as_millis());
+            }
+            s.last_tick = now;
             let mut result = ep.tick();
+            let recoveries = ep.counters().recoveries;
+            if recoveries != s.recoveries {
+                pr_info!(
+                    "recovered from {} dead peers ({} so far)\n",
+                    recoveries.saturating_sub(s.recoveries),
+                    recoveries
+                );
+                s.recoveries = recoveries;
+            }
             let banned = ep.quarantined();
             if banned != s.quarantined {
                 for node in members(banned & !s.quarantined) {
@@ -209,6 +237,33 @@ impl Vni {
             if result.is_ok() && idle && !s.gave_back {
                 result = ep.release_idle();
                 s.gave_back = true;
+            }
+            // What peers wrote wrong, said at most once a second.
+            let errors = ep.counters().protocol_errors;
+            let now = Kernel.now();
+            if errors > s.errors_said.0
+                && now.saturating_duration_since(s.errors_said.1) >= Duration::from_secs(1)
+            {
+                if let Some(last) = ep.last_error() {
+                    pr_warn!(
+                        "{} protocol errors in values peers wrote (last: {})\n",
+                        errors,
+                        Shown(&last)
+                    );
+                }
+                s.errors_said = (errors, now);
+            }
+            // Frames wait, the interface is up, and nothing polled since
+            // the last round: a wake-up was lost. Poll now, and count it.
+            let stalled = up && ep.pending() && s.stats.polls == s.polls_seen;
+            s.polls_seen = s.stats.polls;
+            if stalled {
+                s.stats.rx_stalls += 1;
+                if s.stats.rx_stalls == 1 {
+                    pr_warn!("frames waited with nobody polling; polling again (ethtool -S: rx_stalls)\n");
+                }
+                // SAFETY: `dev` is alive.
+                unsafe { ffi::vni_napi_schedule(self.dev) };
             }
             let running = ep.running_peers() != 0;
             if let Err(e) = result {
@@ -300,7 +355,7 @@ impl Vni {
                         Some(e) => pr_warn!(
                             "cannot attach as node {}: {}; trying again\n",
                             config.node,
-                            Shown(&e)
+                            Chain(&e)
                         ),
                         None => pr_warn!(
                             "cannot attach as node {}: out of memory; trying again\n",
@@ -332,7 +387,7 @@ impl Vni {
                 Err(e) => pr_warn!(
                     "node {} could not leave the region cleanly: {}\n",
                     self.config.node,
-                    Shown(&e)
+                    Chain(&e)
                 ),
             }
         }

@@ -44,3 +44,18 @@ impl<T: core::fmt::Display> kernel::fmt::Display for Shown<'_, T> {
         core::fmt::Display::fmt(self.0, f)
     }
 }
+
+/// An error and its causes, `outer: inner: ...`, for the kernel's log.
+pub(crate) struct Chain<'a>(pub(crate) &'a dyn core::error::Error);
+
+impl kernel::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}

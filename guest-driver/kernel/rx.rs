@@ -38,6 +38,7 @@ impl Vni {
                 return 0;
             };
             ep.set_sleeping(false);
+            s.stats.polls += 1;
             let mut no_memory = 0u64;
             let received = ep.recv(max, |frame| {
                 let len = frame.len();
@@ -108,6 +109,7 @@ impl Vni {
             Notification::Interrupt => {
                 if let Some(ep) = s.ep.as_mut().filter(|_| !s.trouble) {
                     ep.set_sleeping(true);
+                    s.stats.sleeps += 1;
                     if ep.pending() {
                         ep.set_sleeping(false);
                         // SAFETY: `dev` is alive.

@@ -26,6 +26,12 @@ pub(crate) struct Stats {
     pub(crate) quarantines: u64,
     pub(crate) incarnations: u64,
     pub(crate) attach_failures: u64,
+    /// NAPI polls, and those that ended with the node asleep.
+    pub(crate) polls: u64,
+    pub(crate) sleeps: u64,
+    /// Housekeeping found frames waiting and no poll since its last
+    /// round, and scheduled one (a lost wake-up).
+    pub(crate) rx_stalls: u64,
 }
 
 impl Stats {
@@ -48,7 +54,7 @@ impl Stats {
 }
 
 /// The names `ethtool -S` shows, in the order of [`values`].
-pub(crate) const NAMES: [&CStr; 20] = [
+pub(crate) const NAMES: [&CStr; 23] = [
     c"tx_frames",
     c"tx_bytes",
     c"tx_dropped",
@@ -69,6 +75,9 @@ pub(crate) const NAMES: [&CStr; 20] = [
     c"tx_no_link",
     c"incarnations",
     c"attach_failures",
+    c"polls",
+    c"sleeps",
+    c"rx_stalls",
 ];
 
 /// The protocol counters of all incarnations so far.
@@ -117,6 +126,9 @@ pub(crate) fn values(region: &Region, s: &State) -> [u64; NAMES.len()] {
         d.tx_no_link,
         d.incarnations,
         d.attach_failures,
+        d.polls,
+        d.sleeps,
+        d.rx_stalls,
     ]
 }
 

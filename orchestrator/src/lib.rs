@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod crash;
 pub mod driver;
 pub mod fault;
 pub mod guest_bin;

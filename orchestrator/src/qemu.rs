@@ -82,10 +82,13 @@ pub struct NodeSpec<'a> {
 /// The kernel command line of a node. `no_timer_check`: a guest starved of
 /// CPU at boot (eight TCG guests on two host cores) fails the kernel's
 /// check that the timer interrupt arrives through the interrupt-remapped
-/// IO-APIC, and panics; seen twice in one bench sweep.
+/// IO-APIC, and panics; seen twice in one bench sweep. `loglevel=5`: the
+/// console shows warnings and worse (a `WARNING:` and its call trace are
+/// printed at warning level, which `quiet` would hide), so that
+/// `vni-lab test`'s `kernel` case finds them there.
 pub fn kernel_cmdline(spec: &NodeSpec<'_>) -> String {
     let mut line = format!(
-        "console=ttyS0 panic=-1 quiet intel_iommu=on no_timer_check vni.node={} vni.id={}",
+        "console=ttyS0 panic=-1 loglevel=5 intel_iommu=on no_timer_check vni.node={} vni.id={}",
         spec.node.name, spec.node.id
     );
     if !spec.append.trim().is_empty() {
@@ -410,7 +413,7 @@ mod tests {
         }
         assert_eq!(
             kernel_cmdline(&spec),
-            "console=ttyS0 panic=-1 quiet intel_iommu=on no_timer_check vni.node=a vni.id=0 loglevel=7"
+            "console=ttyS0 panic=-1 loglevel=5 intel_iommu=on no_timer_check vni.node=a vni.id=0 loglevel=7"
         );
         assert!(!line.contains("-netdev") && !line.contains("-nic user"));
         let baseline = NodeSpec {

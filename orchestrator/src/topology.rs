@@ -273,7 +273,18 @@ pub enum Accel {
 }
 
 /// Which VNI driver a node runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Deserialize,
+    JsonSchema,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     /// The user-space driver: the ivshmem device through VFIO, frames to

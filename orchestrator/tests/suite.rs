@@ -43,7 +43,8 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
     let (code, results, _) = run.test(&file, &["--checks", "unicast,region"]);
     assert_eq!(code, Some(0), "{results:#}");
     assert_eq!(results["reused_lab"], true);
-    assert_eq!(results["counts"]["passed"], 5, "{results:#}");
+    // Preflight x2, unicast x2, region, and each node's kernel case.
+    assert_eq!(results["counts"]["passed"], 5 + 2, "{results:#}");
     assert_eq!(run.status()[0]["state"], "up");
 
     // Mismatched MTUs: node1's vni0 no longer has the lab's MTU.

@@ -85,7 +85,7 @@ fn both_buffer_configurations_and_both_notification_modes_work() {
         assert_eq!(results["reused_lab"], false);
         assert_eq!(
             results["counts"]["passed"],
-            1 + 2 + 5 * 2 + 1,
+            1 + 2 + 5 * 2 + 1 + 2,
             "{results:#}"
         );
         run.assert_gone("modes", None);
@@ -135,7 +135,7 @@ fn four_nodes_talk_all_pairs_at_once() {
     let file = topologies().join("four-node.yaml");
     let (code, results, _) = run.test(&file, &["--checks", "broadcast,multicast,region"]);
     assert_eq!(code, Some(0), "{results:#}");
-    assert_eq!(results["counts"]["passed"], 4 + 8 + 1, "{results:#}");
+    assert_eq!(results["counts"]["passed"], 4 + 8 + 1 + 4, "{results:#}");
     case(
         &results,
         "broadcast",
@@ -160,7 +160,11 @@ fn the_virtio_net_baseline_passes_the_same_checks() {
     );
     let (code, results, _) = run.test(&file, &["--checks", "unicast,echo,iperf-tcp,region"]);
     assert_eq!(code, Some(0), "{results:#}");
-    assert_eq!(results["counts"]["passed"], 1 + 2 + 3 * 2, "{results:#}");
+    assert_eq!(
+        results["counts"]["passed"],
+        1 + 2 + 3 * 2 + 2,
+        "{results:#}"
+    );
     case(
         &results,
         "preflight",
@@ -171,4 +175,56 @@ fn the_virtio_net_baseline_passes_the_same_checks() {
     let cases = results["cases"].as_array().unwrap();
     assert!(cases.iter().all(|c| c["check"] != "region"), "{results:#}");
     run.assert_gone("baseline", None);
+}
+
+#[test]
+fn a_mixed_lab_of_a_kernel_and_a_user_space_node_interoperates() {
+    // One region format: the kernel module on one node, the user-space
+    // driver on the other, frames both ways.
+    let run = Run::new("vni-mixed");
+    let file = run.lab_file(
+        "mixed",
+        "name: mixed\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24, driver: kernel}\n",
+    );
+    let (code, results, _) = run.test(
+        &file,
+        &[
+            "--checks",
+            "unicast,echo,tcp-string,iperf-tcp,iperf-udp,region",
+        ],
+    );
+    assert_eq!(code, Some(0), "{results:#}");
+    // Boot, preflight x2, five checks both ways, region, each node's kernel.
+    assert_eq!(
+        results["counts"]["passed"],
+        1 + 2 + 5 * 2 + 1 + 2,
+        "{results:#}"
+    );
+    case(&results, "kernel", "b", "passed", "no crash fingerprint");
+    run.assert_gone("mixed", None);
+}
+
+#[test]
+fn four_kernel_nodes_pass_every_pair() {
+    let run = Run::new("vni-four-kernel");
+    let nodes: String = (1..=4)
+        .map(|i| format!("  - {{name: node{}, ip: 10.10.0.{i}/24}}\n", i - 1))
+        .collect();
+    let file = run.lab_file(
+        "four-kernel",
+        &format!("name: four-kernel\nvni: {{driver: kernel}}\nnodes:\n{nodes}"),
+    );
+    let (code, results, _) = run.test(
+        &file,
+        &["--checks", "unicast,broadcast,echo,tcp-string,region"],
+    );
+    assert_eq!(code, Some(0), "{results:#}");
+    // Boot, preflight x4, unicast, echo and tcp-string on 12 pairs,
+    // broadcast from 4 senders, region, 4 kernel cases.
+    assert_eq!(
+        results["counts"]["passed"],
+        1 + 4 + 12 * 3 + 4 + 1 + 4,
+        "{results:#}"
+    );
+    run.assert_gone("four-kernel", None);
 }

@@ -224,6 +224,14 @@ pub enum ProtocolError {
         /// Slots in the pool.
         count: u32,
     },
+    /// A repair under the lock found shared state that no honest node
+    /// leaves behind (and dropped or freed it).
+    Inconsistent {
+        /// What was inconsistent.
+        what: &'static str,
+        /// How many.
+        count: u64,
+    },
     /// A local limit, not a peer's doing: the caller's scratch space for
     /// received segments is full (it is sized for a batch of the largest
     /// frames, so this means a caller that passed less).
@@ -263,6 +271,9 @@ impl fmt::Display for ProtocolError {
             ProtocolError::Scribbled { what } => write!(f, "A peer overwrote {what}; restored"),
             ProtocolError::FreeStack { top, count } => {
                 write!(f, "Free slot stack is corrupt (top {top} of {count})")
+            }
+            ProtocolError::Inconsistent { what, count } => {
+                write!(f, "{count} inconsistent {what} found and dropped")
             }
             ProtocolError::ScratchFull => {
                 write!(f, "Receive scratch space is full (a local limit)")

@@ -19,7 +19,7 @@ use serde::Serialize;
 use vni_frames::Rtts;
 
 use crate::suite::Occupancy;
-use crate::topology::{check_name, Notification};
+use crate::topology::{check_name, Driver, Notification};
 
 /// What carries a case's frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -27,6 +27,8 @@ use crate::topology::{check_name, Notification};
 pub enum Carrier {
     /// The VNI.
     Vni {
+        /// Which driver: the kernel module or the user-space one.
+        driver: Driver,
         /// Buffer configuration, 1 or 2.
         buffers: u32,
         /// Interrupt or polling.
@@ -49,26 +51,40 @@ pub struct CaseSpec {
 }
 
 impl CaseSpec {
-    /// A short name, also the lab's name suffix: `n2-mtu1500-c2-interrupt`,
+    /// A short name, also the lab's name suffix: `n2-mtu1500-c2-interrupt`
+    /// (the user-space driver), `n2-mtu1500-kernel-c2-interrupt`,
     /// `n2-mtu1500-virtio-net`.
     pub fn id(&self) -> String {
         let what = match self.carrier {
             Carrier::Vni {
+                driver: Driver::User,
                 buffers,
                 notification,
             } => format!("c{buffers}-{}", notification.name()),
+            Carrier::Vni {
+                driver: Driver::Kernel,
+                buffers,
+                notification,
+            } => format!("kernel-c{buffers}-{}", notification.name()),
             Carrier::VirtioNet => "virtio-net".to_owned(),
         };
         format!("n{}-mtu{}-{what}", self.nodes, self.mtu)
     }
 
-    /// What carries the frames, for people: `VNI config 2, interrupt`.
+    /// What carries the frames, for people: `VNI config 2, interrupt`
+    /// (the user-space driver), `VNI kernel, config 2, interrupt`.
     pub fn carrier_label(&self) -> String {
         match self.carrier {
             Carrier::Vni {
+                driver: Driver::User,
                 buffers,
                 notification,
             } => format!("VNI config {buffers}, {}", notification.name()),
+            Carrier::Vni {
+                driver: Driver::Kernel,
+                buffers,
+                notification,
+            } => format!("VNI kernel, config {buffers}, {}", notification.name()),
             Carrier::VirtioNet => "virtio-net".to_owned(),
         }
     }
@@ -90,6 +106,8 @@ pub struct Matrix {
     pub buffers: Vec<u32>,
     /// Notification modes.
     pub notifications: Vec<Notification>,
+    /// The VNI's drivers.
+    pub drivers: Vec<Driver>,
     /// Every MTU at every node count (otherwise only at the first).
     pub full: bool,
     /// Measure virtio-net too, for each node count and MTU.
@@ -107,6 +125,7 @@ impl Matrix {
             mtus: vec![1500, 9000, crate::topology::MAX_VNI_MTU],
             buffers: vec![2, 1],
             notifications: vec![Notification::Interrupt, Notification::Polling],
+            drivers: vec![Driver::User],
             full: false,
             baseline: true,
         }
@@ -120,9 +139,20 @@ impl Matrix {
             mtus: vec![1500],
             buffers: vec![2],
             notifications: vec![Notification::Interrupt],
+            drivers: vec![Driver::User],
             full: false,
             baseline: true,
         }
+    }
+
+    /// The guest kernel every case boots when the base lab names none:
+    /// with the kernel driver among the cases, Debian's Rust-enabled
+    /// kernel for all of them (the user-space driver and virtio-net then
+    /// run on the same kernel, so the comparison is fair).
+    pub fn common_kernel(&self) -> Option<&'static str> {
+        self.drivers
+            .contains(&Driver::Kernel)
+            .then_some("trixie-backports")
     }
 
     /// The cases, in the order they run: for each node count and MTU, the
@@ -136,16 +166,19 @@ impl Matrix {
                 &self.mtus[..self.mtus.len().min(1)]
             };
             for &mtu in mtus {
-                for &buffers in &self.buffers {
-                    for &notification in &self.notifications {
-                        cases.push(CaseSpec {
-                            nodes,
-                            mtu,
-                            carrier: Carrier::Vni {
-                                buffers,
-                                notification,
-                            },
-                        });
+                for &driver in &self.drivers {
+                    for &buffers in &self.buffers {
+                        for &notification in &self.notifications {
+                            cases.push(CaseSpec {
+                                nodes,
+                                mtu,
+                                carrier: Carrier::Vni {
+                                    driver,
+                                    buffers,
+                                    notification,
+                                },
+                            });
+                        }
                     }
                 }
                 if self.baseline {
@@ -457,7 +490,14 @@ pub enum DeriveError {
 /// addresses counted up from the first node's), the MTU, the buffer
 /// configuration, the notification and the network are the case's; the
 /// drivers profile their loop.
-pub fn derive_lab(base: &str, case: &CaseSpec, name: &str) -> Result<String, DeriveError> {
+/// `kernel`: the guest kernel to boot when the base lab names none
+/// ([`Matrix::common_kernel`]).
+pub fn derive_lab(
+    base: &str,
+    case: &CaseSpec,
+    name: &str,
+    kernel: Option<&str>,
+) -> Result<String, DeriveError> {
     use serde_yaml::{Mapping, Value};
     check_name(name).map_err(|e| DeriveError::Name(name.to_owned(), e))?;
     let base: Value = serde_yaml::from_str(base).map_err(|_| DeriveError::NotAMapping)?;
@@ -507,9 +547,11 @@ pub fn derive_lab(base: &str, case: &CaseSpec, name: &str) -> Result<String, Der
     vni.insert("profile".into(), true.into());
     match case.carrier {
         Carrier::Vni {
+            driver,
             buffers,
             notification,
         } => {
+            vni.insert("driver".into(), driver.name().into());
             vni.insert("buffers".into(), u64::from(buffers).into());
             vni.insert("notification".into(), notification.name().into());
             // A slot count sized for one configuration does not fit the
@@ -522,6 +564,16 @@ pub fn derive_lab(base: &str, case: &CaseSpec, name: &str) -> Result<String, Der
         }
     }
     map.insert("vni".into(), Value::Mapping(vni));
+    if let Some(kernel) = kernel {
+        let mut guest = match map.remove("guest") {
+            Some(Value::Mapping(g)) => g,
+            _ => Mapping::new(),
+        };
+        if !guest.contains_key("kernel") {
+            guest.insert("kernel".into(), kernel.into());
+        }
+        map.insert("guest".into(), Value::Mapping(guest));
+    }
     let text = serde_yaml::to_string(&Value::Mapping(map)).expect("a YAML mapping serialises");
     Ok(format!(
         "# Derived by vni-lab bench for case {}.\n{text}",
@@ -571,11 +623,12 @@ nodes:
             nodes: 8,
             mtu: 65_521,
             carrier: Carrier::Vni {
+                driver: Driver::User,
                 buffers: 1,
                 notification: Notification::Polling,
             },
         };
-        let text = derive_lab(base, &case, "bench-x").unwrap();
+        let text = derive_lab(base, &case, "bench-x", None).unwrap();
         let t = Topology::parse(&text, Path::new("x.yaml")).unwrap();
         assert_eq!(t.name, "bench-x");
         assert_eq!(t.nodes.len(), 8);
@@ -594,20 +647,40 @@ nodes:
             carrier: Carrier::VirtioNet,
             ..case
         };
-        let text = derive_lab(base, &base_case, "bench-y").unwrap();
+        let text = derive_lab(base, &base_case, "bench-y", None).unwrap();
         let t = Topology::parse(&text, Path::new("y.yaml")).unwrap();
         assert_eq!(t.network, Network::VirtioNet);
 
+        // With the kernel driver in the bench, every case boots Debian's
+        // Rust-enabled kernel, the baseline too.
+        let kernel_case = CaseSpec {
+            carrier: Carrier::Vni {
+                driver: Driver::Kernel,
+                buffers: 2,
+                notification: Notification::Interrupt,
+            },
+            ..case
+        };
+        assert_eq!(kernel_case.id(), "n8-mtu65521-kernel-c2-interrupt");
+        for spec in [kernel_case, base_case] {
+            let text = derive_lab(base, &spec, "bench-k", Some("trixie-backports")).unwrap();
+            let t = Topology::parse(&text, Path::new("k.yaml")).unwrap();
+            assert_eq!(t.kernel, crate::topology::Kernel::TrixieBackports, "{text}");
+        }
+        let text = derive_lab(base, &kernel_case, "bench-k", None).unwrap();
+        let t = Topology::parse(&text, Path::new("k.yaml")).unwrap();
+        assert!(t.nodes.iter().all(|n| n.driver == Driver::Kernel));
+
         let small = base.replace("/24", "/29");
         assert_eq!(
-            derive_lab(&small, &case, "bench-z"),
+            derive_lab(&small, &case, "bench-z", None),
             Err(DeriveError::SubnetTooSmall {
                 subnet: "10.20.0.0/29".into(),
                 nodes: 8
             })
         );
         assert!(matches!(
-            derive_lab(base, &case, "Bad Name"),
+            derive_lab(base, &case, "Bad Name", None),
             Err(DeriveError::Name(..))
         ));
     }

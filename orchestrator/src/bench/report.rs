@@ -319,6 +319,7 @@ impl Results {
             let super::Carrier::Vni {
                 buffers,
                 notification,
+                ..
             } = c.spec.carrier
             else {
                 continue;
@@ -525,6 +526,7 @@ pub(crate) mod tests {
             nodes: 2,
             mtu: 1500,
             carrier: Carrier::Vni {
+                driver: crate::topology::Driver::User,
                 buffers: 2,
                 notification: Notification::Interrupt,
             },

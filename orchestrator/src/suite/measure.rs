@@ -256,8 +256,13 @@ impl Context {
         let mut profiles = Vec::new();
         for i in 0..self.topology.nodes.len() {
             let name = self.node(i).name;
-            // The kernel module keeps no profile of its loop.
+            // The kernel module keeps no profile of its loop; unloading
+            // it frees the device (for the doorbell round trips).
             if self.node(i).driver == Driver::Kernel {
+                let _ = self
+                    .guests
+                    .sh(&name, &crate::driver::stop(Driver::Kernel), self.t(15.0))
+                    .await;
                 profiles.push(None);
                 continue;
             }

@@ -297,7 +297,52 @@ pub async fn run(
         observer.finished(&result);
         results.push(result);
     }
+    // Last, whatever happened before: each node's console, for what its
+    // kernel printed when something went wrong.
+    for node in &topology.nodes {
+        let result = kernel_case(lab, &node.name);
+        observer.finished(&result);
+        results.push(result);
+    }
     results
+}
+
+/// The `kernel` case of `node`: failed when its console shows a crash
+/// fingerprint ([`crate::crash::FINGERPRINTS`]), with the lines around it.
+pub fn kernel_case(lab: &LabDir, node: &str) -> CaseResult {
+    let path = lab.node(node).console;
+    let console = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            return CaseResult::new(
+                "kernel",
+                node,
+                Status::Error,
+                format!("cannot read the console {}: {e}", path.display()),
+            )
+        }
+    };
+    match crate::crash::scan(&console) {
+        None => CaseResult::new(
+            "kernel",
+            node,
+            Status::Passed,
+            format!(
+                "no crash fingerprint in {} console lines",
+                console.lines().count()
+            ),
+        ),
+        Some(hit) => {
+            let mut result = CaseResult::new(
+                "kernel",
+                node,
+                Status::Failed,
+                format!("the console shows {:?}: {}", hit.fingerprint, hit.line),
+            );
+            result.details = Some(format!("--- {node}'s console:\n{}", hit.excerpt));
+            result
+        }
+    }
 }
 
 /// A timeout of `base` scaled for the accelerator.

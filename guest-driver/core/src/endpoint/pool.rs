@@ -330,7 +330,7 @@ impl PoolState {
             Ok(())
         };
         sh.dropped_tx(report.dropped as u64);
-        sh.add_errors(skipped);
+        sh.count_unheld_frees(skipped);
         refill.map(|()| report)
     }
 
@@ -353,7 +353,7 @@ impl PoolState {
         lists.to_free.clear();
         lists.cache.clear();
         match result {
-            Ok(skipped) => sh.add_errors(skipped),
+            Ok(skipped) => sh.count_unheld_frees(skipped),
             Err(error) => {
                 sh.note(error);
                 self.repair_locked(sh, lists);
@@ -418,7 +418,7 @@ impl PoolState {
         let geometry = sh.layout.geometry;
         let max_chain = geometry.max_chain() as usize;
         let skipped = sh.pool().push_free(me, lists.to_free.as_slice())?;
-        sh.add_errors(skipped);
+        sh.count_unheld_frees(skipped);
         lists.to_free.clear();
         lists.rx.clear();
         lists.segments.clear();

@@ -14,18 +14,29 @@ use super::{
     ProtocolError, Region, RegionLock, Rings, Ticket, MAX_NODES,
 };
 
+/// What a repair found wrong.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Repaired {
+    /// Address entries that were not a live node's.
+    addresses: u64,
+    /// Queue entries dropped from live nodes' queues (too deep, or a chain
+    /// not intact).
+    queued: u64,
+}
+
 /// Repairs what a dead node may have left half done; the caller holds the
-/// lock. Returns the number of inconsistencies found.
+/// lock.
 pub(super) fn repair(
     region: &Region,
     layout: &Layout,
     me: NodeId,
     kept: &mut Bounded<(MacAddr, NodeId), ADDRESSES>,
     chain: &mut [u32; MAX_CHAIN],
-) -> u64 {
+) -> Repaired {
     let nodes = NodeTable { region, layout };
     let is_live = attached(&nodes);
-    let mut errors = AddrTable { region, layout }.retain(|_, node| is_live(node), kept);
+    let addresses = AddrTable { region, layout }.retain(|_, node| is_live(node), kept);
+    let mut queued = 0;
     if layout.geometry.config == BufferConfig::SharedPool {
         let report = rebuild(
             &Pool { region, layout },
@@ -34,9 +45,9 @@ pub(super) fn repair(
             &mut || nodes.beat(me),
             chain,
         );
-        errors = errors.saturating_add(report.errors);
+        queued = report.errors;
     }
-    errors
+    Repaired { addresses, queued }
 }
 
 /// What both configurations' paths need of the endpoint: the region, this
@@ -93,6 +104,31 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         self.last_error = Some(error);
     }
 
+    /// Counts what a repair found wrong, each kind as an error of its own.
+    pub(super) fn count_repaired(&mut self, repaired: Repaired) {
+        for (what, count) in [
+            ("address entries", repaired.addresses),
+            ("queue entries", repaired.queued),
+        ] {
+            if count > 0 {
+                self.add_errors(count.saturating_sub(1));
+                self.note(ProtocolError::Inconsistent { what, count });
+            }
+        }
+    }
+
+    /// Counts slots this node was to free but no longer held (someone
+    /// freed or took them meanwhile).
+    pub(super) fn count_unheld_frees(&mut self, count: u64) {
+        if count > 0 {
+            self.add_errors(count.saturating_sub(1));
+            self.note(ProtocolError::Inconsistent {
+                what: "slots to free that this node no longer held",
+                count,
+            });
+        }
+    }
+
     /// Counts `n` more protocol errors.
     pub(super) fn add_errors(&mut self, n: u64) {
         self.counters.protocol_errors = self.counters.protocol_errors.saturating_add(n);
@@ -141,7 +177,7 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         self.check_usable()?;
         let (region, layout, me) = (&*self.region, &self.layout, self.me);
         let mut recovered = 0u64;
-        let mut errors = 0u64;
+        let mut repaired = Repaired::default();
         let RepairScratch {
             kept,
             chain,
@@ -154,11 +190,13 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
             &self.platform,
             &mut |_dead| {
                 recovered = recovered.saturating_add(1);
-                errors = errors.saturating_add(repair(region, layout, me, kept, chain));
+                let r = repair(region, layout, me, kept, chain);
+                repaired.addresses = repaired.addresses.saturating_add(r.addresses);
+                repaired.queued = repaired.queued.saturating_add(r.queued);
             },
         );
         self.counters.recoveries = self.counters.recoveries.saturating_add(recovered);
-        self.add_errors(errors);
+        self.count_repaired(repaired);
         let ticket = result.map_err(|e| self.lock_failed(e))?;
         let lock = RegionLock {
             region: &self.region,
@@ -191,14 +229,14 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
     /// With the lock held: repair the region's buffer and address
     /// management, counting what was wrong.
     pub(super) fn repair_region(&mut self, scratch: &mut RepairScratch) {
-        let errors = repair(
+        let repaired = repair(
             &self.region,
             &self.layout,
             self.me,
             &mut scratch.kept,
             &mut scratch.chain,
         );
-        self.add_errors(errors);
+        self.count_repaired(repaired);
     }
 
     /// Of `dests` (just published to), those that said they sleep.

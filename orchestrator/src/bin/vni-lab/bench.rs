@@ -10,7 +10,7 @@ use vni_lab::bench::report::Results;
 use vni_lab::bench::{self, CaseOutcome, CaseSpec, Drops, Matrix, Params, UdpPoint};
 use vni_lab::lab::{self, LabDir};
 use vni_lab::suite::{self, Context, Guests, Subject};
-use vni_lab::topology::{Network, Notification, Topology};
+use vni_lab::topology::{Driver, Network, Notification, Topology};
 
 use crate::test::{boot, load_lab, prepare_artifacts, write, RESULTS};
 use crate::Progress;
@@ -43,6 +43,11 @@ pub struct Options {
     /// Notification modes (comma-separated: interrupt, polling).
     #[arg(long, value_delimiter = ',', value_parser = notification_parser())]
     pub notifications: Vec<Notification>,
+    /// The VNI's drivers (comma-separated: user, kernel; default user).
+    /// With the kernel driver every case, virtio-net's too, boots Debian's
+    /// Rust-enabled kernel (unless the lab file names a kernel).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub drivers: Vec<Driver>,
     /// Every MTU at every node count (45 cases with the defaults).
     #[arg(long)]
     pub full: bool,
@@ -72,6 +77,9 @@ impl Options {
         }
         if !self.notifications.is_empty() {
             m.notifications.clone_from(&self.notifications);
+        }
+        if !self.drivers.is_empty() {
+            m.drivers.clone_from(&self.drivers);
         }
         m.full = self.full;
         m.baseline = !self.no_baseline;
@@ -307,7 +315,7 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
     let mut labs: Vec<(CaseSpec, String, String)> = Vec::new();
     for case in &cases {
         let name = format!("bench-{}", case.id());
-        match bench::derive_lab(&base_text, case, &name) {
+        match bench::derive_lab(&base_text, case, &name, matrix.common_kernel()) {
             Ok(text) => {
                 if let Err(e) = Topology::parse(&text, &opts.file) {
                     eprintln!("case {}: {e}", case.id());
