@@ -935,7 +935,7 @@ impl Context {
         command.extend([port.to_string(), "-t".into(), secs.to_string(), "-J".into()]);
         if let Some(rate) = udp_rate {
             // A socket buffer that holds a NAPI batch or two of datagrams
-            // (both ends; the guests allow up to 4 MiB): loss then
+            // (both ends; the guests allow up to 4 MiB each way): loss then
             // measures the network, not how late TCG schedules iperf3.
             command.extend([
                 "-u".into(),
