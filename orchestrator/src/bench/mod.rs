@@ -52,7 +52,7 @@ pub struct CaseSpec {
 
 impl CaseSpec {
     /// A short name, also the lab's name suffix: `n2-mtu1500-c2-interrupt`
-    /// (the user-space driver), `n2-mtu1500-kernel-c2-interrupt`,
+    /// (the user-space driver), `n2-mtu1500-k-c2-interrupt` (the kernel driver; short, as lab names stop at 32 characters),
     /// `n2-mtu1500-virtio-net`.
     pub fn id(&self) -> String {
         let what = match self.carrier {
@@ -65,7 +65,7 @@ impl CaseSpec {
                 driver: Driver::Kernel,
                 buffers,
                 notification,
-            } => format!("kernel-c{buffers}-{}", notification.name()),
+            } => format!("k-c{buffers}-{}", notification.name()),
             Carrier::VirtioNet => "virtio-net".to_owned(),
         };
         format!("n{}-mtu{}-{what}", self.nodes, self.mtu)
@@ -661,7 +661,18 @@ nodes:
             },
             ..case
         };
-        assert_eq!(kernel_case.id(), "n8-mtu65521-kernel-c2-interrupt");
+        assert_eq!(kernel_case.id(), "n8-mtu65521-k-c2-interrupt");
+        // The longest ids still make lab names (at most 32 characters).
+        let polling = CaseSpec {
+            carrier: Carrier::Vni {
+                driver: Driver::Kernel,
+                buffers: 2,
+                notification: Notification::Polling,
+            },
+            ..kernel_case
+        };
+        assert!(check_name(&format!("bench-{}", polling.id())).is_ok());
+        assert!(check_name(&format!("bench-{}", kernel_case.id())).is_ok());
         for spec in [kernel_case, base_case] {
             let text = derive_lab(base, &spec, "bench-k", Some("trixie-backports")).unwrap();
             let t = Topology::parse(&text, Path::new("k.yaml")).unwrap();
