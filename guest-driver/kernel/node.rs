@@ -99,23 +99,33 @@ impl State {
         unsafe { ffi::vni_housekeeping_soon(dev) };
     }
 
+    /// Hands staged frames to their receivers, rings those that said they
+    /// sleep (`peer << 16 | vector` to BAR0), and notes whether some stay
+    /// deferred (their receiver's queue full).
+    pub(crate) fn flush(&mut self, dev: *mut VniPriv) {
+        let Some(ep) = self.ep.as_mut().filter(|_| !self.trouble) else {
+            return;
+        };
+        match ep.flush() {
+            Ok(report) => {
+                for node in members(report.wake) {
+                    if let Some(peer) = ep.doorbell_peer(node) {
+                        // SAFETY: `dev` is alive; a doorbell write has no
+                        // other effect on this guest.
+                        unsafe { ffi::vni_ring(dev, peer, RX_VECTOR) };
+                        self.stats.doorbells += 1;
+                    }
+                }
+                self.deferred = report.deferred > 0;
+            }
+            Err(e) => self.fail(dev, &e),
+        }
+    }
+
     /// Notes that frames moved.
     pub(crate) fn busy(&mut self) {
         self.last_busy = Kernel.now();
         self.gave_back = false;
-    }
-}
-
-/// Rings the doorbell of each node in `wake` (the receivers a flush says
-/// sleep), with `peer << 16 | vector` to BAR0.
-pub(crate) fn ring(dev: *mut VniPriv, ep: &Ep, wake: u64, stats: &mut Stats) {
-    for node in members(wake) {
-        if let Some(peer) = ep.doorbell_peer(node) {
-            // SAFETY: `dev` is alive; a doorbell write has no other effect
-            // on this guest.
-            unsafe { ffi::vni_ring(dev, peer, RX_VECTOR) };
-            stats.doorbells += 1;
-        }
     }
 }
 
@@ -233,14 +243,13 @@ impl Vni {
                     .recv(4 * BATCH, |_| s.stats.rx_while_down += 1)
                     .map(|_| ());
             }
-            let idle = Kernel.now().saturating_duration_since(s.last_busy) >= GIVE_BACK_AFTER;
+            let idle = now.saturating_duration_since(s.last_busy) >= GIVE_BACK_AFTER;
             if result.is_ok() && idle && !s.gave_back {
                 result = ep.release_idle();
                 s.gave_back = true;
             }
             // What peers wrote wrong, said at most once a second.
             let errors = ep.counters().protocol_errors;
-            let now = Kernel.now();
             if errors > s.errors_said.0
                 && now.saturating_duration_since(s.errors_said.1) >= Duration::from_secs(1)
             {
@@ -272,10 +281,7 @@ impl Vni {
                 s.carrier = running;
                 carrier = Some(running);
             }
-            if s.trouble && s.carrier {
-                s.carrier = false;
-                carrier = Some(false);
-            }
+            // (In trouble, the attach that follows drops the carrier.)
         }
         if let Some(on) = carrier {
             // SAFETY: `dev` is alive; carrier changes may be made from
@@ -331,6 +337,10 @@ impl Vni {
                 s.ep = Some(ep);
                 s.trouble = false;
                 s.refused = 0;
+                // The log's baselines count per incarnation, as its
+                // counters do.
+                s.recoveries = 0;
+                s.errors_said = (0, Kernel.now());
                 s.stats.incarnations += 1;
                 pr_info!(
                     "node {} up, ivshmem peer {} (MAC {}, {}; incarnation {})\n",

@@ -12,7 +12,7 @@
 use core::ptr;
 
 use crate::ffi::{self, SkBuff};
-use crate::node::{ring, Vni};
+use crate::node::Vni;
 use crate::platform::Kernel;
 use crate::vni_core::{Notification, Platform, BATCH};
 
@@ -71,16 +71,8 @@ impl Vni {
                 Err(e) => s.fail(self.dev, &e),
             }
             // Frames a full receiver deferred get another chance.
-            if s.deferred && !s.trouble {
-                if let Some(ep) = s.ep.as_mut() {
-                    match ep.flush() {
-                        Ok(report) => {
-                            ring(self.dev, ep, report.wake, &mut s.stats);
-                            s.deferred = report.deferred > 0;
-                        }
-                        Err(e) => s.fail(self.dev, &e),
-                    }
-                }
+            if s.deferred {
+                s.flush(self.dev);
             }
             let since = Kernel.now().saturating_duration_since(s.last_busy);
             keep_polling = s.deferred || since < self.config.busy_poll;

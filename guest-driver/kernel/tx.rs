@@ -12,7 +12,7 @@ use core::ptr;
 use kernel::prelude::*;
 
 use crate::ffi::{self, SkBuff, VNET_HDR_LEN};
-use crate::node::{ring, Vni};
+use crate::node::Vni;
 use crate::vni_core::{DirectSlots, SendError, MAX_FRAME};
 
 /// How long a stopped queue waits before it tries again, nanoseconds.
@@ -66,14 +66,7 @@ impl Vni {
         };
         // SAFETY: called from ndo_start_xmit, where xmit_more is defined.
         if busy || s.deferred || !unsafe { ffi::vni_xmit_more() } {
-            let Some(ep) = s.ep.as_mut() else { return busy };
-            match ep.flush() {
-                Ok(report) => {
-                    ring(self.dev, ep, report.wake, &mut s.stats);
-                    s.deferred = report.deferred > 0;
-                }
-                Err(e) => s.fail(self.dev, &e),
-            }
+            s.flush(self.dev);
         }
         s.busy();
         if busy || s.deferred {

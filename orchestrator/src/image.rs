@@ -143,7 +143,12 @@ fn entries(list: &str) -> Vec<&str> {
 /// The cache key of an image: recipe, suite and kernel package.
 pub fn key(suite: &str, kernel_package: &str) -> String {
     let input = format!("{FORMAT}\0{suite}\0{kernel_package}\0{INIT}\0{PACKAGES}\0{MODULES}");
-    let hash = input.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    fnv1a(input.bytes())
+}
+
+/// FNV-1a of `bytes` as 16 hex digits: the cache keys' hash.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> String {
+    let hash = bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{hash:016x}")
@@ -398,7 +403,7 @@ fn package_version(apt: &Apt, package: &str) -> Result<String, ImageError> {
 }
 
 /// Removes a directory tree when dropped (a failed build's leftovers).
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {

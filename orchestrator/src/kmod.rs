@@ -26,7 +26,7 @@ use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::image::{self, Manifest};
+use crate::image::{self, Manifest, Scratch};
 
 /// The build root's recipe.
 const KERNEL_TREE: &str = include_str!("../../images/kernel-tree");
@@ -75,15 +75,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> KmodError {
     move |source| KmodError::Io { what, source }
 }
 
-/// FNV-1a over `parts`, as a cache key.
+/// The cache key of `parts`: each followed by a NUL, hashed as the
+/// images' keys are.
 fn hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for part in parts {
-        for &b in part.iter().chain(&[0u8]) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
+    image::fnv1a(
+        parts
+            .into_iter()
+            .flat_map(|part| part.iter().copied().chain(std::iter::once(0))),
+    )
 }
 
 /// A prepared kernel tree in its build root.
@@ -178,15 +177,6 @@ fn flavour(release: &str) -> String {
         .take_while(|p| p.bytes().all(|b| b.is_ascii_digit()))
         .count();
     parts[abi..].join("-")
-}
-
-/// Removes a directory tree when dropped (a failed build's leftovers).
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        image::remove_build_dir(&self.0);
-    }
 }
 
 /// Runs `command`, passing its `step: ` lines to `step`; on failure the
@@ -318,13 +308,13 @@ pub fn ensure_module(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&staged, &dir).map_err(io_err(format!("publish {}", dir.display())))?;
     drop(scratch);
-    // Modules of older sources are not used again.
+    // Modules of older sources are not used again; builds whose process
+    // is gone leave nothing (a running one's staging stays).
+    image::remove_stale_builds(&modules);
     if let Ok(entries) = std::fs::read_dir(&modules) {
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.path() != dir
-                && (name.starts_with(&format!("{}-", tree.release)) || name.starts_with(".build-"))
-            {
+            if entry.path() != dir && name.starts_with(&format!("{}-", tree.release)) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }

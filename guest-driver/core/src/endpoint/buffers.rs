@@ -93,9 +93,9 @@ pub(super) struct Lists {
 }
 
 impl Lists {
-    /// Every list empty, in place (the lists are too big for a kernel
-    /// stack).
-    pub(super) fn reset(&mut self) {
+    /// Every list empty and no peer watched (with the region's `lease`),
+    /// in place (the lists are too big for a kernel stack).
+    pub(super) fn reset(&mut self, lease: Duration) {
         self.cache.clear();
         self.staged.clear();
         self.staged_slots.clear();
@@ -105,7 +105,6 @@ impl Lists {
         self.addresses.clear();
         self.direct.clear();
         self.repair.kept.clear();
-        let lease = self.repair.liveness.lease();
         self.repair.liveness.reset(lease);
     }
 

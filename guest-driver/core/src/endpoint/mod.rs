@@ -266,8 +266,7 @@ where
             BufferConfig::SharedPool => Backend::Pool(PoolState),
             BufferConfig::PerPair => Backend::Rings(RingState::default()),
         };
-        buffers.lists.repair.liveness.reset(lease);
-        buffers.lists.reset();
+        buffers.lists.reset(lease);
         let now = platform.now();
         let mut endpoint = Endpoint {
             sh: Shared {

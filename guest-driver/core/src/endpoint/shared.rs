@@ -24,6 +24,13 @@ pub(super) struct Repaired {
     queued: u64,
 }
 
+impl Repaired {
+    fn add(&mut self, other: Repaired) {
+        self.addresses = self.addresses.saturating_add(other.addresses);
+        self.queued = self.queued.saturating_add(other.queued);
+    }
+}
+
 /// Repairs what a dead node may have left half done; the caller holds the
 /// lock.
 pub(super) fn repair(
@@ -104,29 +111,25 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         self.last_error = Some(error);
     }
 
+    /// Counts `count` inconsistent `what` as that many errors, the last
+    /// one noted.
+    fn count_inconsistent(&mut self, what: &'static str, count: u64) {
+        if count > 0 {
+            self.add_errors(count.saturating_sub(1));
+            self.note(ProtocolError::Inconsistent { what, count });
+        }
+    }
+
     /// Counts what a repair found wrong, each kind as an error of its own.
     pub(super) fn count_repaired(&mut self, repaired: Repaired) {
-        for (what, count) in [
-            ("address entries", repaired.addresses),
-            ("queue entries", repaired.queued),
-        ] {
-            if count > 0 {
-                self.add_errors(count.saturating_sub(1));
-                self.note(ProtocolError::Inconsistent { what, count });
-            }
-        }
+        self.count_inconsistent("address entries", repaired.addresses);
+        self.count_inconsistent("queue entries", repaired.queued);
     }
 
     /// Counts slots this node was to free but no longer held (someone
     /// freed or took them meanwhile).
     pub(super) fn count_unheld_frees(&mut self, count: u64) {
-        if count > 0 {
-            self.add_errors(count.saturating_sub(1));
-            self.note(ProtocolError::Inconsistent {
-                what: "slots to free that this node no longer held",
-                count,
-            });
-        }
+        self.count_inconsistent("slots to free that this node no longer held", count);
     }
 
     /// Counts `n` more protocol errors.
@@ -190,9 +193,7 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
             &self.platform,
             &mut |_dead| {
                 recovered = recovered.saturating_add(1);
-                let r = repair(region, layout, me, kept, chain);
-                repaired.addresses = repaired.addresses.saturating_add(r.addresses);
-                repaired.queued = repaired.queued.saturating_add(r.queued);
+                repaired.add(repair(region, layout, me, kept, chain));
             },
         );
         self.counters.recoveries = self.counters.recoveries.saturating_add(recovered);
