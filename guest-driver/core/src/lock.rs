@@ -328,7 +328,10 @@ impl<'a> RegionLock<'a> {
                 } else {
                     self.waiter_with(serving)
                 };
-                let key = u64::from(serving);
+                // Any change of the turn or of its holder restarts the
+                // clock: a waiter that took a dead holder's turn to repair
+                // gets a stall of its own, not the dead holder's.
+                let key = holder_word ^ u64::from(serving).rotate_left(17);
                 // Some(node to fence, if any) when the turn must be taken.
                 let verdict = match candidate {
                     Some(node) if node != me && liveness.is_dead(&nodes, node, now) => {
@@ -357,7 +360,13 @@ impl<'a> RegionLock<'a> {
                     _ => stall.stuck(key, now, lease).then_some(None),
                 };
                 if let Some(dead) = verdict {
-                    self.recover(serving, holder_word, dead, me, generation, liveness, repair);
+                    self.recover(
+                        (serving, holder_word),
+                        dead,
+                        (me, ticket, generation),
+                        liveness,
+                        repair,
+                    );
                 }
             }
             platform.pause(rounds);
@@ -418,14 +427,14 @@ impl<'a> RegionLock<'a> {
         self.announced().find(|&(_, t)| t == ticket).map(|(n, _)| n)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Takes the `stuck` turn (its holder word as read) for `me`, waiting
+    /// with `ticket`, fences `dead` if named, repairs, and moves the turn
+    /// on.
     fn recover(
         &self,
-        stuck: u32,
-        holder_word: u64,
+        (stuck, holder_word): (u32, u64),
         dead: Option<NodeId>,
-        me: NodeId,
-        generation: u32,
+        (me, ticket, generation): (NodeId, u32, u32),
         liveness: &mut Liveness,
         repair: &mut dyn FnMut(Option<NodeId>),
     ) {
@@ -439,6 +448,13 @@ impl<'a> RegionLock<'a> {
         {
             return; // the owner woke up, or another waiter recovers it
         }
+        // While it repairs, the recoverer is the turn's holder, and says
+        // it waits for nothing: otherwise the other waiters would read
+        // "holder of one turn, waiting for another" (the sign of a forged
+        // holder word) and take the turn back in the middle of the
+        // repair, two repairs at once.
+        self.region
+            .store_u32(nodes.layout.node(me, NODE_WAITING), 0, Ordering::Release);
         // The dead node's last writes were never released to us; it has
         // stopped, so a full fence is enough to read what it left.
         fence(Ordering::SeqCst);
@@ -459,18 +475,22 @@ impl<'a> RegionLock<'a> {
         let next = match dead {
             Some(_) => stuck.wrapping_add(1),
             None => self
-                .nearest_waiter_after(stuck)
+                .nearest_waiter_after(stuck, ticket)
                 .unwrap_or(stuck.wrapping_add(1)),
         };
         let _ = self
             .region
             .cas_u32(self.off(NOW_SERVING), stuck, next, Ordering::Release);
+        // Waiting for our own turn again.
+        self.announce(me, ticket);
     }
 
-    /// The smallest announced ticket after `ticket`.
-    fn nearest_waiter_after(&self, ticket: u32) -> Option<u32> {
+    /// The smallest ticket after `ticket` that a node announced, or that
+    /// is `mine` (a recoverer is not announced while it repairs).
+    fn nearest_waiter_after(&self, ticket: u32, mine: u32) -> Option<u32> {
         self.announced()
             .map(|(_, t)| t)
+            .chain(core::iter::once(mine))
             .filter(|&t| (t.wrapping_sub(ticket) as i32) > 0)
             .min_by_key(|&t| t.wrapping_sub(ticket))
     }
@@ -576,6 +596,74 @@ mod tests {
         assert_eq!(status.next_ticket, first.wrapping_add(8000));
         assert_eq!(status.now_serving, first.wrapping_add(8000));
         assert!(!status.held);
+    }
+
+    /// Two waiters outlive a dead holder: one of them repairs, slowly
+    /// (two leases), and the other must not take the turn back meanwhile
+    /// (it once read the recoverer as a forged holder, and two repairs
+    /// ran at once).
+    #[test]
+    fn one_waiter_repairs_and_the_other_lets_it_finish() {
+        let (region, layout) = setup(50);
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
+        let dead_gen = nodes.next_generation(1);
+        nodes.set_state(1, NodeState::Run);
+        let lock = RegionLock {
+            region: &region,
+            layout: &layout,
+        };
+        let mut live = Liveness::new(Duration::from_millis(50));
+        let _abandoned = lock
+            .lock(1, dead_gen, &mut live, &Host::new(), &mut no_repair)
+            .unwrap();
+        let inside = Arc::new(AtomicU64::new(0));
+        let repairs = Arc::new(AtomicU64::new(0));
+        let waiters: Vec<_> = [0usize, 2]
+            .into_iter()
+            .map(|me| {
+                let (region, inside, repairs) = (region.clone(), inside.clone(), repairs.clone());
+                std::thread::spawn(move || {
+                    let lock = RegionLock {
+                        region: &region,
+                        layout: &layout,
+                    };
+                    let gen = NodeTable {
+                        region: &region,
+                        layout: &layout,
+                    }
+                    .next_generation(me);
+                    let mut live = Liveness::new(Duration::from_millis(50));
+                    let t = lock
+                        .lock(me, gen, &mut live, &Host::new(), &mut |dead| {
+                            assert_eq!(dead, Some(1), "only the dead holder is repaired");
+                            assert_eq!(
+                                inside.fetch_add(1, Ordering::SeqCst),
+                                0,
+                                "two repairs at once"
+                            );
+                            repairs.fetch_add(1, Ordering::SeqCst);
+                            // A repair beats as it goes, as `rebuild` does.
+                            let nodes = NodeTable {
+                                region: &region,
+                                layout: &layout,
+                            };
+                            for _ in 0..10 {
+                                nodes.beat(me);
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                        })
+                        .unwrap();
+                    lock.unlock(t, me, gen).unwrap();
+                })
+            })
+            .collect();
+        waiters.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(repairs.load(Ordering::SeqCst), 1);
+        assert_eq!(lock.status().recoveries, 1);
     }
 
     #[test]
