@@ -8,6 +8,14 @@
 //! more after saying so, the protocol's sleep/wake rule. In polling mode it
 //! never sleeps in the region's eyes; the kick timer polls, at 50 µs while
 //! busy and backing off to 1 ms while idle.
+//!
+//! Busy polling (`busy_poll_us`, for a while after the last frame) also
+//! polls from the kick timer, every 50 µs, staying awake in the region's
+//! eyes so that senders need not ring. It never keeps the poll itself
+//! going: a NAPI poll that claims its whole budget runs again at once in
+//! softirq, and on a guest with one vCPU that starves the very program
+//! waiting for the frames it just delivered (measured: raw-frame echo
+//! p50 1.61 ms against 0.87 ms for the user-space driver, one run).
 
 use core::ptr;
 
@@ -88,7 +96,7 @@ impl Vni {
         if bad > 0 {
             self.state.lock().stats.rx_bad_header += bad;
         }
-        if done >= budget || keep_polling {
+        if done >= budget {
             return budget;
         }
         // SAFETY: called from the NAPI poll, done < budget.
@@ -98,6 +106,10 @@ impl Vni {
         let mut guard = self.state.lock();
         let s = &mut *guard;
         match self.config.notification {
+            Notification::Interrupt if keep_polling => {
+                // SAFETY: `dev` is alive; the kick schedules NAPI again.
+                unsafe { ffi::vni_kick_after(self.dev, POLL_MIN_NS) };
+            }
             Notification::Interrupt => {
                 if let Some(ep) = s.ep.as_mut().filter(|_| !s.trouble) {
                     ep.set_sleeping(true);

@@ -131,7 +131,7 @@ void vni_kick_after(struct vni_priv *p, u32 ns)
 void vni_housekeeping_soon(struct vni_priv *p)
 {
 	if (!READ_ONCE(p->removing))
-		mod_delayed_work(system_wq, &p->housekeeping, 0);
+		mod_delayed_work(system_dfl_wq, &p->housekeeping, 0);
 }
 
 bool vni_napi_complete(struct vni_priv *p, int done)
@@ -258,7 +258,7 @@ static void vni_housekeep(struct work_struct *w)
 	u32 delay_us = vni_rs_housekeep(p->rs);
 
 	if (!READ_ONCE(p->removing))
-		queue_delayed_work(system_wq, &p->housekeeping, usecs_to_jiffies(delay_us));
+		queue_delayed_work(system_dfl_wq, &p->housekeeping, usecs_to_jiffies(delay_us));
 }
 
 static irqreturn_t vni_rx_irq(int irq, void *data)
@@ -433,7 +433,7 @@ static int vni_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	err = register_netdev(dev);
 	if (err)
 		goto control_irq;
-	queue_delayed_work(system_wq, &p->housekeeping, 0);
+	queue_delayed_work(system_dfl_wq, &p->housekeeping, 0);
 	return 0;
 
 control_irq:

@@ -37,7 +37,7 @@ pub fn start(node: &Node, topology: &Topology) -> String {
             vni.mtu,
             node.ip,
             vni.notification,
-            vni.busy_poll.as_micros(),
+            vni.busy_poll_for(node.driver).as_micros(),
             if vni.profile { " --profile" } else { "" }
         ),
         Driver::Kernel => format!(
@@ -48,7 +48,7 @@ pub fn start(node: &Node, topology: &Topology) -> String {
             node.mac,
             vni.mtu,
             vni.notification,
-            vni.busy_poll.as_micros(),
+            vni.busy_poll_for(node.driver).as_micros(),
             node.ip,
         ),
     }

@@ -18,6 +18,7 @@ pub mod image;
 pub mod ivshmem_server;
 pub mod kmod;
 pub mod lab;
+pub mod netns;
 pub mod qemu;
 pub mod soak;
 pub mod spans;

@@ -75,7 +75,8 @@ pub struct NodeSpec<'a> {
     pub paths: &'a NodePaths,
     /// Whether this QEMU supports `-sandbox` (built with seccomp).
     pub sandbox: bool,
-    /// `network: virtio-net`: the `-netdev` of the node's virtio-net NIC.
+    /// `network: virtio-net` or `virtio-net-tap`: the `-netdev` of the
+    /// node's virtio-net NIC.
     pub netdev: Option<String>,
 }
 
@@ -197,6 +198,13 @@ pub fn baseline_netdev(dir: &Path, index: usize, count: usize, seed: u32) -> Str
             "dgram,id=net0,remote.type=inet,remote.host={group},remote.port={port},local.type=inet,local.host=127.0.0.1,local.port={port}"
         )
     }
+}
+
+/// The `-netdev` of a node for `network: virtio-net-tap`: the TAP of its
+/// own that the lab's network namespace holds ([`crate::netns`]), with
+/// the virtio-net header so that offloads reach it.
+pub fn tap_netdev(tap: &str) -> String {
+    format!("tap,id=net0,ifname={tap},script=no,downscript=no,vnet_hdr=on")
 }
 
 /// Whether this QEMU was built with seccomp (`-sandbox`). Asked once per

@@ -31,6 +31,7 @@ use crate::agent::{AgentError, GuestAgent};
 use crate::driver;
 use crate::ivshmem_server::IvshmemServer;
 use crate::lab::{LabDir, LabLock, NodeRecord, NodeState, Plan, State};
+use crate::netns::LabNet;
 use crate::qemu::{self, NodeSpec, Qmp};
 use crate::topology::{Driver, Network, Node, Topology};
 
@@ -204,10 +205,12 @@ async fn run(dir: &Path, tied: bool) -> i32 {
     recorder.update(|_| {});
     let mut nodes: Vec<Running> = Vec::new();
     let mut server: Option<IvshmemServer> = None;
+    // `network: virtio-net-tap`: held until the end, after the QEMUs.
+    let mut net: Option<LabNet> = None;
     let mut stop = Box::pin(stop_requested(tied));
 
     let started = Instant::now();
-    let boot = start(&lab, &recorder, &mut nodes, &mut server, started);
+    let boot = start(&lab, &recorder, &mut nodes, &mut server, &mut net, started);
     let outcome = tokio::select! {
         result = boot => result.map_err(Stop::Failed),
         why = &mut stop => Err(Stop::Asked(why)),
@@ -218,7 +221,7 @@ async fn run(dir: &Path, tied: bool) -> i32 {
             emit(&Event::Ready {
                 after: started.elapsed().as_secs_f64(),
             });
-            let why = watch_nodes(&lab, &mut nodes, &recorder, &mut stop).await;
+            let why = watch_nodes(&lab, &mut nodes, &recorder, &mut stop, net.as_ref()).await;
             eprintln!("{} stopping: {why}", timestamp());
             0
         }
@@ -286,6 +289,7 @@ async fn start(
     recorder: &Recorder,
     nodes: &mut Vec<Running>,
     server: &mut Option<IvshmemServer>,
+    net: &mut Option<LabNet>,
     started: Instant,
 ) -> Result<(), String> {
     let (plan, topology) = load_plan(lab)?;
@@ -304,6 +308,13 @@ async fn start(
             .map_err(|e| format!("cannot start the ivshmem server: {e}"))?,
     );
 
+    if topology.network == Network::VirtioNetTap {
+        emit(&Event::Step {
+            message: "making the lab's network namespace: a bridge and a TAP per node".into(),
+        });
+        *net = Some(LabNet::create(topology.nodes.len()).map_err(|e| e.to_string())?);
+    }
+
     emit(&Event::Step {
         message: format!(
             "booting {} nodes ({})",
@@ -312,7 +323,7 @@ async fn start(
         ),
     });
     for node in &topology.nodes {
-        let running = spawn_node(lab, &plan, &topology, node, &socket)?;
+        let running = spawn_node(lab, &plan, &topology, node, &socket, net.as_ref())?;
         recorder.update(|s| {
             s.nodes.push(NodeRecord {
                 name: node.name.clone(),
@@ -355,7 +366,7 @@ async fn start(
     // Every driver attached and in RUN: each node can reach every other.
     // The agents are dropped afterwards: their channels take one client
     // at a time, and `vni-lab exec` is next.
-    if topology.network == Network::VirtioNet {
+    if topology.network.is_virtio() {
         return Ok(());
     }
     emit(&Event::Step {
@@ -400,7 +411,7 @@ async fn setup_network(
             },
             driver::start(node, topology),
         ),
-        Network::VirtioNet => {
+        Network::VirtioNet | Network::VirtioNetTap => {
             let script = format!(
                 "modprobe virtio_net; \
                  for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && n=${{d##*/}}; done; \
@@ -547,6 +558,7 @@ fn spawn_node(
     topology: &Topology,
     node: &Node,
     socket: &Path,
+    net: Option<&LabNet>,
 ) -> Result<Running, String> {
     let paths = lab.node(&node.name);
     let spec = NodeSpec {
@@ -559,8 +571,16 @@ fn spawn_node(
         ivshmem: socket,
         paths: &paths,
         sandbox: plan.sandbox,
-        netdev: (topology.network == Network::VirtioNet)
-            .then(|| qemu::baseline_netdev(&lab.dir, node.id, topology.nodes.len(), lab.seed())),
+        netdev: match topology.network {
+            Network::Vni => None,
+            Network::VirtioNet => Some(qemu::baseline_netdev(
+                &lab.dir,
+                node.id,
+                topology.nodes.len(),
+                lab.seed(),
+            )),
+            Network::VirtioNetTap => Some(qemu::tap_netdev(&LabNet::tap_name(node.id))),
+        },
     };
     let log = File::create(&paths.qemu_log)
         .map_err(|e| format!("cannot create {}: {e}", paths.qemu_log.display()))?;
@@ -573,6 +593,9 @@ fn spawn_node(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
+    if let Some(net) = net {
+        net.enter_on_spawn(&mut command);
+    }
     let cpus = node.host_cpus.clone();
     let in_child = move || {
         // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and only
@@ -739,6 +762,7 @@ async fn watch_nodes(
     nodes: &mut [Running],
     recorder: &Recorder,
     stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
+    net: Option<&LabNet>,
 ) -> &'static str {
     tighten_sockets(lab);
     let control = match tokio::net::UnixListener::bind(lab.control_socket()) {
@@ -795,7 +819,7 @@ async fn watch_nodes(
             Next::Request(stream) => {
                 tokio::select! {
                     why = &mut *stop => return why,
-                    () = serve_fault(lab, nodes, recorder, stream) => {}
+                    () = serve_fault(lab, nodes, recorder, stream, net) => {}
                 }
             }
         }
@@ -835,6 +859,7 @@ async fn serve_fault(
     nodes: &mut [Running],
     recorder: &Recorder,
     stream: tokio::net::UnixStream,
+    net: Option<&LabNet>,
 ) {
     use crate::fault::{Reply, Request};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -853,7 +878,7 @@ async fn serve_fault(
         let outcome = match request {
             Ok(request) => {
                 eprintln!("{} fault: {} {}", timestamp(), request.fault, request.node);
-                inject(lab, nodes, recorder, &request, &replies).await
+                inject(lab, nodes, recorder, &request, &replies, net).await
             }
             Err(e) => Err(e),
         };
@@ -884,6 +909,7 @@ async fn inject(
     recorder: &Recorder,
     request: &crate::fault::Request,
     replies: &tokio::sync::mpsc::UnboundedSender<crate::fault::Reply>,
+    net: Option<&LabNet>,
 ) -> Result<String, String> {
     use crate::fault::{Fault, Reply};
 
@@ -955,7 +981,7 @@ async fn inject(
             });
             let started = Instant::now();
             let node = nodes[i].node.clone();
-            let running = spawn_node(lab, &plan, &topology, &node, &socket)?;
+            let running = spawn_node(lab, &plan, &topology, &node, &socket, net)?;
             recorder.node(&name, |n| {
                 n.pid = running.pid;
                 n.state = NodeState::Booting;

@@ -1,5 +1,6 @@
-//! `vni-lab bench --quick`: the smoke run of the benchmark. Two labs (the
-//! VNI in configuration 2 with interrupts, and virtio-net) boot one after
+//! `vni-lab bench --quick`: the smoke run of the benchmark. Three labs (the
+//! VNI in configuration 2 with interrupts, virtio-net on QEMU's networking,
+//! and virtio-net on bridged TAPs in a network namespace) boot one after
 //! the other, every measurement gives figures, the report compares them,
 //! the plots are drawn, and nothing is left behind. Figures are not
 //! judged: this machine is shared, the full sweep is a benchmark.
@@ -32,7 +33,11 @@ fn the_quick_bench_measures_both_networks_and_reports_their_ratio() {
     assert_eq!(out.status.code(), Some(0), "every case measured");
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("VNI / virtio-net (n2-mtu1500-c2-interrupt): TCP one pair "),
+        stdout.contains("n2-mtu1500-c2-interrupt / virtio-net: TCP one pair "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("n2-mtu1500-c2-interrupt / virtio-net, TAP + bridge: TCP one pair "),
         "{stdout}"
     );
 
@@ -40,7 +45,7 @@ fn the_quick_bench_measures_both_networks_and_reports_their_ratio() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap())
             .unwrap();
     let cases = results["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 2);
+    assert_eq!(cases.len(), 3);
     for case in cases {
         let id = case["id"].as_str().unwrap();
         assert!(case["error"].is_null(), "{id}: {}", case["error"]);
@@ -76,13 +81,15 @@ fn the_quick_bench_measures_both_networks_and_reports_their_ratio() {
     for profile in vni["profiles"].as_array().unwrap() {
         assert!(number(profile, &["rounds"]) > 0.0, "{profile}");
     }
-    let baseline = &cases[1];
-    assert_eq!(baseline["network"], "virtio-net");
-    assert!(baseline["occupancy"].is_null() && baseline["doorbell"].is_null());
+    for (baseline, network) in cases[1..].iter().zip(["virtio-net", "virtio-net-tap"]) {
+        assert_eq!(baseline["network"], network);
+        assert!(baseline["occupancy"].is_null() && baseline["doorbell"].is_null());
+    }
 
     let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     for needle in [
-        "## Headline: VNI / virtio-net",
+        "## Headline: VNI / virtio-net, 2 nodes, MTU 1500",
+        "| VNI config 2, interrupt | virtio-net, TAP + bridge | TCP one pair, Mbit/s |",
         "| TCP one pair, Mbit/s |",
         "| echo RTT p50, ms |",
         "## Buffer configurations under load",
@@ -97,10 +104,12 @@ fn the_quick_bench_measures_both_networks_and_reports_their_ratio() {
     for plot in ["throughput.svg", "latency.svg", "loss.svg"] {
         let svg = std::fs::read_to_string(out_dir.join(plot)).unwrap();
         assert!(svg.contains("n2-mtu1500-virtio-net"), "{plot}");
+        assert!(svg.contains("n2-mtu1500-virtio-tap"), "{plot}");
     }
     for lab in [
         "bench-n2-mtu1500-c2-interrupt",
         "bench-n2-mtu1500-virtio-net",
+        "bench-n2-mtu1500-virtio-tap",
     ] {
         assert!(out_dir
             .join("labs")

@@ -34,8 +34,22 @@ pub enum Carrier {
         /// Interrupt or polling.
         notification: Notification,
     },
-    /// virtio-net on QEMU's networking: the baseline.
+    /// virtio-net on QEMU's networking (`network: virtio-net`): the
+    /// baseline.
     VirtioNet,
+    /// virtio-net on bridged TAPs with offloads (`network:
+    /// virtio-net-tap`): the strongest baseline without KVM.
+    VirtioNetTap,
+}
+
+impl Carrier {
+    /// The baselines, in the order they run and are reported.
+    pub const BASELINES: [Carrier; 2] = [Carrier::VirtioNet, Carrier::VirtioNetTap];
+
+    /// Whether this is one of the baselines.
+    pub fn is_baseline(self) -> bool {
+        Self::BASELINES.contains(&self)
+    }
 }
 
 /// One case of the bench.
@@ -53,7 +67,7 @@ pub struct CaseSpec {
 impl CaseSpec {
     /// A short name, also the lab's name suffix: `n2-mtu1500-c2-interrupt`
     /// (the user-space driver), `n2-mtu1500-k-c2-interrupt` (the kernel driver; short, as lab names stop at 32 characters),
-    /// `n2-mtu1500-virtio-net`.
+    /// `n2-mtu1500-virtio-net`, `n2-mtu1500-virtio-tap`.
     pub fn id(&self) -> String {
         let what = match self.carrier {
             Carrier::Vni {
@@ -67,6 +81,7 @@ impl CaseSpec {
                 notification,
             } => format!("k-c{buffers}-{}", notification.name()),
             Carrier::VirtioNet => "virtio-net".to_owned(),
+            Carrier::VirtioNetTap => "virtio-tap".to_owned(),
         };
         format!("n{}-mtu{}-{what}", self.nodes, self.mtu)
     }
@@ -86,12 +101,13 @@ impl CaseSpec {
                 notification,
             } => format!("VNI kernel, config {buffers}, {}", notification.name()),
             Carrier::VirtioNet => "virtio-net".to_owned(),
+            Carrier::VirtioNetTap => "virtio-net, TAP + bridge".to_owned(),
         }
     }
 
-    /// Whether this is the baseline.
+    /// Whether this is a baseline.
     pub fn is_baseline(&self) -> bool {
-        self.carrier == Carrier::VirtioNet
+        self.carrier.is_baseline()
     }
 }
 
@@ -182,11 +198,11 @@ impl Matrix {
                     }
                 }
                 if self.baseline {
-                    cases.push(CaseSpec {
+                    cases.extend(Carrier::BASELINES.iter().map(|&carrier| CaseSpec {
                         nodes,
                         mtu,
-                        carrier: Carrier::VirtioNet,
-                    });
+                        carrier,
+                    }));
                 }
             }
         }
@@ -562,6 +578,9 @@ pub fn derive_lab(
         Carrier::VirtioNet => {
             map.insert("network".into(), "virtio-net".into());
         }
+        Carrier::VirtioNetTap => {
+            map.insert("network".into(), "virtio-net-tap".into());
+        }
     }
     map.insert("vni".into(), Value::Mapping(vni));
     if let Some(kernel) = kernel {
@@ -591,20 +610,25 @@ mod tests {
     fn the_sweep_varies_the_mtu_at_the_first_node_count_only() {
         let cases = Matrix::sweep().cases();
         let at = |n: usize| cases.iter().filter(|c| c.nodes == n).count();
-        // 2 buffers x 2 notifications + the baseline, per MTU.
-        assert_eq!((at(2), at(4), at(8)), (15, 5, 5));
+        // 2 buffers x 2 notifications + the two baselines, per MTU.
+        assert_eq!((at(2), at(4), at(8)), (18, 6, 6));
         assert_eq!(cases[0].id(), "n2-mtu1500-c2-interrupt");
         assert_eq!(cases[4].id(), "n2-mtu1500-virtio-net");
+        assert_eq!(cases[5].id(), "n2-mtu1500-virtio-tap");
         assert!(cases.iter().filter(|c| c.nodes > 2).all(|c| c.mtu == 1500));
         let full = Matrix {
             full: true,
             ..Matrix::sweep()
         };
-        assert_eq!(full.cases().len(), 45);
+        assert_eq!(full.cases().len(), 54);
         let quick = Matrix::quick().cases();
         assert_eq!(
             quick.iter().map(CaseSpec::id).collect::<Vec<_>>(),
-            ["n2-mtu1500-c2-interrupt", "n2-mtu1500-virtio-net"]
+            [
+                "n2-mtu1500-c2-interrupt",
+                "n2-mtu1500-virtio-net",
+                "n2-mtu1500-virtio-tap"
+            ]
         );
     }
 
@@ -650,6 +674,13 @@ nodes:
         let text = derive_lab(base, &base_case, "bench-y", None).unwrap();
         let t = Topology::parse(&text, Path::new("y.yaml")).unwrap();
         assert_eq!(t.network, Network::VirtioNet);
+        let tap_case = CaseSpec {
+            carrier: Carrier::VirtioNetTap,
+            ..case
+        };
+        let text = derive_lab(base, &tap_case, "bench-z", None).unwrap();
+        let t = Topology::parse(&text, Path::new("z.yaml")).unwrap();
+        assert_eq!((t.network, t.vni.mtu), (Network::VirtioNetTap, 65_521));
 
         // With the kernel driver in the bench, every case boots Debian's
         // Rust-enabled kernel, the baseline too.

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{CaseOutcome, CaseSpec, Params};
+use super::{Carrier, CaseOutcome, CaseSpec, Params};
+use crate::topology::Driver;
 
 /// Throughput the VNI should reach, as a multiple of virtio-net's.
 pub const TARGET_THROUGHPUT: f64 = 1.5;
@@ -73,22 +74,94 @@ pub struct Ratios {
     pub ping_p50: Option<f64>,
 }
 
+/// A figure of a case, and whether more of it is better.
+struct Figure {
+    what: &'static str,
+    digits: usize,
+    more_is_better: bool,
+    /// The target, as a multiple of a baseline's figure, if there is one.
+    target: Option<f64>,
+    get: fn(&CaseOutcome) -> Option<f64>,
+}
+
+/// The figures the headline compares.
+const FIGURES: [Figure; 5] = [
+    Figure {
+        what: "TCP one pair, Mbit/s",
+        digits: 0,
+        more_is_better: true,
+        target: Some(TARGET_THROUGHPUT),
+        get: |c| c.tcp_pair_mbit,
+    },
+    Figure {
+        what: "TCP all pairs at once, Mbit/s (sum)",
+        digits: 0,
+        more_is_better: true,
+        target: Some(TARGET_THROUGHPUT),
+        get: |c| c.tcp_all.as_ref().map(|a| a.sum_mbit),
+    },
+    Figure {
+        what: "echo RTT p50, ms",
+        digits: 3,
+        more_is_better: false,
+        target: Some(TARGET_RTT),
+        get: |c| c.echo.as_ref().map(|e| ms(e.p50_us)),
+    },
+    Figure {
+        what: "ping RTT p50, ms",
+        digits: 3,
+        more_is_better: false,
+        target: Some(TARGET_RTT),
+        get: |c| c.ping.as_ref().map(|e| ms(e.p50_us)),
+    },
+    Figure {
+        what: "UDP saturation, Mbit/s",
+        digits: 0,
+        more_is_better: true,
+        target: None,
+        get: CaseOutcome::udp_saturation_mbit,
+    },
+];
+
+impl Figure {
+    /// Whether `ratio` (this case / the other) is at least as good as
+    /// `target` times the other's.
+    fn meets(&self, ratio: f64, target: f64) -> bool {
+        if self.more_is_better {
+            ratio >= target
+        } else {
+            ratio <= target
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            Some(t) if self.more_is_better => format!("≥ {t}×"),
+            Some(t) => format!("≤ {t}×"),
+            None => "–".to_owned(),
+        }
+    }
+}
+
 impl Results {
-    /// The baseline measured with `spec`'s nodes and MTU.
-    pub fn baseline_of(&self, spec: &CaseSpec) -> Option<&CaseOutcome> {
+    /// The baseline `carrier` measured with `spec`'s nodes and MTU.
+    pub fn baseline_with(&self, spec: &CaseSpec, carrier: Carrier) -> Option<&CaseOutcome> {
         self.cases.iter().find(|c| {
-            c.spec.is_baseline()
+            c.spec.carrier == carrier
                 && c.error.is_none()
                 && c.spec.nodes == spec.nodes
                 && c.spec.mtu == spec.mtu
         })
     }
 
-    /// `case` compared with its baseline.
-    pub fn ratios(&self, case: &CaseOutcome) -> Ratios {
-        let Some(base) = self.baseline_of(&case.spec) else {
-            return Ratios::default();
-        };
+    /// The virtio-net baseline (QEMU's networking) with `spec`'s nodes
+    /// and MTU.
+    pub fn baseline_of(&self, spec: &CaseSpec) -> Option<&CaseOutcome> {
+        self.baseline_with(spec, Carrier::VirtioNet)
+    }
+
+    /// `case` compared with `base`.
+    pub fn ratios_against(case: &CaseOutcome, base: &CaseOutcome) -> Ratios {
         Ratios {
             tcp_pair: ratio(case.tcp_pair_mbit, base.tcp_pair_mbit),
             tcp_all: ratio(
@@ -106,12 +179,101 @@ impl Results {
         }
     }
 
+    /// `case` compared with the virtio-net baseline.
+    pub fn ratios(&self, case: &CaseOutcome) -> Ratios {
+        self.baseline_of(&case.spec)
+            .map(|base| Self::ratios_against(case, base))
+            .unwrap_or_default()
+    }
+
     /// The case the headline compares: the first VNI case that ran and
     /// has a baseline.
     pub fn headline(&self) -> Option<&CaseOutcome> {
         self.cases.iter().find(|c| {
-            !c.spec.is_baseline() && c.error.is_none() && self.baseline_of(&c.spec).is_some()
+            !c.spec.is_baseline()
+                && c.error.is_none()
+                && Carrier::BASELINES
+                    .iter()
+                    .any(|&b| self.baseline_with(&c.spec, b).is_some())
         })
+    }
+
+    /// Every case that ran with the headline's nodes and MTU: the VNI's
+    /// (each driver and setting) and the baselines.
+    fn headline_cases(&self) -> Vec<&CaseOutcome> {
+        let Some(head) = self.headline() else {
+            return Vec::new();
+        };
+        self.cases
+            .iter()
+            .filter(|c| {
+                c.error.is_none() && c.spec.nodes == head.spec.nodes && c.spec.mtu == head.spec.mtu
+            })
+            .collect()
+    }
+
+    /// The kernel driver's cases at the headline's nodes and MTU, each
+    /// with the user-space driver's case of the same setting.
+    fn driver_pairs(&self) -> Vec<(&CaseOutcome, &CaseOutcome)> {
+        let cases = self.headline_cases();
+        cases
+            .iter()
+            .filter_map(|k| match k.spec.carrier {
+                Carrier::Vni {
+                    driver: Driver::Kernel,
+                    buffers,
+                    notification,
+                } => cases
+                    .iter()
+                    .find(|u| {
+                        u.spec.carrier
+                            == Carrier::Vni {
+                                driver: Driver::User,
+                                buffers,
+                                notification,
+                            }
+                    })
+                    .map(|u| (*k, *u)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One line per VNI case at the headline's nodes and MTU and per
+    /// baseline, and per kernel/user pair: what `vni-lab bench` prints
+    /// when it ends.
+    pub fn headline_lines(&self) -> Vec<String> {
+        let cases = self.headline_cases();
+        let x = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}×"));
+        let mut lines = Vec::new();
+        for case in cases.iter().filter(|c| !c.spec.is_baseline()) {
+            for base in cases.iter().filter(|c| c.spec.is_baseline()) {
+                let r = Self::ratios_against(case, base);
+                lines.push(format!(
+                    "{} / {}: TCP one pair {}, all pairs {}, echo RTT p50 {}, ping RTT p50 {}",
+                    case.id,
+                    base.spec.carrier_label(),
+                    x(r.tcp_pair),
+                    x(r.tcp_all),
+                    x(r.echo_p50),
+                    x(r.ping_p50)
+                ));
+            }
+        }
+        for (k, u) in self.driver_pairs() {
+            let r = Self::ratios_against(k, u);
+            lines.push(format!(
+                "kernel / user-space driver ({} / {}): TCP one pair {}, all pairs {}, echo RTT p50 {}, ping RTT p50 {}, UDP saturation {}",
+                k.id,
+                u.id,
+                x(r.tcp_pair),
+                x(r.tcp_all),
+                x(r.echo_p50),
+                x(r.ping_p50),
+                x(ratio(k.udp_saturation_mbit(), u.udp_saturation_mbit()))
+            ));
+        }
+        lines
     }
 
     /// The report in Markdown.
@@ -151,84 +313,100 @@ impl Results {
         md
     }
 
+    /// The headline: every carrier's figures at the first VNI case's
+    /// nodes and MTU, each VNI case against each baseline with the
+    /// targets, and the kernel driver against the user-space one.
     fn headline_section(&self, md: &mut String) {
-        let _ = writeln!(md, "## Headline: VNI / virtio-net\n");
-        let Some(case) = self.headline() else {
+        let cases = self.headline_cases();
+        let Some(head) = cases.first() else {
+            let _ = writeln!(md, "## Headline: VNI / virtio-net\n");
             let _ = writeln!(
                 md,
                 "No VNI case ran next to a virtio-net case with the same nodes and MTU: no ratio.\n"
             );
             return;
         };
-        let base = self
-            .baseline_of(&case.spec)
-            .expect("headline has a baseline");
-        let r = self.ratios(case);
         let _ = writeln!(
             md,
-            "{} nodes, MTU {}: {} against virtio-net.\n",
-            case.spec.nodes,
-            case.spec.mtu,
-            case.spec.carrier_label()
+            "## Headline: VNI / virtio-net, {} nodes, MTU {}\n",
+            head.spec.nodes, head.spec.mtu
+        );
+        let mut head_row = "| |".to_owned();
+        let mut rule = "|---|".to_owned();
+        for c in &cases {
+            let _ = write!(head_row, " {} |", c.spec.carrier_label());
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(md, "{head_row}\n{rule}");
+        for f in &FIGURES {
+            let mut row = format!("| {} |", f.what);
+            for c in &cases {
+                let _ = write!(row, " {} |", num((f.get)(c), f.digits));
+            }
+            let _ = writeln!(md, "{row}");
+        }
+        md.push('\n');
+
+        let _ = writeln!(
+            md,
+            "Each VNI case against each baseline (ratio VNI / baseline; target: TCP ≥ {TARGET_THROUGHPUT}×, \
+             round trips ≤ {TARGET_RTT}× the baseline's):\n"
+        );
+        let _ = writeln!(md, "| VNI | baseline | figure | ratio | target | met |");
+        let _ = writeln!(md, "|---|---|---|---:|---:|---|");
+        for case in cases.iter().filter(|c| !c.spec.is_baseline()) {
+            for base in cases.iter().filter(|c| c.spec.is_baseline()) {
+                for f in FIGURES.iter().filter(|f| f.target.is_some()) {
+                    let r = ratio((f.get)(case), (f.get)(base));
+                    let met = match (r, f.target) {
+                        (Some(r), Some(t)) if f.meets(r, t) => "yes",
+                        (Some(_), Some(_)) => "no",
+                        _ => "–",
+                    };
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} | {} | {met} |",
+                        case.spec.carrier_label(),
+                        base.spec.carrier_label(),
+                        f.what,
+                        times(r),
+                        f.target_text()
+                    );
+                }
+            }
+        }
+        md.push('\n');
+
+        let pairs = self.driver_pairs();
+        if pairs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "The kernel driver against the user-space driver (target: never slower):\n"
         );
         let _ = writeln!(
             md,
-            "| | VNI | virtio-net | VNI / virtio-net | target | met |"
+            "| kernel case | user-space case | figure | kernel / user | kernel not slower |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---|");
-        let met = |v: Option<f64>, target: f64, more: bool| match v {
-            None => "–",
-            Some(v) if (more && v >= target) || (!more && v <= target) => "yes",
-            Some(_) => "no",
-        };
-        // What, the VNI's figure, virtio-net's, the ratio, the target, and
-        // whether more is better.
-        type Row<'a> = (&'a str, Option<f64>, Option<f64>, Option<f64>, f64, bool);
-        let rows: [Row<'_>; 4] = [
-            (
-                "TCP one pair, Mbit/s",
-                case.tcp_pair_mbit,
-                base.tcp_pair_mbit,
-                r.tcp_pair,
-                TARGET_THROUGHPUT,
-                true,
-            ),
-            (
-                "TCP all pairs at once, Mbit/s (sum)",
-                case.tcp_all.as_ref().map(|a| a.sum_mbit),
-                base.tcp_all.as_ref().map(|a| a.sum_mbit),
-                r.tcp_all,
-                TARGET_THROUGHPUT,
-                true,
-            ),
-            (
-                "echo RTT p50, ms",
-                case.echo.as_ref().map(|e| ms(e.p50_us)),
-                base.echo.as_ref().map(|e| ms(e.p50_us)),
-                r.echo_p50,
-                TARGET_RTT,
-                false,
-            ),
-            (
-                "ping RTT p50, ms",
-                case.ping.as_ref().map(|e| ms(e.p50_us)),
-                base.ping.as_ref().map(|e| ms(e.p50_us)),
-                r.ping_p50,
-                TARGET_RTT,
-                false,
-            ),
-        ];
-        for (what, vni, virtio, ratio, target, more) in rows {
-            let digits = if more { 0 } else { 3 };
-            let _ = writeln!(
-                md,
-                "| {what} | {} | {} | {} | {} {target}× | {} |",
-                num(vni, digits),
-                num(virtio, digits),
-                times(ratio),
-                if more { "≥" } else { "≤" },
-                met(ratio, target, more)
-            );
+        let _ = writeln!(md, "|---|---|---|---:|---|");
+        for (k, u) in pairs {
+            for f in &FIGURES {
+                let r = ratio((f.get)(k), (f.get)(u));
+                let met = match r {
+                    Some(r) if f.meets(r, 1.0) => "yes",
+                    Some(_) => "no",
+                    None => "–",
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {met} |",
+                    k.id,
+                    u.id,
+                    f.what,
+                    times(r)
+                );
+            }
         }
         md.push('\n');
     }
@@ -240,7 +418,7 @@ impl Results {
             "Round trips node0 → node1 (ms), TCP in Mbit/s (one pair alone; all pairs of a ring at once, summed), \
              UDP saturation = most Mbit/s received in the sweep; UDP all = every pair of the ring at once, each offered \
              the highest load its sweep carried with less than the saturation loss (Mbit/s received, summed; mean loss); \
-             ratios against virtio-net with the same nodes and MTU.\n"
+             ratios against virtio-net with the same nodes and MTU (QEMU's networking / TAP + bridge).\n"
         );
         let _ = writeln!(
             md,
@@ -263,10 +441,13 @@ impl Results {
                 );
                 continue;
             }
-            let r = if c.spec.is_baseline() {
-                Ratios::default()
-            } else {
-                self.ratios(c)
+            let [r, t] = Carrier::BASELINES.map(|b| match self.baseline_with(&c.spec, b) {
+                Some(base) if !c.spec.is_baseline() => Self::ratios_against(c, base),
+                _ => Ratios::default(),
+            });
+            let both = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (None, None) => "–".to_owned(),
+                _ => format!("{} / {}", times(a), times(b)),
             };
             let rtt = |r: &Option<vni_frames::Rtts>, p99: bool| {
                 num(
@@ -293,9 +474,9 @@ impl Results {
                     "{:.0} ({:.1} %)",
                     u.sum_received_mbit, u.mean_lost_percent
                 )),
-                times(r.tcp_pair),
-                times(r.echo_p50),
-                times(r.ping_p50),
+                both(r.tcp_pair, t.tcp_pair),
+                both(r.echo_p50, t.echo_p50),
+                both(r.ping_p50, t.ping_p50),
             );
         }
         md.push('\n');
@@ -586,6 +767,29 @@ pub(crate) mod tests {
         b.ping = Some(rtts(1.0));
         let mut c = CaseOutcome::new(CaseSpec { nodes: 8, ..vni });
         c.error = Some("node3 did not come up".into());
+        let mut t = CaseOutcome::new(CaseSpec {
+            carrier: Carrier::VirtioNetTap,
+            ..vni
+        });
+        t.tcp_pair_mbit = Some(450.0);
+        t.echo = Some(rtts(0.6));
+        t.ping = Some(rtts(1.25));
+        let mut k = CaseOutcome::new(CaseSpec {
+            carrier: Carrier::Vni {
+                driver: crate::topology::Driver::Kernel,
+                buffers: 2,
+                notification: Notification::Interrupt,
+            },
+            ..vni
+        });
+        k.tcp_pair_mbit = Some(1200.0);
+        k.echo = Some(rtts(0.25));
+        k.ping = Some(rtts(0.8));
+        k.udp = vec![UdpPoint {
+            offered_mbit: 10.0,
+            received_mbit: 12.0,
+            lost_percent: 0.0,
+        }];
         Results {
             base: "topologies/two-node.yaml".into(),
             command: "vni-lab bench topologies/two-node.yaml".into(),
@@ -597,7 +801,7 @@ pub(crate) mod tests {
             guest_vcpus: 1,
             guest_memory_mib: 512,
             params: Params::quick(),
-            cases: vec![a, b, c],
+            cases: vec![a, b, c, t, k],
         }
     }
 
@@ -609,6 +813,13 @@ pub(crate) mod tests {
         assert_eq!(ratios.tcp_all, Some(1.0));
         assert!((ratios.echo_p50.unwrap() - 0.6).abs() < 1e-9);
         assert_eq!(ratios.ping_p50, Some(1.0));
+        let lines = r.headline_lines();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(
+            lines[1],
+            "n2-mtu1500-c2-interrupt / virtio-net, TAP + bridge: TCP one pair 2.00×, all pairs –, echo RTT p50 0.50×, ping RTT p50 0.80×"
+        );
+        assert!(lines[4].starts_with("kernel / user-space driver (n2-mtu1500-k-c2-interrupt / n2-mtu1500-c2-interrupt): TCP one pair 1.33×"), "{}", lines[4]);
         // No 8-node baseline: no ratio, and the error is not a headline.
         assert_eq!(r.ratios(&r.cases[2]), Ratios::default());
         assert_eq!(
@@ -621,23 +832,34 @@ pub(crate) mod tests {
     fn the_report_says_what_was_met() {
         let md = sample().markdown();
         assert!(
-            md.contains("| TCP one pair, Mbit/s | 900 | 600 | 1.50× | ≥ 1.5× | yes |"),
+            md.contains("## Headline: VNI / virtio-net, 2 nodes, MTU 1500"),
             "{md}"
         );
         assert!(
-            md.contains("| echo RTT p50, ms | 0.300 | 0.500 | 0.60× | ≤ 0.7× | yes |"),
+            md.contains("| TCP one pair, Mbit/s | 900 | 600 | 450 | 1200 |"),
             "{md}"
         );
-        assert!(
-            md.contains("| ping RTT p50, ms | 1.000 | 1.000 | 1.00× | ≤ 0.7× | no |"),
-            "{md}"
-        );
+        for line in [
+            "| VNI config 2, interrupt | virtio-net | TCP one pair, Mbit/s | 1.50× | ≥ 1.5× | yes |",
+            "| VNI config 2, interrupt | virtio-net | echo RTT p50, ms | 0.60× | ≤ 0.7× | yes |",
+            "| VNI config 2, interrupt | virtio-net | ping RTT p50, ms | 1.00× | ≤ 0.7× | no |",
+            "| VNI config 2, interrupt | virtio-net, TAP + bridge | TCP one pair, Mbit/s | 2.00× | ≥ 1.5× | yes |",
+            "| VNI kernel, config 2, interrupt | virtio-net, TAP + bridge | ping RTT p50, ms | 0.64× | ≤ 0.7× | yes |",
+            "| n2-mtu1500-k-c2-interrupt | n2-mtu1500-c2-interrupt | TCP one pair, Mbit/s | 1.33× | yes |",
+            "| n2-mtu1500-k-c2-interrupt | n2-mtu1500-c2-interrupt | echo RTT p50, ms | 0.83× | yes |",
+            "| n2-mtu1500-k-c2-interrupt | n2-mtu1500-c2-interrupt | UDP saturation, Mbit/s | 0.75× | no |",
+        ] {
+            assert!(md.contains(line), "{line} in {md}");
+        }
         assert!(
             md.contains("| n2-mtu1500-c2-interrupt | 0.0 (10) | 60.0 (16) |"),
             "{md}"
         );
         assert!(md.contains("error: node3 did not come up"), "{md}");
-        assert!(md.contains("| 1000 | 16 | 19 (5.0 %) | 1.50× |"), "{md}");
+        assert!(
+            md.contains("| 1000 | 16 | 19 (5.0 %) | 1.50× / 2.00× |"),
+            "{md}"
+        );
         assert!(
             md.contains(
                 "| n2-mtu1500-c2-interrupt | node0 | 50 % | 20 % | 10 % | 10 % (7) | 60 % | 0 % |"

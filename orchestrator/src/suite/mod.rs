@@ -24,7 +24,7 @@ pub use measure::{parse_ping, Concurrent, Occupancy};
 
 use crate::lab::LabDir;
 use crate::test_spec::{Check, Pairs, Scope};
-use crate::topology::{Network, Topology};
+use crate::topology::Topology;
 
 /// How a case ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -168,8 +168,8 @@ pub fn plan(topology: &Topology) -> Vec<(String, Subject)> {
         .map(|i| ("preflight".to_owned(), Subject::Node(i)))
         .collect();
     for &check in &topology.tests.checks {
-        // The virtio-net baseline has no region to check.
-        if check == Check::Region && topology.network == Network::VirtioNet {
+        // The virtio-net baselines have no region to check.
+        if check == Check::Region && topology.network.is_virtio() {
             continue;
         }
         let name = check.name().to_owned();

@@ -229,10 +229,7 @@ pub async fn show_traffic(lab: &LabDir, topology: &Topology) {
             Ok(out) => summarise_ping(&String::from_utf8_lossy(&out.stdout)),
             Err(e) => format!("cannot ping: {e}"),
         };
-        let over = match topology.network {
-            vni_lab::topology::Network::Vni => "the VNI",
-            vni_lab::topology::Network::VirtioNet => "virtio-net",
-        };
+        let over = topology.network.label();
         println!(
             "  traffic: {} -> {} ({ip}) over {over}: {line}",
             first.name, other.name

@@ -73,13 +73,14 @@ enum Command {
     Test(test::Options),
     /// Measures latency, throughput and loss: each case (node count, MTU,
     /// the VNI in buffer configuration 2 or 1 with interrupts or polling,
-    /// or virtio-net on the same guests) boots a lab of its own derived
+    /// with the user-space or the kernel driver, or virtio-net on the same
+    /// guests, over QEMU's networking or bridged TAPs) boots a lab of its own derived
     /// from FILE, then runs raw-frame echo and ping round trips, iperf3
     /// TCP on one pair and on all pairs at once (sampling the region's
     /// buffer use and counting drops), and a UDP sweep up to saturation.
     /// Writes results.json, report.md (tables, VNI / virtio-net ratios,
     /// where the driver's time goes) and SVG plots. The default sweep
-    /// (25 cases) takes about 40 minutes under TCG; --quick about two.
+    /// (30 cases) takes about 45 minutes under TCG; --quick about three.
     /// Exits 0 when every case was measured, 1 when one could not be, 2
     /// on an invalid file
     Bench(bench::Options),
