@@ -227,13 +227,35 @@ impl GuestAgent {
         args: &[&str],
         timeout: Duration,
     ) -> Result<ExecOutput, AgentError> {
-        let pid = self.spawn(path, args).await?;
+        self.exec_with_input(path, args, None, timeout).await
+    }
+
+    /// [`GuestAgent::exec`] with `input` as the command's standard input
+    /// (the agent writes it, then closes the pipe; without it the
+    /// command's standard input is empty).
+    pub async fn exec_with_input(
+        &self,
+        path: &str,
+        args: &[&str],
+        input: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, AgentError> {
+        let pid = self.start(path, args, input).await?;
         self.wait(pid, timeout).await
     }
 
     /// Starts `path` with `args` in the guest, capturing its output, and
     /// returns its guest pid at once (see [`GuestAgent::wait`]).
     pub async fn spawn(&self, path: &str, args: &[&str]) -> Result<i64, AgentError> {
+        self.start(path, args, None).await
+    }
+
+    async fn start(
+        &self,
+        path: &str,
+        args: &[&str],
+        input: Option<Vec<u8>>,
+    ) -> Result<i64, AgentError> {
         let started = bounded(
             "guest-exec",
             self.call_timeout,
@@ -241,7 +263,7 @@ impl GuestAgent {
                 path: path.to_owned(),
                 arg: Some(args.iter().map(|a| (*a).to_owned()).collect()),
                 env: None,
-                input_data: None,
+                input_data: input,
                 capture_output: Some(qga::GuestExecCaptureOutput::flag(true)),
             }),
         )

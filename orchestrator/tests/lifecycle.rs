@@ -87,6 +87,27 @@ fn a_detached_lab_answers_commands_and_down_leaves_nothing() {
         (out.status.code(), text(&out.stdout), text(&out.stderr)),
         (Some(7), "out\n".into(), "err\n".into())
     );
+    // Standard input passes through when it is not a terminal: a few KiB
+    // of every byte value, back byte for byte; and none at all.
+    let input: Vec<u8> = (0..6000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let mut child = run
+        .cmd(&["exec", "node1", "--", "sh", "-c", "cat; echo end >&2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, input, "stdin came back changed");
+    assert_eq!(text(&out.stderr), "end\n");
+    let out = run.run(&["exec", "-i", "node1", "--", "wc", "-c"]);
+    assert_eq!(text(&out.stdout).trim(), "0");
     let out = run.run(&["exec", "node0", "--", "sh", "-c", "kill -9 $$"]);
     assert_eq!(out.status.code(), Some(128 + 9));
     let out = run.run(&["exec", "node0", "--", "no-such-command"]);
@@ -173,6 +194,47 @@ fn a_detached_lab_answers_commands_and_down_leaves_nothing() {
 
     let out = run.run(&["console", "node0"]);
     assert!(text(&out.stdout).contains("vni-lab: guest agent on"));
+    // `console --follow` shows what the console prints after it started.
+    let mut follow = run
+        .cmd(&["console", "node0", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The old lines first: once the last one is in, it has started.
+    let started = std::time::Instant::now();
+    while seen.recv_timeout(Duration::from_millis(500)).is_ok() {}
+    let marker = format!("vni-lab follow test {}", std::process::id());
+    run.exec_ok(
+        "node0",
+        &["sh", "-c", &format!("echo '{marker}' > /dev/ttyS0")],
+    );
+    let found = loop {
+        match seen.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains(&marker) => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        found,
+        "console --follow did not show {marker:?} within 20 s (started {:?} ago)",
+        started.elapsed()
+    );
 
     // A second lab of the same name is refused while this one runs.
     let out = run.run(&["up", "--detach", file.to_str().unwrap()]);

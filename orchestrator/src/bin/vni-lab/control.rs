@@ -141,13 +141,54 @@ pub async fn run_in(
     command: &[&str],
     timeout: Duration,
 ) -> Result<vni_lab::agent::ExecOutput, AgentError> {
+    run_with_input(lab, node, command, None, timeout).await
+}
+
+/// [`run_in`] with `input` as the command's standard input.
+async fn run_with_input(
+    lab: &LabDir,
+    node: &str,
+    command: &[&str],
+    input: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<vni_lab::agent::ExecOutput, AgentError> {
     let path = lab.agent_lock_path(node);
     let _lock = AgentLock::take(&path, timeout + AGENT_CALL).map_err(|e| AgentError::Failed {
         what: "agent lock",
         message: format!("{}: {e}", path.display()),
     })?;
     let agent = GuestAgent::connect(&lab.node(node).agent, AGENT_CALL).await?;
-    agent.exec(command[0], &command[1..], timeout).await
+    agent
+        .exec_with_input(command[0], &command[1..], input, timeout)
+        .await
+}
+
+/// The most standard input `exec` passes on: the guest agent carries it in
+/// one message (base64, so a third more), and QEMU's guest agent reads
+/// messages of up to 64 MiB.
+pub const EXEC_STDIN_MAX: u64 = 16 << 20;
+
+/// Standard input for the guest command: all of it when `force` or when
+/// it is not a terminal, nothing (`None`) when it is empty or a terminal.
+fn exec_input(force: bool) -> anyhow::Result<Option<Vec<u8>>> {
+    use std::io::{IsTerminal as _, Read as _};
+    let stdin = std::io::stdin();
+    if !force && stdin.is_terminal() {
+        return Ok(None);
+    }
+    let mut data = Vec::new();
+    stdin
+        .lock()
+        .take(EXEC_STDIN_MAX + 1)
+        .read_to_end(&mut data)
+        .context("cannot read standard input")?;
+    if data.len() as u64 > EXEC_STDIN_MAX {
+        anyhow::bail!(
+            "standard input holds more than {} MiB, the most `exec` passes to a guest command",
+            EXEC_STDIN_MAX >> 20
+        );
+    }
+    Ok((!data.is_empty()).then_some(data))
 }
 
 /// Runs `script` with sh in `node`: its stdout, or why it failed (the
@@ -176,15 +217,17 @@ pub fn exec(
     node: &str,
     command: &[String],
     timeout: Option<Duration>,
+    stdin: bool,
 ) -> anyhow::Result<ExitCode> {
     let result = (|| -> anyhow::Result<ExitCode> {
         let (lab, topology) = node_of(name, node)?;
         let timeout = timeout.unwrap_or(topology.command_timeout);
         let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        let input = exec_input(stdin)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let output = match runtime.block_on(run_in(&lab, node, &args, timeout)) {
+        let output = match runtime.block_on(run_with_input(&lab, node, &args, input, timeout)) {
             Ok(output) => output,
             Err(AgentError::Failed {
                 what: "guest-exec",

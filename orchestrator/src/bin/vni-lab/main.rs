@@ -21,7 +21,7 @@ use vni_lab::topology::{self, Topology, TopologyError};
 #[derive(Parser, Debug)]
 #[command(
     name = "vni-lab",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("VNI_LAB_COMMIT"), ")"),
     about = "Mint-like labs: QEMU guests that share one memory region and talk through the VNI",
     after_help = "Lab files are described in README.md (\"Topology files\"); topologies/schema.json is their JSON Schema."
 )]
@@ -32,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Boots a lab and waits until every node runs on the region.
+    ///
     /// Boots a lab: one QEMU guest per node, all sharing one memory region
     /// (ivshmem), starts the VNI driver in each, waits until every node is
     /// running on the region, and shows a ping across it. Builds the guest
@@ -59,6 +61,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep_logs: Option<PathBuf>,
     },
+    /// Runs the VNI checks on a lab (JUnit, JSON, artifacts).
+    ///
     /// Tests a lab's VNI: boots the lab (or uses it when it is up), checks
     /// every node (driver, interface, MTU, region), then runs raw-frame
     /// checks with pnet (unicast, broadcast, multicast, every frame size,
@@ -71,6 +75,8 @@ enum Command {
     /// failed or could not run (a boot failure included), 2 when nothing
     /// could be run (an invalid file, bad options).
     Test(test::Options),
+    /// Measures the VNI against virtio-net: latency, throughput, loss.
+    ///
     /// Measures latency, throughput and loss: each case (node count, MTU,
     /// the VNI in buffer configuration 2 or 1 with interrupts or polling,
     /// with the user-space or the kernel driver, or virtio-net on the same
@@ -84,6 +90,8 @@ enum Command {
     /// Exits 0 when every case was measured, 1 when one could not be, 2
     /// on an invalid file
     Bench(bench::Options),
+    /// Kills, pauses, resumes or restarts a node, or runs a rogue.
+    ///
     /// Injects a fault into a running lab: kills a node's QEMU (SIGKILL;
     /// with --holding-lock, while a stand-in for its driver holds the
     /// region's lock), pauses or resumes its vCPUs, restarts it with the
@@ -93,6 +101,8 @@ enum Command {
     /// the lab refused it (the node is not running, say), 2 on other
     /// errors.
     Fault(fault::Options),
+    /// Runs mixed traffic and random faults on a lab for a long time.
+    ///
     /// Soaks a lab (not for CI: 30 minutes by default): mixed traffic on
     /// every node (paced streams of checksummed test frames of every size
     /// around the ring of nodes, iperf3 TCP between two), a node killed or
@@ -101,6 +111,8 @@ enum Command {
     /// of the region accounted for. Writes results.json and report.md.
     /// Exits 0 when all held, 1 when not, 2 on an invalid file.
     Soak(soak::Options),
+    /// Tears a lab down and cleans what it left.
+    ///
     /// Tears a lab down: every QEMU, the ivshmem server, the shared memory,
     /// the lab directory. Also cleans a lab left over by a killed vni-lab.
     Down {
@@ -118,14 +130,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs a command in a node.
+    ///
     /// Runs a command in a node through its guest agent. The command's
     /// stdout, stderr and exit status become vni-lab's own (128+N when a
     /// signal N killed it; 125 when vni-lab itself failed; 127 when the
-    /// command was not found).
+    /// command was not found). Standard input, when it is not a terminal,
+    /// is read to its end first and becomes the command's (at most
+    /// 16 MiB): `echo hi | vni-lab exec node1 -- cat`.
     Exec {
         /// The lab (default: the only one up).
         #[arg(long)]
         lab: Option<String>,
+        /// Pass standard input on even when it is a terminal (read to its
+        /// end, Ctrl-D, before the command starts).
+        #[arg(short, long)]
+        interactive: bool,
         /// Give up after this long (default: the lab's timeouts.command).
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
@@ -135,6 +155,8 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Shows the shared region: nodes, lock, pool, queues, counters.
+    ///
     /// Prints the lab's shared region as it is now, read from the host:
     /// nodes and their states, the lock, pool use per node, queue depths,
     /// counters, protocol errors.
@@ -168,6 +190,8 @@ enum Command {
         #[arg(long)]
         tied: bool,
     },
+    /// Checks a lab file.
+    ///
     /// Checks a lab file and prints what it describes. Exits 0 when it is
     /// valid, 1 when it is not (every problem listed with file:line:col),
     /// 2 when it cannot be read.
@@ -180,11 +204,29 @@ enum Command {
     },
     /// Prints the JSON Schema of lab files (for editors).
     Schema,
+    /// Prints a shell completion script.
+    ///
+    /// Prints a shell completion script, made from these very options:
+    /// `vni-lab completions bash > /etc/bash_completion.d/vni-lab`, or for
+    /// zsh a `_vni-lab` file in a directory of `$fpath`, for fish
+    /// `~/.config/fish/completions/vni-lab.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints vni-lab's man page.
+    ///
+    /// Prints vni-lab's man page (roff, one page with every command):
+    /// `vni-lab man > /usr/local/share/man/man1/vni-lab.1`, or `vni-lab
+    /// man | man -l -`.
+    Man,
     /// Guest images.
     Image {
         #[command(subcommand)]
         action: ImageCommand,
     },
+    /// Checks that this host can run labs.
+    ///
     /// Checks the host: QEMU, the accelerator labs will use (and why),
     /// shared memory. Exits 0 when labs can run, 1 when something is
     /// missing.
@@ -262,10 +304,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { lab, json } => control::status(lab.as_deref(), json),
         Command::Exec {
             lab,
+            interactive,
             timeout,
             node,
             command,
-        } => control::exec(lab.as_deref(), &node, &command, timeout),
+        } => control::exec(lab.as_deref(), &node, &command, timeout, interactive),
         Command::Inspect { lab, json, watch } => control::inspect(lab.as_deref(), json, watch),
         Command::Console { lab, node, follow } => control::console(lab.as_deref(), &node, follow),
         Command::Supervise { dir, tied } => up::supervise(&dir, tied),
@@ -284,6 +327,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(e) => Err(e).context("cannot validate"),
         },
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "vni-lab", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cli = <Cli as clap::CommandFactory>::command();
+            let mut out = std::io::stdout().lock();
+            man_page(&cli, &mut out).context("cannot write the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&topology::schema())?);
             Ok(ExitCode::SUCCESS)
@@ -398,5 +452,95 @@ fn print_summary(file: &std::path::Path, lab: &Topology) {
             n.vcpus,
             n.memory >> 20
         );
+    }
+}
+
+/// vni-lab's man page: the top-level page, then a section per command
+/// with its options (clap_mangen renders each), so that one `man vni-lab`
+/// shows everything.
+fn man_page(cli: &clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(cli.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("vni-lab {}", sub.get_name());
+        writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+        let page = clap_mangen::Man::new(sub.clone().bin_name(name));
+        page.render_synopsis_section(out)?;
+        page.render_description_section(out)?;
+        page.render_options_section(out)?;
+    }
+    man.render_version_section(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The top-level help lists each command with one short line (the
+    /// long text is `vni-lab CMD --help`'s), and `--version` names the
+    /// commit.
+    #[test]
+    fn the_top_level_help_has_one_line_per_command() {
+        let cli = <Cli as clap::CommandFactory>::command();
+        for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                !about.is_empty() && about.len() <= 70 && !about.contains('\n'),
+                "{}: {about:?}",
+                sub.get_name()
+            );
+            let long = sub
+                .get_long_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                long.is_empty() || long.len() > about.len(),
+                "{}",
+                sub.get_name()
+            );
+        }
+        assert!(cli.get_version().unwrap_or_default().contains("(commit "));
+    }
+
+    #[test]
+    fn completions_and_the_man_page_cover_every_command() {
+        let cli = <Cli as clap::CommandFactory>::command();
+        let names: Vec<String> = cli
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == "exec"), "{names:?}");
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli.clone(), "vni-lab", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            for name in &names {
+                assert!(script.contains(name.as_str()), "{shell}: no {name}");
+            }
+            assert!(script.contains("interactive"), "{shell}: exec's options");
+        }
+        let mut page = Vec::new();
+        man_page(&cli, &mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(
+            page.starts_with(".ie") || page.contains(".TH vni-lab"),
+            "{page}"
+        );
+        for name in &names {
+            assert!(
+                page.contains(&format!(".SH \"VNI-LAB {}\"", name.to_uppercase())),
+                "man: no {name}"
+            );
+        }
     }
 }
