@@ -127,6 +127,66 @@ mod tests {
         assert!(start(&t.nodes[1], &t).starts_with("vni-driver run --node 1 "));
     }
 
+    /// The words of `script` from `program` up to the first shell
+    /// operator: the command line as the guest's shell would split it
+    /// (these scripts quote nothing).
+    fn command_line<'a>(script: &'a str, program: &str) -> Vec<&'a str> {
+        let words: Vec<&str> = script.split_whitespace().collect();
+        let start = words.iter().position(|w| *w == program).expect("program");
+        words[start..]
+            .iter()
+            .take_while(|w| {
+                !matches!(**w, ">" | "&&" | "||" | "&" | ";" | "<") && !w.starts_with('>')
+            })
+            .copied()
+            .collect()
+    }
+
+    /// The user-space driver's command line, checked by the driver's own
+    /// parser: a renamed or removed flag fails here, not in a VM test.
+    #[test]
+    fn the_driver_accepts_the_command_line_we_build() {
+        use clap::Parser as _;
+        for busy in [
+            "",
+            "  busy_poll: 250us\n  notification: polling\n  profile: true\n",
+        ] {
+            let text = format!(
+                "name: t\nvni:\n  driver: user\n{busy}nodes:\n  - name: a\n    ip: 10.0.0.1/24\n  - name: b\n    ip: 10.0.0.2/24\n"
+            );
+            let t = Topology::parse(&text, std::path::Path::new("t.yaml")).expect("valid lab");
+            let script = start(&t.nodes[1], &t);
+            let line = command_line(&script, "vni-driver");
+            let cli = vni_driver::cli::Cli::try_parse_from(&line)
+                .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            match cli.command {
+                vni_driver::cli::Cmd::Run { node, mac, .. } => {
+                    assert_eq!((node, mac), (1, t.nodes[1].mac));
+                }
+                other => panic!("{line:?} parsed as {other:?}"),
+            }
+        }
+    }
+
+    /// The kernel module's parameters as `up` passes them are the ones
+    /// the module declares (`module_param` in its C glue).
+    #[test]
+    fn the_module_declares_the_parameters_we_pass() {
+        let glue = include_str!("../../guest-driver/kernel/vni_glue.c");
+        let t = lab("kernel");
+        let script = start(&t.nodes[0], &t);
+        let line = command_line(&script, "insmod");
+        assert!(line.len() > 2, "{line:?}");
+        for param in &line[2..] {
+            let name = param.split('=').next().unwrap_or_default();
+            assert!(
+                glue.contains(&format!("module_param({name},"))
+                    || glue.contains(&format!("module_param_string({name},")),
+                "insmod passes {name}, which vni_glue.c does not declare"
+            );
+        }
+    }
+
     #[test]
     fn each_driver_has_its_own_liveness_stop_and_log() {
         assert!(alive(Driver::User).contains(DRIVER_PID));

@@ -5,6 +5,7 @@
 //! [`run`] the loop that carries Ethernet frames between the two with the
 //! protocol library.
 
+pub mod cli;
 pub mod device;
 pub mod run;
 pub mod tap;
