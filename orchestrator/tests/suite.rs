@@ -13,6 +13,60 @@ use common::{case, details_contain, Run};
 
 const LAB: &str = "name: broken\nnodes:\n  - {name: node0, ip: 10.20.0.1/24}\n  - {name: node1, ip: 10.20.0.2/24}\n";
 
+/// The kernel's own KTAP parser (`tools/testing/kunit/kunit.py parse`,
+/// from the kernel tree the kernel-driver labs build) reads `ktap` as
+/// this run's results: preflight failed on node1, the unicast cases
+/// skipped. Skipped, and said, when no kernel tree is cached.
+fn kunit_reads(ktap: &std::path::Path) {
+    let trees = vni_lab::image::cache_dir().join("kernel-trees");
+    let kunit = std::fs::read_dir(&trees)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| {
+            e.path()
+                .join("root/usr/src/linux/tools/testing/kunit/kunit.py")
+        })
+        .find(|p| p.exists());
+    let Some(kunit) = kunit else {
+        eprintln!(
+            "SKIPPED: no kernel tree in {} to take kunit.py from",
+            trees.display()
+        );
+        return;
+    };
+    let out = std::process::Command::new("python3")
+        .arg(&kunit)
+        .args(["parse", ktap.to_str().unwrap()])
+        .current_dir(kunit.parent().unwrap())
+        .output()
+        .expect("python3 runs kunit.py");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "$ kunit.py parse {} -> {:?}\n{said}",
+        ktap.display(),
+        out.status.code()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "kunit.py sees a failure: {said}"
+    );
+    for needle in [
+        "[PASSED] node0",
+        "[FAILED] node1",
+        "[FAILED] preflight",
+        "[SKIPPED] node0->node1",
+        "Testing complete.",
+    ] {
+        assert!(said.contains(needle), "kunit.py: no {needle:?} in\n{said}");
+    }
+    assert!(
+        !said.contains("[ERROR]") && !said.contains("could not"),
+        "{said}"
+    );
+}
+
 /// Sends `command` to the node's QMP socket.
 fn qmp(run: &Run, lab: &str, node: &str, command: &str) {
     let stream = UnixStream::connect(run.dir.join(lab).join(format!("{node}.qmp"))).unwrap();
@@ -58,6 +112,7 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
     case(&results, "unicast", "node0->node1", "skipped", &why);
     assert!(junit.contains("MTU is 1400, the lab"), "{junit}");
     assert!(junit.contains("<skipped"), "{junit}");
+    kunit_reads(&run.dir.join("artifacts").join("results.ktap"));
     run.exec_ok("node1", &["ip", "link", "set", "vni0", "mtu", "1500"]);
 
     // A hung guest: QEMU stops its vCPUs; its agent cannot answer.

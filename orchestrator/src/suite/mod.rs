@@ -10,6 +10,7 @@
 
 mod checks;
 mod guests;
+pub mod ktap;
 mod measure;
 pub mod report;
 

@@ -30,6 +30,10 @@ pub struct Options {
     /// Also write the JUnit XML here.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Also write the results as KTAP (version 1, as kernel test tooling
+    /// reads it: a test per check, a subtest per node or pair) here.
+    #[arg(long, value_name = "FILE")]
+    pub ktap: Option<PathBuf>,
     /// Results folder: results.json, junit.xml, each node's console, QEMU
     /// and driver log, the region (default: vni-lab-results/LAB; an
     /// earlier run's results there are replaced).
@@ -366,8 +370,13 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
     };
     let json = serde_json::to_string_pretty(&report)?;
     let junit = report.junit();
+    let ktap = vni_lab::suite::ktap::ktap(&report);
     write(&artifacts.join(RESULTS), &json)?;
     write(&artifacts.join("junit.xml"), &junit)?;
+    write(&artifacts.join("results.ktap"), &ktap)?;
+    if let Some(path) = &opts.ktap {
+        write(path, &ktap)?;
+    }
     if let Some(path) = &opts.json {
         write(path, &json)?;
     }
