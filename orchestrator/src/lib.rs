@@ -16,6 +16,7 @@ pub mod guest_bin;
 pub mod host;
 pub mod image;
 pub mod ivshmem_server;
+pub mod kconfig;
 pub mod kmod;
 pub mod lab;
 pub mod netns;

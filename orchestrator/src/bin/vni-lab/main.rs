@@ -204,6 +204,20 @@ enum Command {
     },
     /// Prints the JSON Schema of lab files (for editors).
     Schema,
+    /// Prints the kernel config fragment a lab's guest kernel needs.
+    ///
+    /// One `CONFIG_…=y` line per option (modules serve as well), each
+    /// after a comment saying what needs it, ready for the kernel's
+    /// `scripts/kconfig/merge_config.sh`: `vni-lab kconfig --driver kernel
+    /// > vni.config; scripts/kconfig/merge_config.sh .config vni.config`.
+    Kconfig {
+        /// The VNI drivers the lab runs (comma-separated: user, kernel).
+        #[arg(long, value_delimiter = ',', value_enum, default_value = "user")]
+        driver: Vec<topology::Driver>,
+        /// What carries the frames: vni, virtio-net or virtio-net-tap.
+        #[arg(long, value_enum, default_value = "vni")]
+        network: topology::Network,
+    },
     /// Prints a shell completion script.
     ///
     /// Prints a shell completion script, made from these very options:
@@ -327,6 +341,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(e) => Err(e).context("cannot validate"),
         },
+        Command::Kconfig { driver, network } => {
+            let needs = vni_lab::kconfig::requirements(&driver, network);
+            print!("{}", vni_lab::kconfig::fragment(&needs));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cli, "vni-lab", &mut std::io::stdout());
