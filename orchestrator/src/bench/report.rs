@@ -154,12 +154,6 @@ impl Results {
         })
     }
 
-    /// The virtio-net baseline (QEMU's networking) with `spec`'s nodes
-    /// and MTU.
-    pub fn baseline_of(&self, spec: &CaseSpec) -> Option<&CaseOutcome> {
-        self.baseline_with(spec, Carrier::VirtioNet)
-    }
-
     /// `case` compared with `base`.
     pub fn ratios_against(case: &CaseOutcome, base: &CaseOutcome) -> Ratios {
         Ratios {
@@ -177,13 +171,6 @@ impl Results {
                 base.ping.as_ref().map(|r| r.p50_us),
             ),
         }
-    }
-
-    /// `case` compared with the virtio-net baseline.
-    pub fn ratios(&self, case: &CaseOutcome) -> Ratios {
-        self.baseline_of(&case.spec)
-            .map(|base| Self::ratios_against(case, base))
-            .unwrap_or_default()
     }
 
     /// The case the headline compares: the first VNI case that ran and
@@ -808,7 +795,10 @@ pub(crate) mod tests {
     #[test]
     fn ratios_compare_with_the_same_nodes_and_mtu() {
         let r = sample();
-        let ratios = r.ratios(&r.cases[0]);
+        let base = r
+            .baseline_with(&r.cases[0].spec, Carrier::VirtioNet)
+            .unwrap();
+        let ratios = Results::ratios_against(&r.cases[0], base);
         assert_eq!(ratios.tcp_pair, Some(1.5));
         assert_eq!(ratios.tcp_all, Some(1.0));
         assert!((ratios.echo_p50.unwrap() - 0.6).abs() < 1e-9);
@@ -821,7 +811,9 @@ pub(crate) mod tests {
         );
         assert!(lines[4].starts_with("kernel / user-space driver (n2-mtu1500-k-c2-interrupt / n2-mtu1500-c2-interrupt): TCP one pair 1.33×"), "{}", lines[4]);
         // No 8-node baseline: no ratio, and the error is not a headline.
-        assert_eq!(r.ratios(&r.cases[2]), Ratios::default());
+        assert!(r
+            .baseline_with(&r.cases[2].spec, Carrier::VirtioNet)
+            .is_none());
         assert_eq!(
             r.headline().map(|c| c.id.as_str()),
             Some("n2-mtu1500-c2-interrupt")

@@ -109,10 +109,10 @@ fn diagnostics(out: &mut String, indent: &str, case: &CaseResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::suite::Counts;
+    use crate::suite::report::tests::report_of;
     use std::collections::BTreeMap;
 
-    pub(crate) fn sample() -> Report {
+    fn sample() -> Report {
         let case = |check: &str, subject: &str, status, message: &str| CaseResult {
             check: check.into(),
             subject: subject.into(),
@@ -149,19 +149,7 @@ mod tests {
             ),
             kernel,
         ];
-        Report {
-            lab: "two-node".into(),
-            topology: "topologies/two-node.yaml".into(),
-            accel: "tcg".into(),
-            kernel_release: "6.1.0".into(),
-            reused_lab: false,
-            timeout_scale: 4.0,
-            started_at: 0,
-            seconds: 12.0,
-            counts: Counts::of(&cases),
-            artifacts: "out".into(),
-            cases,
-        }
+        report_of(cases)
     }
 
     #[test]
@@ -184,10 +172,7 @@ mod tests {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }
         // A `#` in a name would start a directive.
-        let odd = Report {
-            cases: vec![CaseResult::new("a#b", "x", Status::Passed, "")],
-            ..sample()
-        };
+        let odd = report_of(vec![CaseResult::new("a#b", "x", Status::Passed, "")]);
         assert!(ktap(&odd).contains("ok 1 a_b\n"));
     }
 }

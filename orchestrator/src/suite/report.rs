@@ -96,9 +96,26 @@ pub fn row(case: &CaseResult) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// A two-node TCG run's report with `cases`.
+    pub(crate) fn report_of(cases: Vec<CaseResult>) -> Report {
+        Report {
+            lab: "two-node".into(),
+            topology: "topologies/two-node.yaml".into(),
+            accel: "tcg".into(),
+            kernel_release: "6.1.0".into(),
+            reused_lab: false,
+            timeout_scale: 4.0,
+            started_at: 0,
+            seconds: 12.0,
+            counts: Counts::of(&cases),
+            artifacts: "out".into(),
+            cases,
+        }
+    }
 
     #[test]
     fn junit_has_a_testcase_per_case_with_its_status() {
@@ -123,19 +140,7 @@ mod tests {
             ),
             case("sizes", Status::Skipped, "node1 failed preflight"),
         ];
-        let report = Report {
-            lab: "two-node".into(),
-            topology: "topologies/two-node.yaml".into(),
-            accel: "tcg".into(),
-            kernel_release: "6.1.0".into(),
-            reused_lab: false,
-            timeout_scale: 4.0,
-            started_at: 0,
-            seconds: 12.0,
-            counts: Counts::of(&cases),
-            artifacts: "out".into(),
-            cases,
-        };
+        let report = report_of(cases);
         let xml = report.junit();
         assert!(xml.contains(r#"tests="4""#), "{xml}");
         assert!(xml.contains(r#"failures="1""#), "{xml}");
