@@ -199,6 +199,13 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         self.counters.recoveries = self.counters.recoveries.saturating_add(recovered);
         self.count_repaired(repaired);
         let ticket = result.map_err(|e| self.lock_failed(e))?;
+        // A node taking the lock is alive: say so. Housekeeping's beat
+        // alone is not enough in a guest whose receive path keeps its one
+        // vCPU busy (NAPI in softirq starves the kernel's workqueues for
+        // longer than a lease under TCG), and a live node declared dead
+        // while it holds the lock goes on writing owner words the
+        // recoverer has already given back to the pool.
+        self.nodes().beat(self.me);
         let lock = RegionLock {
             region: &self.region,
             layout: &self.layout,
