@@ -90,8 +90,73 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_files();
+        }
         let _ = self.cmd(&["down", "--all"]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Run {
+    /// After a failure: copies the run directory's regular files (each
+    /// lab's consoles, the previous lives' too, driver and supervisor
+    /// logs, state) and what `inspect` says of the region now, into
+    /// `target/tmp/kept/`, and says where; so that a failure seen once in
+    /// CI can still be read.
+    fn keep_files(&self) {
+        let name = self.dir.file_name().unwrap_or_default();
+        let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kept").join(name);
+        let _ = std::fs::remove_dir_all(&kept);
+        let mut copied = 0;
+        let mut stack = vec![self.dir.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else if meta.is_file() && meta.len() <= 64 << 20 {
+                    let Ok(rel) = entry.path().strip_prefix(&self.dir).map(Path::to_path_buf)
+                    else {
+                        continue;
+                    };
+                    let to = kept.join(rel);
+                    if to.parent().is_some_and(|p| std::fs::create_dir_all(p).is_ok())
+                        && std::fs::copy(entry.path(), &to).is_ok()
+                    {
+                        copied += 1;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::create_dir_all(&kept);
+        if let Ok(out) = self.cmd(&["inspect", "--json"]).output() {
+            let _ = std::fs::write(kept.join("inspect.json"), &out.stdout);
+        }
+        // Each running node's kernel log (the kernel driver's lines are
+        // there, and the console has only warnings).
+        let status = self.cmd(&["status", "--json"]).output().ok();
+        let status: serde_json::Value = status
+            .and_then(|out| serde_json::from_slice(&out.stdout).ok())
+            .unwrap_or_default();
+        for lab in status.as_array().into_iter().flatten() {
+            for node in lab["nodes"].as_array().into_iter().flatten() {
+                let (Some(lab), Some(node)) = (lab["name"].as_str(), node["name"].as_str()) else {
+                    continue;
+                };
+                let args = ["exec", "--lab", lab, "--timeout", "20s", node, "--", "dmesg"];
+                if let Ok(out) = self.cmd(&args).output() {
+                    let _ = std::fs::write(kept.join(format!("{lab}.{node}.dmesg")), &out.stdout);
+                }
+            }
+        }
+        eprintln!(
+            "kept {copied} files of the failed run (consoles, logs, inspect.json) in {}",
+            kept.display()
+        );
     }
 }
 
