@@ -341,8 +341,26 @@ fn survive_faults(name: &str, which: Driver, skip: &[Fault]) {
     // it, and once it stops, traffic flows again.
     if run_fault(Fault::Rogue) {
         let mut rogue_fenced = 0;
-        let intervals = iperf_while(&run, 20, || {
+        // 30 s: after an outage, TCP retransmits on an exponential
+        // backoff (one CI run saw traffic back 8 s after the rogue ended,
+        // TCP's next retry); the frames themselves are checked at once.
+        let intervals = iperf_while(&run, 30, || {
             let said = fault(&run, &["node2", "rogue", "--duration", "6s", "--seed", "7"]);
+            let stopped = Instant::now();
+            while !run
+                .exec("node0", &["ping", "-c", "1", "-W", "1", "10.40.0.2"])
+                .status
+                .success()
+            {
+                assert!(
+                    stopped.elapsed() < Duration::from_secs(15),
+                    "no frame crosses the VNI 15 s after the rogue stopped"
+                );
+            }
+            eprintln!(
+                "frames cross again {:.1} s after the rogue stopped",
+                stopped.elapsed().as_secs_f64()
+            );
             let report: serde_json::Value = serde_json::from_str(
                 said.split("rogue done: ")
                     .nth(1)

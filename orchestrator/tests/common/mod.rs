@@ -106,7 +106,9 @@ impl Run {
     /// CI can still be read.
     fn keep_files(&self) {
         let name = self.dir.file_name().unwrap_or_default();
-        let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kept").join(name);
+        let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("kept")
+            .join(name);
         let _ = std::fs::remove_dir_all(&kept);
         let mut copied = 0;
         let mut stack = vec![self.dir.clone()];
@@ -124,7 +126,9 @@ impl Run {
                         continue;
                     };
                     let to = kept.join(rel);
-                    if to.parent().is_some_and(|p| std::fs::create_dir_all(p).is_ok())
+                    if to
+                        .parent()
+                        .is_some_and(|p| std::fs::create_dir_all(p).is_ok())
                         && std::fs::copy(entry.path(), &to).is_ok()
                     {
                         copied += 1;
@@ -147,9 +151,31 @@ impl Run {
                 let (Some(lab), Some(node)) = (lab["name"].as_str(), node["name"].as_str()) else {
                     continue;
                 };
-                let args = ["exec", "--lab", lab, "--timeout", "20s", node, "--", "dmesg"];
-                if let Ok(out) = self.cmd(&args).output() {
-                    let _ = std::fs::write(kept.join(format!("{lab}.{node}.dmesg")), &out.stdout);
+                // And the user-space driver's log, where it runs.
+                for (what, command) in [
+                    ("dmesg", "dmesg"),
+                    ("driver.log", "cat /run/vni-driver.log 2>/dev/null"),
+                ] {
+                    let args = [
+                        "exec",
+                        "--lab",
+                        lab,
+                        "--timeout",
+                        "20s",
+                        node,
+                        "--",
+                        "sh",
+                        "-c",
+                        command,
+                    ];
+                    if let Ok(out) = self.cmd(&args).output() {
+                        if !out.stdout.is_empty() {
+                            let _ = std::fs::write(
+                                kept.join(format!("{lab}.{node}.{what}")),
+                                &out.stdout,
+                            );
+                        }
+                    }
                 }
             }
         }
