@@ -127,9 +127,11 @@ pub enum Pairs {
 #[serde(untagged)]
 pub enum RateSpec {
     /// Bits per second.
-    Bits(u64),
+    Bits(#[schemars(range(min = 1, max = 1_000_000_000_000u64))] u64),
     /// With a unit, e.g. `100M`, `1G`.
-    Text(String),
+    Text(
+        #[schemars(regex(pattern = r"^\s*[0-9]+(\.[0-9]+)?\s*[KkMG]?\s*(bit/s|bps)?\s*$"))] String,
+    ),
 }
 
 /// A percentage: a number, or a number followed by `%`.
@@ -137,9 +139,9 @@ pub enum RateSpec {
 #[serde(untagged)]
 pub enum PercentSpec {
     /// Percent.
-    Number(f64),
+    Number(#[schemars(range(min = 0, max = 100))] f64),
     /// E.g. `0.5%`.
-    Text(String),
+    Text(#[schemars(regex(pattern = r"^\s*(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)\s*%?\s*$"))] String),
 }
 
 /// The `tests:` section as written.
@@ -153,13 +155,17 @@ pub struct RawTests {
     pub skip: Option<Vec<Check>>,
     /// Node pairs for pair checks: `all` (default) or `star`.
     pub pairs: Option<Pairs>,
-    /// Frames per unicast, broadcast and multicast check. Default 100.
+    /// Frames per unicast, broadcast and multicast check, 1 to 100000.
+    /// Default 100.
+    #[schemars(range(min = 1, max = 100_000))]
     pub frames: Option<u32>,
-    /// Frames in the burst check. Default 1000.
+    /// Frames in the burst check, 1 to 1000000. Default 1000.
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub burst: Option<u32>,
     /// Largest share of the burst that may be lost. Default 0%.
     pub max_burst_loss: Option<PercentSpec>,
-    /// Echo round trips per pair. Default 200.
+    /// Echo round trips per pair, 1 to 100000. Default 200.
+    #[schemars(range(min = 1, max = 100_000))]
     pub echo_count: Option<u32>,
     /// Largest median echo round trip allowed. Default: not checked.
     pub max_rtt_p50: Option<DurationSpec>,
@@ -175,7 +181,9 @@ pub struct RawTests {
     pub udp_rate: Option<RateSpec>,
     /// Largest UDP loss allowed at that rate. Default 5%.
     pub max_udp_loss: Option<PercentSpec>,
-    /// Multiplies every test timeout. Default: 1 with KVM, 4 with TCG.
+    /// Multiplies every test timeout, 0.1 to 100. Default: 1 with KVM,
+    /// 4 with TCG.
+    #[schemars(range(min = 0.1, max = 100))]
     pub timeout_scale: Option<f64>,
 }
 

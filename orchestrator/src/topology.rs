@@ -55,6 +55,21 @@ pub const MAX_MTU: u32 = 65_535;
 /// included, reach 65535 bytes.
 pub const MAX_VNI_MTU: u32 = 65_521;
 
+/// What the schema says a name is (as [`check_name`] checks it).
+const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,31}$";
+/// An IPv4 address with a prefix length.
+const IP_PATTERN: &str = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])$";
+/// A MAC address, colon-separated.
+const MAC_PATTERN: &str = "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$";
+/// A size with its unit ([`parse_size`]).
+const SIZE_PATTERN: &str = r"^\s*[0-9]+\s*(B|K|KiB|M|MiB|G|GiB|T|TiB)?\s*$";
+/// A duration with its unit ([`parse_duration`]).
+const DURATION_PATTERN: &str = r"^\s*[0-9]+\s*(us|ms|s|m|h)?\s*$";
+/// A CPU list ([`parse_cpus`]).
+const CPUS_PATTERN: &str = r"^\s*[0-9]+(\s*-\s*[0-9]+)?(\s*,\s*[0-9]+(\s*-\s*[0-9]+)?)*\s*$";
+/// One line.
+const LINE_PATTERN: &str = r"^[^\n]*$";
+
 /// A byte size: a number of bytes, or a number with K, M, G or T (binary
 /// units: `512M` is 512 MiB; `KiB`, `MiB`, `GiB`, `TiB` also accepted).
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -63,7 +78,7 @@ pub enum SizeSpec {
     /// Bytes.
     Bytes(u64),
     /// With a unit, e.g. `512M`, `1G`, `64MiB`.
-    Text(String),
+    Text(#[schemars(regex(pattern = SIZE_PATTERN))] String),
 }
 
 /// A duration: a number of seconds, or a number with `ms`, `s`, `m` or `h`.
@@ -73,7 +88,7 @@ pub enum DurationSpec {
     /// Seconds.
     Seconds(u64),
     /// With a unit, e.g. `90s`, `2m`, `500ms`.
-    Text(String),
+    Text(#[schemars(regex(pattern = DURATION_PATTERN))] String),
 }
 
 /// Host CPUs: a list of CPU numbers, or a string like `0-3,6`.
@@ -81,9 +96,9 @@ pub enum DurationSpec {
 #[serde(untagged)]
 pub enum CpuSpec {
     /// CPU numbers.
-    List(Vec<u32>),
+    List(#[schemars(length(min = 1), inner(range(max = 4095)))] Vec<u32>),
     /// Ranges, e.g. `0-3,6`.
-    Text(String),
+    Text(#[schemars(regex(pattern = CPUS_PATTERN))] String),
 }
 
 /// A lab file as written.
@@ -93,8 +108,10 @@ pub enum CpuSpec {
 pub struct RawTopology {
     /// Lab name: lowercase letters, digits and '-', 1 to 32 characters,
     /// starting with a letter or digit.
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// The OS nodes (one QEMU guest each), 2 to 64.
+    #[schemars(length(min = 2, max = MAX_NODES))]
     pub nodes: Vec<RawNode>,
     /// Settings every node gets unless it sets its own.
     #[serde(default)]
@@ -176,14 +193,18 @@ impl Network {
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     /// Node name: lowercase letters, digits and '-', 1 to 32 characters.
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// IPv4 address with prefix length on the VNI, e.g. `10.10.0.1/24`. All
     /// nodes share one subnet (the VNI is one Ethernet segment).
+    #[schemars(regex(pattern = IP_PATTERN))]
     pub ip: String,
     /// MAC address of the VNI interface; derived from the lab and node
     /// names when absent (stable across runs).
+    #[schemars(regex(pattern = MAC_PATTERN))]
     pub mac: Option<String>,
     /// Virtual CPUs, 1 to 64. Default 1.
+    #[schemars(range(min = 1, max = 64))]
     pub vcpus: Option<u32>,
     /// Guest memory, at least 128M. Default 512M.
     pub memory: Option<SizeSpec>,
@@ -199,7 +220,8 @@ pub struct RawNode {
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
-    /// Virtual CPUs per node.
+    /// Virtual CPUs per node, 1 to 64.
+    #[schemars(range(min = 1, max = 64))]
     pub vcpus: Option<u32>,
     /// Memory per node.
     pub memory: Option<SizeSpec>,
@@ -211,13 +233,17 @@ pub struct RawDefaults {
 pub struct RawVni {
     /// Buffer configuration: 2 (one pool shared by all frames, the study's
     /// choice; default) or 1 (one ring per sender-receiver pair).
+    #[schemars(range(min = 1, max = 2))]
     pub buffers: Option<u32>,
     /// Bytes per slot: a multiple of 64 from 64 to 65536. Default 2048.
+    #[schemars(range(min = 64, max = 65536), extend("multipleOf" = 64))]
     pub slot_size: Option<u32>,
     /// Slots (config 2: in the pool; config 1: per ring, a power of two).
     /// Default: as many as the shared memory holds.
+    #[schemars(range(min = 1))]
     pub slot_count: Option<u32>,
     /// MTU of the interface, 68 to 65521 (65535 with `network: virtio-net`). Default 1500.
+    #[schemars(range(min = 68, max = MAX_MTU))]
     pub mtu: Option<u32>,
     /// How a receiver learns of frames: `interrupt` (doorbell; default) or
     /// `polling`.
@@ -256,6 +282,7 @@ pub struct RawGuest {
     pub image: Option<PathBuf>,
     /// Extra kernel command line for every node, appended after vni-lab's
     /// own arguments (e.g. `loglevel=7`).
+    #[schemars(regex(pattern = LINE_PATTERN))]
     pub append: Option<String>,
 }
 

@@ -99,3 +99,75 @@ fn json_output_is_the_validated_lab() {
     assert_eq!(v["nodes"][3]["ip"], "10.10.0.4/24");
     assert_eq!(v["vni"]["geometry"]["config"], "SharedPool");
 }
+
+/// The lab files of `dir` as JSON, by name.
+fn labs_in(dir: &Path) -> Vec<(PathBuf, String, serde_json::Value)> {
+    let mut labs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let json = serde_yaml::from_str(&text).unwrap();
+            (path, text, json)
+        })
+        .collect();
+    labs.sort_by(|a, b| a.0.cmp(&b.0));
+    labs
+}
+
+#[test]
+fn a_standard_validator_with_the_schema_rejects_what_a_schema_can() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("topologies/schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
+    for (path, _, json) in labs_in(&repo().join("topologies")) {
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
+    // Each invalid file says which field `vni-lab validate` names, and,
+    // for what only relations between values show, that a schema cannot
+    // tell.
+    let invalid = labs_in(&repo().join("tests/labs/invalid"));
+    assert!(invalid.len() >= 22, "{} invalid lab files", invalid.len());
+    let mut wrong = Vec::new();
+    let mut schema_rejects = 0;
+    for (path, text, json) in &invalid {
+        let field = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# vni-lab validate names: "))
+            .unwrap_or_else(|| panic!("{}: no '# vni-lab validate names:' line", path.display()));
+        let out = vni_lab(&["validate", path.to_str().unwrap()]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(1) || (!field.starts_with('(') && !said.contains(field)) {
+            wrong.push(format!(
+                "{}: validate said {:?}: {said}",
+                path.display(),
+                out.status.code()
+            ));
+        }
+        let cannot = text.contains("\n# schema: cannot tell");
+        let valid = validator.is_valid(json);
+        if valid && !cannot {
+            wrong.push(format!("{}: the schema accepts it", path.display()));
+        }
+        if !valid && cannot {
+            wrong.push(format!(
+                "{}: the schema rejects it after all: drop its 'cannot tell'",
+                path.display()
+            ));
+        }
+        schema_rejects += usize::from(!valid);
+    }
+    eprintln!(
+        "the schema rejects {schema_rejects} of {} invalid lab files",
+        invalid.len()
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
