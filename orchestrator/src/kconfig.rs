@@ -14,10 +14,26 @@ pub struct Requirement {
     pub option: &'static str,
     /// What needs it.
     pub why: &'static str,
+    /// The module it builds when it is `=m` (its `.ko` file's name, `-`
+    /// and `_` alike), or `None` for an option that can only be built in.
+    pub module: Option<&'static str>,
 }
 
 const fn req(option: &'static str, why: &'static str) -> Requirement {
-    Requirement { option, why }
+    Requirement {
+        option,
+        why,
+        module: None,
+    }
+}
+
+/// A tristate option, and the module it builds.
+const fn tri(option: &'static str, module: &'static str, why: &'static str) -> Requirement {
+    Requirement {
+        option,
+        why,
+        module: Some(module),
+    }
 }
 
 /// What every lab's guest needs, whatever carries the frames.
@@ -31,17 +47,26 @@ const EVERY_LAB: &[Requirement] = &[
         "CONFIG_SERIAL_8250_CONSOLE",
         "the node's console (console=ttyS0)",
     ),
-    req("CONFIG_VIRTIO_PCI", "virtio-serial for the guest agent"),
-    req(
+    tri(
+        "CONFIG_VIRTIO_PCI",
+        "virtio_pci",
+        "virtio-serial for the guest agent",
+    ),
+    tri(
         "CONFIG_VIRTIO_CONSOLE",
+        "virtio_console",
         "the guest agent's virtio-serial port",
     ),
-    req("CONFIG_UNIX", "the guest agent and the tools"),
+    tri("CONFIG_UNIX", "unix", "the guest agent and the tools"),
     req(
         "CONFIG_INET",
         "IP over the lab's network (nc, iperf3, ping)",
     ),
-    req("CONFIG_PACKET", "raw frames (vni-frames, pnet)"),
+    tri(
+        "CONFIG_PACKET",
+        "af_packet",
+        "raw frames (vni-frames, pnet)",
+    ),
     req("CONFIG_PCI_MSI", "the ivshmem device's MSI-X doorbells"),
 ];
 
@@ -56,12 +81,17 @@ const USER_DRIVER: &[Requirement] = &[
         "CONFIG_INTEL_IOMMU",
         "the lab's emulated IOMMU (intel_iommu=on)",
     ),
-    req(
+    tri(
         "CONFIG_VFIO",
+        "vfio",
         "the user-space driver reaches the device through VFIO",
     ),
-    req("CONFIG_VFIO_PCI", "the ivshmem device bound to vfio-pci"),
-    req("CONFIG_TUN", "the user-space driver's TAP interface"),
+    tri(
+        "CONFIG_VFIO_PCI",
+        "vfio_pci",
+        "the ivshmem device bound to vfio-pci",
+    ),
+    tri("CONFIG_TUN", "tun", "the user-space driver's TAP interface"),
 ];
 
 /// The kernel driver: a Rust module.
@@ -71,7 +101,7 @@ const KERNEL_DRIVER: &[Requirement] = &[
 ];
 
 /// The virtio-net baselines.
-const VIRTIO_NET: &[Requirement] = &[req("CONFIG_VIRTIO_NET", "the baseline's NIC")];
+const VIRTIO_NET: &[Requirement] = &[tri("CONFIG_VIRTIO_NET", "virtio_net", "the baseline's NIC")];
 
 /// What a lab with these drivers and this network needs, each option once.
 pub fn requirements(drivers: &[Driver], network: Network) -> Vec<Requirement> {
@@ -122,6 +152,60 @@ pub fn missing<'a>(config: &str, requirements: &'a [Requirement]) -> Vec<&'a Req
         .collect()
 }
 
+/// What a kernel's modules directory (`lib/modules/RELEASE`) says about
+/// its options: the modules built in (`modules.builtin`) and those built
+/// as modules (`modules.dep`), by name with `-` read as `_`.
+#[derive(Debug, Default)]
+pub struct ModuleList {
+    built_in: std::collections::BTreeSet<String>,
+    loadable: std::collections::BTreeSet<String>,
+}
+
+impl ModuleList {
+    /// From the text of `modules.builtin` and `modules.dep`.
+    pub fn parse(builtin: &str, dep: &str) -> Self {
+        let name = |path: &str| {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            file.split(".ko").next().unwrap_or(file).replace('-', "_")
+        };
+        let names = |text: &str, field: fn(&str) -> &str| {
+            text.lines()
+                .map(field)
+                .map(str::trim)
+                .filter(|p| p.contains(".ko"))
+                .map(name)
+                .collect()
+        };
+        ModuleList {
+            built_in: names(builtin, |l| l),
+            loadable: names(dep, |l| l.split(':').next().unwrap_or_default()),
+        }
+    }
+
+    /// The options of `requirements` these modules show missing, and those
+    /// they cannot tell about (options that are built in or not at all:
+    /// only a `.config` says).
+    pub fn missing<'a>(
+        &self,
+        requirements: &'a [Requirement],
+    ) -> (Vec<&'a Requirement>, Vec<&'a Requirement>) {
+        let mut missing = Vec::new();
+        let mut unknown = Vec::new();
+        for r in requirements {
+            match r.module {
+                None => unknown.push(r),
+                Some(module) => {
+                    let module = module.replace('-', "_");
+                    if !self.built_in.contains(&module) && !self.loadable.contains(&module) {
+                        missing.push(r);
+                    }
+                }
+            }
+        }
+        (missing, unknown)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +240,23 @@ mod tests {
         let tricky = full.replace("CONFIG_VFIO=y", "CONFIG_VFIO_IOMMU_TYPE1=y");
         let gone: Vec<_> = missing(&tricky, &reqs).iter().map(|r| r.option).collect();
         assert_eq!(gone, ["CONFIG_VFIO"]);
+    }
+
+    #[test]
+    fn a_modules_directory_tells_modules_and_built_ins_but_not_the_rest() {
+        let reqs = requirements(&[Driver::User], Network::Vni);
+        let builtin = "kernel/net/unix/unix.ko\nkernel/net/packet/af_packet.ko\nkernel/drivers/virtio/virtio_pci.ko\n";
+        let dep = "kernel/drivers/char/virtio_console.ko.xz:\n\
+                   kernel/drivers/vfio/vfio.ko.zst: kernel/drivers/iommu/iommufd/iommufd.ko.zst\n\
+                   kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\n\
+                   kernel/drivers/vfio/pci/vfio-pci-core.ko: kernel/drivers/vfio/vfio.ko\n";
+        let list = ModuleList::parse(builtin, dep);
+        let (missing, unknown) = list.missing(&reqs);
+        let names = |r: &[&Requirement]| r.iter().map(|r| r.option).collect::<Vec<_>>();
+        assert_eq!(names(&missing), ["CONFIG_TUN"]);
+        assert!(names(&unknown).contains(&"CONFIG_INTEL_IOMMU"));
+        assert!(!names(&unknown).contains(&"CONFIG_VFIO_PCI"));
+        let with_tun = ModuleList::parse(builtin, &format!("{dep}kernel/drivers/net/tun.ko:\n"));
+        assert!(with_tun.missing(&reqs).0.is_empty());
     }
 }

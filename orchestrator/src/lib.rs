@@ -20,6 +20,7 @@ pub mod kconfig;
 pub mod kmod;
 pub mod lab;
 pub mod netns;
+pub mod own_kernel;
 pub mod qemu;
 pub mod soak;
 pub mod spans;

@@ -82,3 +82,73 @@ fn the_fragment_merges_into_a_config_that_has_what_a_lab_needs() {
     assert!(gone.is_empty(), "Debian's 7.3 kernel lacks {gone:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A kernel image the image cache holds (any: it is only read).
+fn cached_kernel() -> Option<PathBuf> {
+    std::fs::read_dir(vni_lab::image::cache_dir().join("images"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("vmlinuz"))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn a_kernel_tree_whose_config_lacks_an_option_is_refused_before_booting() {
+    let (Some(source), Some(kernel)) = (kernel_source(), cached_kernel()) else {
+        eprintln!("SKIPPED: no cached kernel tree and kernel image");
+        return;
+    };
+    let run = Run::new("kconfig-tree");
+    // A built tree as kernel CI has one: its .config (Debian's, TUN
+    // turned off) and its bzImage.
+    let tree = run.dir.join("linux");
+    std::fs::create_dir_all(tree.join("arch/x86/boot")).unwrap();
+    std::fs::copy(source.join("Makefile"), tree.join("Makefile")).unwrap();
+    std::fs::copy(&kernel, tree.join("arch/x86/boot/bzImage")).unwrap();
+    let config = std::fs::read_to_string(source.join(".config")).unwrap();
+    assert!(config.contains("CONFIG_TUN=m\n") || config.contains("CONFIG_TUN=y\n"));
+    let config = config
+        .replace("CONFIG_TUN=m\n", "# CONFIG_TUN is not set\n")
+        .replace("CONFIG_TUN=y\n", "# CONFIG_TUN is not set\n");
+    std::fs::write(tree.join(".config"), config).unwrap();
+    let lab = common::topologies().join("two-node.yaml");
+    let artifacts = run.dir.join("results");
+    let started = std::time::Instant::now();
+    let out = run.run(&[
+        "test",
+        lab.to_str().unwrap(),
+        "--kernel-tree",
+        tree.to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ]);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(started.elapsed().as_secs() < 60, "refused, not booted");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(artifacts.join("results.json")).unwrap())
+            .unwrap();
+    let boot = common::case(&results, "boot", "lab", "error", "CONFIG_TUN");
+    assert!(
+        boot["message"].as_str().unwrap().contains(".config"),
+        "says where it looked: {boot}"
+    );
+    assert!(
+        !said.contains("CONFIG_VFIO_PCI"),
+        "only what is missing: {said}"
+    );
+    run.assert_gone("two-node", None);
+    // Without a tree: refused with the reason.
+    let out = run.run(&[
+        "test",
+        lab.to_str().unwrap(),
+        "--kernel-tree",
+        run.dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no arch/x86/boot/bzImage"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -450,8 +450,9 @@ fn a_trixie_lab_boots_debian_13s_kernel() {
 #[test]
 fn a_kernel_of_ones_own_boots_with_its_modules() {
     // Kernel CI's case: a bzImage, its modules and a root filesystem from
-    // elsewhere. Stand-ins here: trixie's 6.12 kernel and the modules of
-    // its image, booted on the bookworm image's initramfs given by path.
+    // elsewhere, given on the command line. Stand-ins here: trixie's 6.12
+    // kernel and the modules of its image, booted on the bookworm image's
+    // initramfs.
     let run = Run::new("byo-kernel");
     std::fs::create_dir_all(&run.dir).unwrap();
     let out = run.run(&["image", "build", "--suite", "trixie", "--quiet"]);
@@ -460,42 +461,110 @@ fn a_kernel_of_ones_own_boots_with_its_modules() {
     let out = run.run(&["image", "build", "--quiet"]);
     assert_eq!(out.status.code(), Some(0));
     let rootfs = PathBuf::from(text(&out.stdout).split(" (").next().unwrap().trim());
+    let unpack = |into: &Path| {
+        std::fs::create_dir_all(into).unwrap();
+        let unpacked = Command::new("bash")
+            .args([
+                "-o",
+                "pipefail",
+                "-c",
+                "gzip -dc \"$1\" | cpio -idm --quiet 'usr/lib/modules/*'",
+                "-",
+            ])
+            .arg(image.join("initrd.gz"))
+            .current_dir(into)
+            .status()
+            .unwrap();
+        assert!(unpacked.success());
+    };
     let mods = run.dir.join("mods");
-    std::fs::create_dir_all(&mods).unwrap();
-    let unpacked = Command::new("bash")
-        .args([
-            "-o",
-            "pipefail",
-            "-c",
-            "gzip -dc \"$1\" | cpio -idm --quiet 'usr/lib/modules/*'",
-            "-",
+    unpack(&mods);
+    let lab = topologies().join("two-node.yaml");
+    let kernel = image.join("vmlinuz");
+    let initrd = rootfs.join("initrd.gz");
+    let up = |modules: &Path| {
+        run.run(&[
+            "up",
+            "--detach",
+            "--quiet",
+            "--name",
+            "byo",
+            lab.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--modules",
+            modules.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
         ])
-        .arg(image.join("initrd.gz"))
-        .current_dir(&mods)
-        .status()
-        .unwrap();
-    assert!(unpacked.success());
-    let file = run.dir.join("byo.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "name: byo\nguest:\n  kernel: {}\n  modules: {}\n  image: {}\nnodes:\n  - {{name: a, ip: 10.0.0.1/24}}\n  - {{name: b, ip: 10.0.0.2/24}}\n",
-            image.join("vmlinuz").display(),
-            mods.join("usr/lib/modules").display(),
-            rootfs.join("initrd.gz").display()
-        ),
-    )
-    .unwrap();
-    let out = run.run(&["up", "--detach", "--quiet", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0));
-    let out = run.run(&["exec", "a", "--", "uname", "-r"]);
+    };
+
+    // The same modules without tun: refused before anything boots, with
+    // the option's name.
+    let without = run.dir.join("without-tun");
+    unpack(&without);
+    let release = std::fs::read_dir(without.join("usr/lib/modules"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let dep = std::fs::read_to_string(release.join("modules.dep")).unwrap();
+    let kept: String = dep
+        .lines()
+        .filter(|l| !l.contains("/tun.ko"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(kept.len(), dep.len(), "the image has tun: {dep}");
+    std::fs::write(release.join("modules.dep"), kept).unwrap();
+    let out = up(&without);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("lacks what this lab needs") && said.contains("CONFIG_TUN"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("CONFIG_VFIO_PCI"),
+        "only what is missing: {said}"
+    );
+    assert!(said.contains("nothing was started"), "{said}");
+    run.assert_gone("byo", None);
+
+    // Modules of another release than the kernel's: refused too.
+    let other = run.dir.join("other/lib/modules/6.0.0-other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("modules.dep"), "").unwrap();
+    let out = up(&run.dir.join("other"));
+    let said = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("modules for 6.0.0-other only, but the kernel is 6.12."),
+        "{said}"
+    );
+    run.assert_gone("byo", None);
+
+    // With its modules it boots; the check said what it read.
+    let out = up(&mods);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("modules.builtin and modules.dep"), "{said}");
+    let out = run.run(&["exec", "node0", "--", "uname", "-r"]);
     assert!(
         text(&out.stdout).starts_with("6.12."),
         "not the given kernel"
     );
     // The VNI's modules (VFIO, tun) come from the given tree: it works.
     let out = run.run(&[
-        "exec", "a", "--", "ping", "-c", "3", "-i", "0.2", "10.0.0.2",
+        "exec",
+        "node0",
+        "--",
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "10.10.0.2",
     ]);
     assert_eq!(out.status.code(), Some(0), "the VNI with the given modules");
     let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();

@@ -113,6 +113,32 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
     assert!(junit.contains("MTU is 1400, the lab"), "{junit}");
     assert!(junit.contains("<skipped"), "{junit}");
     kunit_reads(&run.dir.join("artifacts").join("results.ktap"));
+
+    // --format ktap: the report on stdout, the same as the file; the
+    // table and the summary on stderr.
+    let artifacts = run.dir.join("ktap-artifacts");
+    let out = run.run(&[
+        "test",
+        file.to_str().unwrap(),
+        "--checks",
+        "unicast",
+        "--format",
+        "ktap",
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = common::text(&out.stdout);
+    let written = std::fs::read_to_string(artifacts.join("results.ktap")).unwrap();
+    assert!(stdout.starts_with("KTAP version 1\n"), "{stdout}");
+    assert_eq!(stdout, written);
+    assert!(
+        stdout.contains("not ok") && !stdout.contains("vni-lab test broken:"),
+        "{stdout}"
+    );
+    let stderr = common::text(&out.stderr);
+    assert!(stderr.contains("vni-lab test broken: "), "{stderr}");
+    assert!(stderr.contains(mtu), "the failed row on stderr: {stderr}");
     run.exec_ok("node1", &["ip", "link", "set", "vni0", "mtu", "1500"]);
 
     // A hung guest: QEMU stops its vCPUs; its agent cannot answer.
@@ -156,6 +182,29 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
         "{log}"
     );
     assert!(log.contains("incarnation 2"), "{log}");
+
+    // A kernel warning on node1: its kernel case fails with the console's
+    // excerpt, in every format, while the network checks still pass.
+    run.exec_ok(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            "echo '<4>WARNING: CPU: 0 PID: 1 at drivers/net/vni_lab_test.c:1 vni_lab_test+0x0/0x10' > /dev/kmsg",
+        ],
+    );
+    let (code, results, junit) = run.test(&file, &["--checks", "unicast"]);
+    assert_eq!(code, Some(1), "{results:#}");
+    case(&results, "unicast", "node0->node1", "passed", "");
+    case(&results, "kernel", "node0", "passed", "");
+    let warned = case(&results, "kernel", "node1", "failed", "WARNING:");
+    details_contain(warned, "vni_lab_test.c:1");
+    assert!(junit.contains("vni_lab_test.c:1"), "{junit}");
+    let ktap = std::fs::read_to_string(run.dir.join("artifacts").join("results.ktap")).unwrap();
+    assert!(
+        ktap.contains("not ok") && ktap.contains("vni_lab_test.c:1"),
+        "{ktap}"
+    );
 
     // A node whose driver is not running; its log comes with the reason.
     run.exec_ok("node1", &["sh", "-c", "kill $(cat /run/vni-driver.pid)"]);

@@ -12,8 +12,9 @@ use vni_lab::lab::{self, LabDir};
 use vni_lab::suite::{self, Context, Guests, Subject};
 use vni_lab::topology::{Driver, Network, Notification, Topology};
 
-use crate::test::{boot, load_lab, prepare_artifacts, write, RESULTS};
+use crate::test::{boot, load_lab_with, prepare_artifacts, write, RESULTS};
 use crate::Progress;
+use vni_lab::own_kernel::KernelFlags;
 
 /// What `vni-lab bench` was asked.
 #[derive(clap::Args, Debug)]
@@ -58,6 +59,8 @@ pub struct Options {
     /// Plain lines only, and fewer of them.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub kernel: KernelFlags,
 }
 
 impl Options {
@@ -301,7 +304,16 @@ fn publish(results: &Results, out: &Path) -> anyhow::Result<()> {
 
 pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let Some((base_text, base)) = load_lab(&opts.file, "bench")? else {
+    // The command line's kernel goes into the base, and so into every
+    // case's lab file.
+    let Some((base_text, base)) = load_lab_with(
+        &opts.file,
+        &opts.kernel,
+        &mut |s| eprintln!("vni-lab: {s}"),
+        "bench",
+    )?
+    else {
+        eprintln!("vni-lab: nothing was run");
         return Ok(ExitCode::from(2));
     };
     let matrix = opts.matrix();
@@ -392,7 +404,7 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
         progress.step(&format!("{label}: starting lab {name}"));
-        match boot(&file, true, name, &logs) {
+        match boot(&file, &KernelFlags::default(), true, name, &logs) {
             Err(e) => outcome.error = Some(format!("{e:#}")),
             Ok(Err(why)) => outcome.error = Some(format!("the lab did not come up: {why}")),
             Ok(Ok(())) => {

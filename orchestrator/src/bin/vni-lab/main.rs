@@ -60,6 +60,8 @@ enum Command {
         /// directory.
         #[arg(long, value_name = "DIR")]
         keep_logs: Option<PathBuf>,
+        #[command(flatten)]
+        kernel: vni_lab::own_kernel::KernelFlags,
     },
     /// Runs the VNI checks on a lab (JUnit, JSON, artifacts).
     ///
@@ -309,7 +311,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             quiet,
             keep_logs,
-        } => up::up(&file, detach, name, quiet, keep_logs),
+            kernel,
+        } => up::up(&file, detach, name, quiet, keep_logs, &kernel),
         Command::Test(options) => test::test(options),
         Command::Bench(options) => bench::bench(options),
         Command::Fault(options) => fault::fault(options),

@@ -54,6 +54,14 @@ impl Progress {
         }
     }
 
+    /// A line of results on stderr, when stdout carries a report.
+    pub fn err(&mut self, line: &str) {
+        match self {
+            Progress::Spinner(bar) => bar.suspend(|| eprintln!("{line}")),
+            _ => eprintln!("{line}"),
+        }
+    }
+
     /// Clears the spinner.
     pub fn done(&mut self) {
         if let Progress::Spinner(bar) = self {

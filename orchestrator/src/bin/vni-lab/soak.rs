@@ -84,7 +84,13 @@ pub fn soak(options: Options) -> anyhow::Result<ExitCode> {
         ..Soak::default()
     };
     let started = Instant::now();
-    if let Err(why) = crate::test::boot(&options.file, options.quiet, &name, &logs)? {
+    if let Err(why) = crate::test::boot(
+        &options.file,
+        &vni_lab::own_kernel::KernelFlags::default(),
+        options.quiet,
+        &name,
+        &logs,
+    )? {
         eprintln!("vni-lab: the lab did not come up: {why}");
         write(&out, &soak)?;
         return Ok(ExitCode::FAILURE);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use vni_lab::driver;
 use vni_lab::lab::{self, LabDir};
+use vni_lab::own_kernel::KernelFlags;
 use vni_lab::suite::report::{self, Report};
 use vni_lab::suite::{self, CaseResult, Counts, Observer, Status};
 use vni_lab::test_spec::Check;
@@ -34,6 +35,11 @@ pub struct Options {
     /// reads it: a test per check, a subtest per node or pair) here.
     #[arg(long, value_name = "FILE")]
     pub ktap: Option<PathBuf>,
+    /// What goes to stdout: the table of results as they come (table),
+    /// or, at the end, the whole report as KTAP or JSON, for a pipe; the
+    /// table then goes to stderr.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
     /// Results folder: results.json, junit.xml, each node's console, QEMU
     /// and driver log, the region (default: vni-lab-results/LAB; an
     /// earlier run's results there are replaced).
@@ -52,6 +58,19 @@ pub struct Options {
     /// Plain lines only, and fewer of them.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub kernel: KernelFlags,
+}
+
+/// What `vni-lab test` prints on stdout.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One row per case as it finishes, and the summary line.
+    Table,
+    /// The report as KTAP version 1 once the run is over.
+    Ktap,
+    /// The report as JSON (as results.json) once the run is over.
+    Json,
 }
 
 /// The file every results folder has, so a later run knows it may clear it.
@@ -61,6 +80,24 @@ struct Table<'a> {
     progress: &'a mut Progress,
     done: usize,
     total: usize,
+    /// Rows go to stderr: stdout is for the report.
+    to_stderr: bool,
+}
+
+impl Table<'_> {
+    fn row(&mut self, line: &str) {
+        row(self.progress, self.to_stderr, line);
+    }
+}
+
+/// A line of the results table, on stdout or (when stdout carries a
+/// report) on stderr.
+fn row(progress: &mut Progress, to_stderr: bool, line: &str) {
+    if to_stderr {
+        progress.err(line);
+    } else {
+        progress.out(line);
+    }
 }
 
 impl Observer for Table<'_> {
@@ -74,11 +111,11 @@ impl Observer for Table<'_> {
 
     fn finished(&mut self, result: &CaseResult) {
         self.done += 1;
-        self.progress.out(&report::row(result));
+        self.row(&report::row(result));
         if result.status != Status::Passed && result.status != Status::Skipped {
             if let Some(details) = &result.details {
                 for line in details.lines().take(30) {
-                    self.progress.out(&format!("      {line}"));
+                    self.row(&format!("      {line}"));
                 }
             }
         }
@@ -104,10 +141,12 @@ pub fn prepare_artifacts(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
-/// Boots the lab as `vni-lab up --detach` does, showing its progress;
+/// Boots the lab as `vni-lab up --detach` does (with `kernel`'s
+/// settings in the file's place), showing its progress;
 /// on failure, its own account of what went wrong.
 pub fn boot(
     file: &Path,
+    kernel: &KernelFlags,
     quiet: bool,
     name: &str,
     logs: &Path,
@@ -118,6 +157,7 @@ pub fn boot(
         .args(["up", "--detach", "--name", name, "--keep-logs"])
         .arg(logs)
         .arg(file)
+        .args(kernel.args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -154,7 +194,7 @@ pub fn boot(
         None => said
             .iter()
             .rev()
-            .find(|l| !l.trim().is_empty())
+            .find(|l| !l.trim().is_empty() && !l.starts_with("vni-lab: nothing was started"))
             .map(|l| vec![l.trim_start_matches("vni-lab: ")])
             .unwrap_or_default(),
     };
@@ -201,6 +241,50 @@ async fn collect(lab: &LabDir, topology: &Topology, to: &Path) {
 /// describes, or `None` when it is invalid (its problems printed, and
 /// that nothing was run). `verb` says what could not be done otherwise.
 pub fn load_lab(file: &Path, verb: &str) -> anyhow::Result<Option<(String, Topology)>> {
+    let ok = load_lab_text(file, verb)?;
+    if ok.is_none() {
+        eprintln!("vni-lab: nothing was run");
+    }
+    Ok(ok)
+}
+
+/// [`load_lab`] with the command line's kernel settings in the file's
+/// place (a kernel tree's modules installed on the way): the lab as it
+/// will run. `None` when invalid, its problems printed.
+pub fn load_lab_with(
+    file: &Path,
+    flags: &KernelFlags,
+    step: &mut dyn FnMut(&str),
+    verb: &str,
+) -> anyhow::Result<Option<(String, Topology)>> {
+    let Some((text, topology)) = load_lab_text(file, verb)? else {
+        return Ok(None);
+    };
+    if !flags.any() {
+        return Ok(Some((text, topology)));
+    }
+    let resolved = flags
+        .resolve(&vni_lab::image::cache_dir(), step)
+        .with_context(|| format!("cannot {verb} the lab"))?;
+    let text = resolved.apply(&text)?;
+    match Topology::parse(&text, file) {
+        Ok(topology) => Ok(Some((text, topology))),
+        Err(TopologyError::Invalid { problems, .. }) => {
+            eprintln!(
+                "{} with the command line's kernel settings:",
+                file.display()
+            );
+            // (Where in the file is moot: the text is the file rewritten.)
+            for problem in problems {
+                eprintln!("  {}: {}", problem.field, problem.message);
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e).context(format!("cannot {verb} the lab")),
+    }
+}
+
+fn load_lab_text(file: &Path, verb: &str) -> anyhow::Result<Option<(String, Topology)>> {
     let parsed = std::fs::read_to_string(file)
         .map_err(|source| TopologyError::Read {
             path: file.to_owned(),
@@ -211,7 +295,6 @@ pub fn load_lab(file: &Path, verb: &str) -> anyhow::Result<Option<(String, Topol
         Ok(loaded) => Ok(Some(loaded)),
         Err(e @ TopologyError::Invalid { .. }) => {
             eprintln!("{e}");
-            eprintln!("vni-lab: nothing was run");
             Ok(None)
         }
         Err(e) => Err(e).context(format!("cannot {verb} the lab")),
@@ -232,7 +315,15 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let Some((text, mut topology)) = load_lab(&opts.file, "test")? else {
+    let mut progress = Progress::new(opts.quiet);
+    let flags = opts
+        .kernel
+        .resolve(&vni_lab::image::cache_dir(), &mut |s| progress.step(s))
+        .context("cannot test the lab")?;
+    let Some((text, mut topology)) =
+        load_lab_with(&opts.file, &flags, &mut |s| progress.step(s), "test")?
+    else {
+        eprintln!("vni-lab: nothing was run");
         return Ok(ExitCode::from(2));
     };
     if !opts.checks.is_empty() {
@@ -270,7 +361,7 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
 
     let lab = LabDir::new(&lab::run_dir(), &name);
     let reused = lab.is_live();
-    let mut progress = Progress::new(opts.quiet);
+    let rows_to_stderr = opts.format != Format::Table;
     let mut cases = Vec::new();
     let mut booted = false;
     if reused {
@@ -287,7 +378,7 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         progress.note(&format!("testing lab {name}, which is up (it stays up)"));
     } else {
         progress.note(&format!("starting lab {name} for the test"));
-        match boot(&opts.file, opts.quiet, &name, &artifacts)? {
+        match boot(&opts.file, &flags, opts.quiet, &name, &artifacts)? {
             Ok(()) => booted = true,
             Err(why) => {
                 let first = why
@@ -298,7 +389,7 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
                 let mut case = CaseResult::new("boot", "lab", Status::Error, first);
                 case.details = Some(why);
                 case.seconds = started.elapsed().as_secs_f64();
-                progress.out(&report::row(&case));
+                row(&mut progress, rows_to_stderr, &report::row(&case));
                 cases.push(case);
             }
         }
@@ -328,7 +419,7 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
             );
             let mut ok = CaseResult::new("boot", "lab", Status::Passed, up);
             ok.seconds = started.elapsed().as_secs_f64();
-            progress.out(&report::row(&ok));
+            row(&mut progress, rows_to_stderr, &report::row(&ok));
             cases.push(ok);
         }
         let total = suite::plan(&topology).len();
@@ -336,6 +427,7 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
             progress: &mut progress,
             done: 0,
             total,
+            to_stderr: rows_to_stderr,
         };
         let results = runtime.block_on(async {
             let mut stop = Box::pin(async {
@@ -383,7 +475,12 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
     if let Some(path) = &opts.junit {
         write(path, &junit)?;
     }
-    println!(
+    match opts.format {
+        Format::Table => {}
+        Format::Ktap => print!("{ktap}"),
+        Format::Json => println!("{json}"),
+    }
+    let summary = format!(
         "vni-lab test {name}: {} passed, {} failed, {} errors, {} skipped in {:.0} s; results and logs in {}",
         counts.passed,
         counts.failed,
@@ -392,8 +489,14 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         report.seconds,
         artifacts.display()
     );
-    if booted && opts.keep {
-        println!("Lab {name} is still up (--keep); stop it with `vni-lab down {name}`.");
+    let kept = (booted && opts.keep)
+        .then(|| format!("Lab {name} is still up (--keep); stop it with `vni-lab down {name}`."));
+    for line in std::iter::once(summary).chain(kept) {
+        if rows_to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
     }
     Ok(if counts.ok() && counts.passed > 0 {
         ExitCode::SUCCESS

@@ -15,9 +15,10 @@ use vni_lab::host::{self, HostFacts, QEMU_TOOL};
 use vni_lab::image;
 use vni_lab::kmod;
 use vni_lab::lab::{self, LabDir, LabLock, Plan};
+use vni_lab::own_kernel::{self, KernelFlags, OwnKernelError};
 use vni_lab::qemu;
 use vni_lab::supervisor::{self, Event};
-use vni_lab::topology::{self, Driver, Kernel, Topology, TopologyError};
+use vni_lab::topology::{self, Driver, Kernel, Topology};
 
 use crate::Progress;
 
@@ -32,26 +33,49 @@ pub fn up(
     name: Option<String>,
     quiet: bool,
     keep_logs: Option<PathBuf>,
+    kernel_flags: &KernelFlags,
 ) -> anyhow::Result<ExitCode> {
     let keep_logs = keep_logs
         .map(|p| std::path::absolute(&p).with_context(|| format!("--keep-logs {}", p.display())))
         .transpose()?;
-    let topology = match Topology::load(file) {
-        Ok(t) => t,
-        Err(e @ TopologyError::Invalid { .. }) => {
-            eprintln!("{e}");
-            eprintln!("vni-lab: nothing was started");
-            return Ok(ExitCode::FAILURE);
-        }
-        Err(e) => return Err(e).context("cannot start the lab"),
+    let mut progress = Progress::new(quiet);
+    let Some((topology_text, topology)) =
+        crate::test::load_lab_with(file, kernel_flags, &mut |s| progress.step(s), "start")?
+    else {
+        eprintln!("vni-lab: nothing was started");
+        return Ok(ExitCode::FAILURE);
     };
-    let topology_text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = name.unwrap_or_else(|| topology.name.clone());
     if let Err(allowed) = topology::check_name(&name) {
         bail!("--name {name:?}: {allowed}");
     }
-    let mut progress = Progress::new(quiet);
+    // A kernel of one's own: refused now for what it lacks, not later
+    // with a boot timeout.
+    match own_kernel::check(&topology) {
+        Ok(None) => {}
+        Ok(Some(checked)) => {
+            let release = checked
+                .release
+                .as_deref()
+                .unwrap_or("(release not in its image)");
+            progress.note(&format!(
+                "kernel {release}: checked against {}",
+                checked.source
+            ));
+            if !checked.unchecked.is_empty() {
+                progress.note(&format!(
+                    "kernel {release}: only its .config could tell about {} (not checked)",
+                    checked.unchecked.join(", ")
+                ));
+            }
+        }
+        Err(e @ OwnKernelError::Missing { .. }) => {
+            eprintln!("vni-lab: {e}");
+            eprintln!("vni-lab: nothing was started");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e).context("cannot check the kernel"),
+    }
 
     // The host: QEMU (installed when missing and we are root), an
     // accelerator, the CPUs nodes are pinned to.
