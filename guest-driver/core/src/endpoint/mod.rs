@@ -449,10 +449,17 @@ where
     ) -> Result<usize, EndpointError> {
         self.sh.check_usable()?;
         let lists = &mut self.buffers.lists;
-        match &mut self.backend {
-            Backend::Pool(state) => state.recv(&mut self.sh, lists, max, &mut deliver),
-            Backend::Rings(state) => Ok(state.recv(&mut self.sh, lists, max, &mut deliver)),
+        let received = match &mut self.backend {
+            Backend::Pool(state) => state.recv(&mut self.sh, lists, max, &mut deliver)?,
+            Backend::Rings(state) => state.recv(&mut self.sh, lists, max, &mut deliver),
+        };
+        if received > 0 {
+            // A node receiving is alive. Under TCG a kernel node's NAPI
+            // receive can hold its one vCPU in softirq for longer than a
+            // lease, and the housekeeping work that beats waits for it.
+            self.sh.nodes().beat(self.sh.me);
         }
+        Ok(received)
     }
 
     /// The node that owns `frame`'s destination address, or every running

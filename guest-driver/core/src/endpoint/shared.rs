@@ -107,8 +107,26 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
     }
 
     pub(super) fn note(&mut self, error: ProtocolError) {
+        if self.fenced_meanwhile() {
+            return;
+        }
         self.counters.protocol_errors = self.counters.protocol_errors.saturating_add(1);
         self.last_error = Some(error);
+    }
+
+    /// Whether this node was declared dead (its generation changed under
+    /// it) while it worked; if so it is fenced from now on. A node its
+    /// peers recovered finds its queue and slots given back to the pool
+    /// and reused: what it then sees wrong is the consequence of its
+    /// fencing, not a peer's fault, so it is neither counted nor blamed
+    /// (the lab's region check would fail on it, and an honest peer be
+    /// quarantined). Under TCG a live node is declared dead when its
+    /// guest is not scheduled for a lease.
+    fn fenced_meanwhile(&mut self) -> bool {
+        if !self.fenced && self.nodes().generation(self.me) != self.generation {
+            self.fenced = true;
+        }
+        self.fenced
     }
 
     /// Counts `count` inconsistent `what` as that many errors, the last
@@ -134,6 +152,9 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
 
     /// Counts `n` more protocol errors.
     pub(super) fn add_errors(&mut self, n: u64) {
+        if self.fenced_meanwhile() {
+            return;
+        }
         self.counters.protocol_errors = self.counters.protocol_errors.saturating_add(n);
     }
 
@@ -151,6 +172,9 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
     /// Counts a protocol error against the node that caused it, when it
     /// is known; [`Endpoint::tick`] fences a peer at [`OFFENCE_LIMIT`].
     pub(super) fn blame(&mut self, node: Option<NodeId>) {
+        if self.fenced_meanwhile() {
+            return;
+        }
         if let Some(count) = node
             .filter(|&n| n != self.me)
             .and_then(|n| self.offences.get_mut(n))
@@ -237,6 +261,11 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
     /// With the lock held: repair the region's buffer and address
     /// management, counting what was wrong.
     pub(super) fn repair_region(&mut self, scratch: &mut RepairScratch) {
+        // Declared dead while it held the lock (its guest not scheduled
+        // for a lease): the lock is another's now, and so is the repair.
+        if self.fenced_meanwhile() {
+            return;
+        }
         let repaired = repair(
             &self.region,
             &self.layout,

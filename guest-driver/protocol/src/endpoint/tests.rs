@@ -458,6 +458,41 @@ fn a_fenced_node_is_told_to_attach_again() {
 }
 
 #[test]
+fn what_a_node_finds_wrong_after_it_was_declared_dead_is_not_counted() {
+    // Configuration 1 receives without the lock, so a node declared dead
+    // (its guest not scheduled for a lease, under TCG) can go on reading
+    // its rings before it learns of it.
+    let (region, mut eps) = lab(BufferConfig::PerPair, 2, 50);
+    let start = Instant::now();
+    while inspect(&region).unwrap().nodes[1].state == Some(NodeState::Run) {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        eps[0].tick().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // What it finds there is not what it left (here: a tail impossibly
+    // far ahead).
+    let ring = eps[0].layout().ring(0, 1);
+    let tail = region.load_u32(ring, Ordering::Relaxed);
+    region.store_u32(ring, tail.wrapping_add(1 << 30), Ordering::Relaxed);
+    let mut node1 = eps.pop().unwrap();
+    let got = node1.recv(8, |_| {});
+    assert!(
+        matches!(got, Ok(0) | Err(EndpointError::Lock(LockError::Fenced))),
+        "{got:?}"
+    );
+    assert_eq!(
+        node1.counters().protocol_errors,
+        0,
+        "counted: {:?}",
+        node1.last_error()
+    );
+    assert!(matches!(
+        node1.tick(),
+        Err(EndpointError::Lock(LockError::Fenced))
+    ));
+}
+
+#[test]
 fn a_violation_found_mid_flush_leaks_no_slot() {
     let (region, mut eps) = lab(BufferConfig::SharedPool, 2, 1000);
     for i in 0..5 {
