@@ -17,9 +17,9 @@
 //! files it left ([`crate::lab::LabDir::clean_leftover`]).
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,11 +29,11 @@ use tokio::sync::watch;
 
 use crate::agent::{AgentError, GuestAgent};
 use crate::driver;
-use crate::ivshmem_server::IvshmemServer;
+use crate::ivshmem_server::{IvshmemError, IvshmemServer};
 use crate::lab::{LabDir, LabLock, NodeRecord, NodeState, Plan, State};
-use crate::netns::LabNet;
-use crate::qemu::{self, NodeSpec, Qmp};
-use crate::topology::{Driver, Network, Node, Topology};
+use crate::netns::{LabNet, NetnsError};
+use crate::qemu::{self, NodeSpec, Qmp, QmpError};
+use crate::topology::{Driver, Network, Node, Topology, TopologyError};
 
 /// Lines of a console shown with a boot failure.
 pub const CONSOLE_TAIL: usize = 30;
@@ -41,6 +41,244 @@ pub const CONSOLE_TAIL: usize = 30;
 const QEMU_GRACE: Duration = Duration::from_secs(5);
 /// Timeout of one QMP call.
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the supervisor could not start the lab or carry out a fault. Each
+/// message says what could not be done and why, the OS's reason included;
+/// it reaches `up` ([`Event::Failed`]) and `vni-lab fault` (its replies) as
+/// text.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The async runtime could not be made.
+    #[error("cannot start the supervisor's runtime: {source}")]
+    Runtime {
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The lab directory has no plan that can be read.
+    #[error("no readable plan in {}", path.display())]
+    NoPlan {
+        /// Where the plan should be.
+        path: PathBuf,
+    },
+    /// The plan's lab file is not valid.
+    #[error("{}", causes(.0))]
+    Topology(#[source] TopologyError),
+    /// The shared-memory file could not be created.
+    #[error("cannot create the shared memory {}: {source}", path.display())]
+    CreateRegion {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The shared-memory file could not be given its size.
+    #[error("cannot size the shared memory {}: {source}", path.display())]
+    SizeRegion {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The region does not fit in this host's address space.
+    #[error("region too large: {size} bytes")]
+    RegionTooLarge {
+        /// The lab's `shared_memory`.
+        size: u64,
+    },
+    /// The shared-memory file could not be mapped.
+    #[error("{}", causes(.0))]
+    MapRegion(#[source] vni_protocol::RegionError),
+    /// The region could not be formatted.
+    #[error("cannot format the region: {}", causes(.0))]
+    FormatRegion(#[source] vni_protocol::LayoutError),
+    /// The ivshmem server's socket could not be bound.
+    #[error("cannot listen on the ivshmem socket {}: {source}", path.display())]
+    IvshmemListen {
+        /// The socket.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The ivshmem server could not start for another reason.
+    #[error("cannot start the ivshmem server: {}", causes(.0))]
+    IvshmemServer(#[source] IvshmemError),
+    /// The lab's network namespace (`network: virtio-net-tap`) could not
+    /// be made.
+    #[error(transparent)]
+    Network(NetnsError),
+    /// A node's QEMU log could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    QemuLog {
+        /// The log.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A node's QEMU log could not be shared between stdout and stderr.
+    #[error("cannot share {}: {source}", path.display())]
+    ShareQemuLog {
+        /// The log.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A node's QEMU could not be started.
+    #[error("{node}: cannot start {program}: {source}")]
+    SpawnQemu {
+        /// The node.
+        node: String,
+        /// The QEMU binary.
+        program: &'static str,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// Talking QMP to a node's QEMU failed.
+    #[error("node {node}: {}", causes(.source))]
+    Qmp {
+        /// The node.
+        node: String,
+        /// What went wrong.
+        #[source]
+        source: QmpError,
+    },
+    /// A vCPU thread could not be pinned.
+    #[error("node {node}: cannot pin vCPU {vcpu} to CPU {cpu}: {source}")]
+    PinVcpu {
+        /// The node.
+        node: String,
+        /// The vCPU's index.
+        vcpu: usize,
+        /// The host CPU.
+        cpu: u32,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A node did not boot: its kernel panicked, its QEMU exited, or its
+    /// agent did not answer in time.
+    #[error("node {node}: {what}{details}")]
+    Boot {
+        /// The node.
+        node: String,
+        /// What happened.
+        what: String,
+        /// QEMU's last words and the console's tail, each after a
+        /// `\n--- ` header.
+        details: String,
+    },
+    /// The script giving a node its network could not be run.
+    #[error("node {node}: cannot {what}: {}", causes(.source))]
+    SetupNetwork {
+        /// The node.
+        node: String,
+        /// What the script does.
+        what: &'static str,
+        /// Why it could not run.
+        #[source]
+        source: AgentError,
+    },
+    /// The script giving a node its network failed.
+    #[error("node {node}: could not {what}: {stderr}")]
+    SetupNetworkFailed {
+        /// The node.
+        node: String,
+        /// What the script does.
+        what: &'static str,
+        /// What it said.
+        stderr: String,
+    },
+    /// The region could not be opened to watch the VNI drivers.
+    #[error("{}", causes(.0))]
+    OpenRegion(#[source] vni_protocol::RegionError),
+    /// The region's state could not be read.
+    #[error("{}", causes(.0))]
+    InspectRegion(#[source] vni_protocol::LayoutError),
+    /// A node's QEMU exited while the supervisor waited for it.
+    #[error("node {node}: QEMU exited ({status})")]
+    QemuExited {
+        /// The node.
+        node: String,
+        /// How it exited.
+        status: String,
+    },
+    /// VNI drivers that did not reach RUN, or died: per node, why and
+    /// the end of its driver's log.
+    #[error("{0}")]
+    VniDriver(String),
+    /// A fault names a node the lab does not have.
+    #[error("lab {lab} has no node {node:?}; its nodes: {}", nodes.join(", "))]
+    NoSuchNode {
+        /// The lab.
+        lab: String,
+        /// The name asked for.
+        node: String,
+        /// The lab's nodes.
+        nodes: Vec<String>,
+    },
+    /// A fault needs a running QEMU, and the node's exited.
+    #[error(
+        "node {node} is not running (its QEMU exited: {status}); `vni-lab fault {node} restart` boots it again"
+    )]
+    NotRunning {
+        /// The node.
+        node: String,
+        /// How its QEMU exited.
+        status: String,
+    },
+    /// A node cannot be restarted: the ivshmem server's socket is gone.
+    #[error(
+        "node {node} cannot be restarted: the ivshmem server's socket {} is gone (removed by hand?), \
+         so a new QEMU could not reach the region; the lab runs on without it. \
+         `vni-lab down {lab}` and `up` again to restart nodes",
+        socket.display()
+    )]
+    SocketGone {
+        /// The node.
+        node: String,
+        /// The ivshmem server's socket.
+        socket: PathBuf,
+        /// The lab.
+        lab: String,
+    },
+    /// A node's QEMU did not exit after SIGKILL.
+    #[error("node {node}: QEMU survived SIGKILL for {after:?}")]
+    KillTimeout {
+        /// The node.
+        node: String,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// The task reaping a node's QEMU is gone.
+    #[error("node {node}: its QEMU's watcher is gone")]
+    WatcherGone {
+        /// The node.
+        node: String,
+    },
+}
+
+/// `error` and the errors under it as one line, `a: b: c`, so that the
+/// text sent to `up` keeps the OS's reason that lower-level errors hold as
+/// their source. A source whose text is already said is not repeated.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        next = cause.source();
+    }
+    text
+}
 
 /// What the supervisor tells `up`, one JSON object per line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,7 +367,7 @@ enum Stop {
     /// A signal or `up` going away.
     Asked(&'static str),
     /// The boot failed.
-    Failed(String),
+    Failed(SupervisorError),
 }
 
 /// Shared, persisted state.
@@ -144,7 +382,7 @@ impl Recorder {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         change(&mut state);
         if let Err(e) = self.lab.write_json(&self.lab.state_path(), &*state) {
-            eprintln!("{} cannot record state: {e}", timestamp());
+            eprintln!("{} cannot record state: {}", timestamp(), causes(&e));
         }
     }
 
@@ -170,9 +408,9 @@ pub fn supervise(dir: &Path, lock: LabLock, tied: bool) -> i32 {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
+        Err(source) => {
             emit(&Event::Failed {
-                message: format!("cannot start the supervisor's runtime: {e}"),
+                message: SupervisorError::Runtime { source }.to_string(),
             });
             return 1;
         }
@@ -229,8 +467,10 @@ async fn run(dir: &Path, tied: bool) -> i32 {
             eprintln!("{} stopping during start: {why}", timestamp());
             0
         }
-        Err(Stop::Failed(message)) => {
-            emit(&Event::Failed { message });
+        Err(Stop::Failed(e)) => {
+            emit(&Event::Failed {
+                message: e.to_string(),
+            });
             1
         }
     };
@@ -291,7 +531,7 @@ async fn start(
     server: &mut Option<IvshmemServer>,
     net: &mut Option<LabNet>,
     started: Instant,
-) -> Result<(), String> {
+) -> Result<(), SupervisorError> {
     let (plan, topology) = load_plan(lab)?;
 
     emit(&Event::Step {
@@ -303,16 +543,13 @@ async fn start(
     recorder.update(|s| s.shm = Some(plan.shm.clone()));
     let shm = create_region(&plan.shm, &topology)?;
     let socket = lab.ivshmem_socket();
-    *server = Some(
-        IvshmemServer::start(&socket, shm, qemu::VECTORS)
-            .map_err(|e| format!("cannot start the ivshmem server: {e}"))?,
-    );
+    *server = Some(start_server(&socket, shm)?);
 
     if topology.network == Network::VirtioNetTap {
         emit(&Event::Step {
             message: "making the lab's network namespace: a bridge and a TAP per node".into(),
         });
-        *net = Some(LabNet::create(topology.nodes.len()).map_err(|e| e.to_string())?);
+        *net = Some(LabNet::create(topology.nodes.len()).map_err(SupervisorError::Network)?);
     }
 
     emit(&Event::Step {
@@ -383,13 +620,21 @@ async fn start(
 }
 
 /// The lab's plan and its validated lab file.
-fn load_plan(lab: &LabDir) -> Result<(Plan, Topology), String> {
-    let plan = lab
-        .plan()
-        .ok_or_else(|| format!("no readable plan in {}", lab.plan_path().display()))?;
-    let topology =
-        Topology::parse(&plan.topology_text, &plan.topology_path).map_err(|e| format!("{e}"))?;
+fn load_plan(lab: &LabDir) -> Result<(Plan, Topology), SupervisorError> {
+    let plan = lab.plan().ok_or_else(|| SupervisorError::NoPlan {
+        path: lab.plan_path(),
+    })?;
+    let topology = Topology::parse(&plan.topology_text, &plan.topology_path)
+        .map_err(SupervisorError::Topology)?;
     Ok((plan, topology))
+}
+
+/// Starts the ivshmem server on `socket`, serving `shm`.
+fn start_server(socket: &Path, shm: File) -> Result<IvshmemServer, SupervisorError> {
+    IvshmemServer::start(socket, shm, qemu::VECTORS).map_err(|e| match e {
+        IvshmemError::Listen { path, source } => SupervisorError::IvshmemListen { path, source },
+        e => SupervisorError::IvshmemServer(e),
+    })
 }
 
 /// Gives a node its network: with `network: vni`, starts its VNI driver
@@ -401,7 +646,7 @@ async fn setup_network(
     running: &Running,
     topology: &Topology,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), SupervisorError> {
     let node = &running.node;
     let (what, script) = match topology.network {
         Network::Vni => (
@@ -434,13 +679,17 @@ async fn setup_network(
     let out = agent
         .exec("/bin/sh", &["-c", &script], timeout)
         .await
-        .map_err(|e| format!("node {}: cannot {what}: {e}", node.name))?;
+        .map_err(|source| SupervisorError::SetupNetwork {
+            node: node.name.clone(),
+            what,
+            source,
+        })?;
     if out.code != Some(0) {
-        return Err(format!(
-            "node {}: could not {what}: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(SupervisorError::SetupNetworkFailed {
+            node: node.name.clone(),
+            what,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     Ok(())
 }
@@ -458,7 +707,7 @@ async fn driver_log(agent: &GuestAgent, which: Driver) -> String {
         )
         .await
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_else(|e| format!("(cannot read it: {e})"))
+        .unwrap_or_else(|e| format!("(cannot read it: {})", causes(&e)))
 }
 
 /// Waits until every node's entry in the region says RUN, reading the
@@ -470,10 +719,10 @@ async fn wait_for_vni(
     deadline: Instant,
     nodes: &[Running],
     agents: &[GuestAgent],
-) -> Result<(), String> {
-    let region = vni_protocol::Region::open(shm).map_err(|e| e.to_string())?;
+) -> Result<(), SupervisorError> {
+    let region = vni_protocol::Region::open(shm).map_err(SupervisorError::OpenRegion)?;
     loop {
-        let report = vni_protocol::inspect(&region).map_err(|e| e.to_string())?;
+        let report = vni_protocol::inspect(&region).map_err(SupervisorError::InspectRegion)?;
         let missing: Vec<&Node> = topology
             .nodes
             .iter()
@@ -483,11 +732,10 @@ async fn wait_for_vni(
             return Ok(());
         }
         if let Some(gone) = nodes.iter().find(|n| n.exit.borrow().is_some()) {
-            return Err(format!(
-                "node {}: QEMU exited ({})",
-                gone.node.name,
-                gone.exit.borrow().clone().unwrap_or_default()
-            ));
+            return Err(SupervisorError::QemuExited {
+                node: gone.node.name.clone(),
+                status: gone.exit.borrow().clone().unwrap_or_default(),
+            });
         }
         // A driver that died will not get there: say so now.
         let mut dead = Vec::new();
@@ -522,7 +770,7 @@ async fn wait_for_vni(
                     ));
                 }
             }
-            return Err(message);
+            return Err(SupervisorError::VniDriver(message));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -530,7 +778,7 @@ async fn wait_for_vni(
 
 /// Creates the shared-memory file (0600, refusing an existing one) and
 /// formats the VNI region in it.
-fn create_region(path: &Path, topology: &Topology) -> Result<File, String> {
+fn create_region(path: &Path, topology: &Topology) -> Result<File, SupervisorError> {
     use std::os::unix::fs::OpenOptionsExt;
     // The name belongs to this lab directory, whose lock we hold: a file
     // there now is a dead lab's.
@@ -541,14 +789,22 @@ fn create_region(path: &Path, topology: &Topology) -> Result<File, String> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("cannot create the shared memory {}: {e}", path.display()))?;
+        .map_err(|source| SupervisorError::CreateRegion {
+            path: path.to_owned(),
+            source,
+        })?;
     file.set_len(topology.shared_memory)
-        .map_err(|e| format!("cannot size the shared memory {}: {e}", path.display()))?;
-    let len = usize::try_from(topology.shared_memory).map_err(|_| "region too large")?;
+        .map_err(|source| SupervisorError::SizeRegion {
+            path: path.to_owned(),
+            source,
+        })?;
+    let len =
+        usize::try_from(topology.shared_memory).map_err(|_| SupervisorError::RegionTooLarge {
+            size: topology.shared_memory,
+        })?;
     let region = vni_protocol::Region::map_file(&file, 0, len, &path.display().to_string())
-        .map_err(|e| format!("{e}"))?;
-    vni_protocol::format(&region, &topology.vni.geometry)
-        .map_err(|e| format!("cannot format the region: {e}"))?;
+        .map_err(SupervisorError::MapRegion)?;
+    vni_protocol::format(&region, &topology.vni.geometry).map_err(SupervisorError::FormatRegion)?;
     Ok(file)
 }
 
@@ -559,7 +815,7 @@ fn spawn_node(
     node: &Node,
     socket: &Path,
     net: Option<&LabNet>,
-) -> Result<Running, String> {
+) -> Result<Running, SupervisorError> {
     let paths = lab.node(&node.name);
     let spec = NodeSpec {
         lab: &plan.name,
@@ -582,11 +838,16 @@ fn spawn_node(
             Network::VirtioNetTap => Some(qemu::tap_netdev(&LabNet::tap_name(node.id))),
         },
     };
-    let log = File::create(&paths.qemu_log)
-        .map_err(|e| format!("cannot create {}: {e}", paths.qemu_log.display()))?;
+    let log = File::create(&paths.qemu_log).map_err(|source| SupervisorError::QemuLog {
+        path: paths.qemu_log.clone(),
+        source,
+    })?;
     let log2 = log
         .try_clone()
-        .map_err(|e| format!("cannot share {}: {e}", paths.qemu_log.display()))?;
+        .map_err(|source| SupervisorError::ShareQemuLog {
+            path: paths.qemu_log.clone(),
+            source,
+        })?;
     let mut command = std::process::Command::new(qemu::QEMU);
     command
         .args(qemu::args(&spec))
@@ -615,7 +876,11 @@ fn spawn_node(
     let mut child = tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("{}: cannot start {}: {e}", node.name, qemu::QEMU))?;
+        .map_err(|source| SupervisorError::SpawnQemu {
+            node: node.name.clone(),
+            program: qemu::QEMU,
+            source,
+        })?;
     let pid = child.id().unwrap_or(0);
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -650,7 +915,7 @@ async fn wait_node(
     boot_timeout: Duration,
     command_timeout: Duration,
     started: Instant,
-) -> Result<GuestAgent, String> {
+) -> Result<GuestAgent, SupervisorError> {
     let deadline = started + boot_timeout;
     let name = &running.node.name;
     let paths = lab.node(name);
@@ -695,17 +960,17 @@ async fn wait_node(
                         "its guest agent did not answer within timeouts.boot ({:?})",
                         boot_timeout
                     ),
-                    e => format!("{e}"),
+                    e => causes(&e),
                 },
             };
-            let mut message = format!("node {name}: {what}");
+            let mut details = String::new();
             if status.is_some() {
                 let qemu_log = tail(&paths.qemu_log, 10);
                 if !qemu_log.trim().is_empty() {
-                    message.push_str(&format!("\n--- QEMU said:\n{qemu_log}"));
+                    details.push_str(&format!("\n--- QEMU said:\n{qemu_log}"));
                 }
             }
-            message.push_str(&format!(
+            details.push_str(&format!(
                 "\n--- last lines of {name}'s console:\n{}",
                 if console.trim().is_empty() {
                     "(empty)".to_owned()
@@ -713,7 +978,11 @@ async fn wait_node(
                     console
                 }
             ));
-            Err(message)
+            Err(SupervisorError::Boot {
+                node: name.clone(),
+                what,
+                details,
+            })
         }
     }
 }
@@ -724,14 +993,17 @@ async fn pin_vcpus(
     qmp_socket: &Path,
     node: &Node,
     exit: &watch::Receiver<Option<String>>,
-) -> Result<(), String> {
+) -> Result<(), SupervisorError> {
     // QEMU creates the socket early; wait for it like for the agent.
     let deadline = Instant::now() + QMP_TIMEOUT;
     let qmp = loop {
         match Qmp::connect(qmp_socket, QMP_TIMEOUT).await {
             Ok(qmp) => break qmp,
-            Err(e) if Instant::now() >= deadline || exit.borrow().is_some() => {
-                return Err(format!("node {}: {e}", node.name));
+            Err(source) if Instant::now() >= deadline || exit.borrow().is_some() => {
+                return Err(SupervisorError::Qmp {
+                    node: node.name.clone(),
+                    source,
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -739,11 +1011,18 @@ async fn pin_vcpus(
     let threads = qmp
         .vcpu_threads()
         .await
-        .map_err(|e| format!("node {}: {e}", node.name))?;
+        .map_err(|source| SupervisorError::Qmp {
+            node: node.name.clone(),
+            source,
+        })?;
     for (i, tid) in threads.iter().enumerate() {
         let cpu = node.host_cpus[i % node.host_cpus.len()];
-        qemu::pin_thread(*tid, &[cpu])
-            .map_err(|e| format!("node {}: cannot pin vCPU {i} to CPU {cpu}: {e}", node.name))?;
+        qemu::pin_thread(*tid, &[cpu]).map_err(|source| SupervisorError::PinVcpu {
+            node: node.name.clone(),
+            vcpu: i,
+            cpu,
+            source,
+        })?;
     }
     Ok(())
 }
@@ -878,7 +1157,9 @@ async fn serve_fault(
         let outcome = match request {
             Ok(request) => {
                 eprintln!("{} fault: {} {}", timestamp(), request.fault, request.node);
-                inject(lab, nodes, recorder, &request, &replies, net).await
+                inject(lab, nodes, recorder, &request, &replies, net)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Err(e) => Err(e),
         };
@@ -910,25 +1191,24 @@ async fn inject(
     request: &crate::fault::Request,
     replies: &tokio::sync::mpsc::UnboundedSender<crate::fault::Reply>,
     net: Option<&LabNet>,
-) -> Result<String, String> {
+) -> Result<String, SupervisorError> {
     use crate::fault::{Fault, Reply};
 
     let Some(i) = nodes.iter().position(|n| n.node.name == request.node) else {
-        let names: Vec<&str> = nodes.iter().map(|n| n.node.name.as_str()).collect();
-        return Err(format!(
-            "lab {} has no node {:?}; its nodes: {}",
-            lab.name,
-            request.node,
-            names.join(", ")
-        ));
+        return Err(SupervisorError::NoSuchNode {
+            lab: lab.name.clone(),
+            node: request.node.clone(),
+            nodes: nodes.iter().map(|n| n.node.name.clone()).collect(),
+        });
     };
     let name = request.node.clone();
     let paths = lab.node(&name);
     let exited = nodes[i].exit.borrow().clone();
     if let (Some(status), Fault::Kill | Fault::Pause | Fault::Resume) = (&exited, request.fault) {
-        return Err(format!(
-            "node {name} is not running (its QEMU exited: {status}); `vni-lab fault {name} restart` boots it again"
-        ));
+        return Err(SupervisorError::NotRunning {
+            node: name,
+            status: status.clone(),
+        });
     }
     match request.fault {
         Fault::Kill => {
@@ -937,17 +1217,19 @@ async fn inject(
             Ok(format!("node {name}: QEMU (pid {pid}) killed with SIGKILL"))
         }
         Fault::Pause | Fault::Resume => {
+            let qmp_err = |source| SupervisorError::Qmp {
+                node: name.clone(),
+                source,
+            };
             let qmp = Qmp::connect(&paths.qmp, QMP_TIMEOUT)
                 .await
-                .map_err(|e| format!("node {name}: {e}"))?;
+                .map_err(qmp_err)?;
             if request.fault == Fault::Pause {
-                qmp.pause().await.map_err(|e| format!("node {name}: {e}"))?;
+                qmp.pause().await.map_err(qmp_err)?;
                 recorder.node(&name, |n| n.state = NodeState::Paused);
                 Ok(format!("node {name}: vCPUs stopped"))
             } else {
-                qmp.resume()
-                    .await
-                    .map_err(|e| format!("node {name}: {e}"))?;
+                qmp.resume().await.map_err(qmp_err)?;
                 recorder.node(&name, |n| n.state = NodeState::Ready);
                 Ok(format!("node {name}: vCPUs running again"))
             }
@@ -955,13 +1237,11 @@ async fn inject(
         Fault::Restart => {
             let socket = lab.ivshmem_socket();
             if !socket.exists() {
-                return Err(format!(
-                    "node {name} cannot be restarted: the ivshmem server's socket {} is gone (removed by hand?), \
-                     so a new QEMU could not reach the region; the lab runs on without it. \
-                     `vni-lab down {}` and `up` again to restart nodes",
-                    socket.display(),
-                    lab.name
-                ));
+                return Err(SupervisorError::SocketGone {
+                    node: name,
+                    socket,
+                    lab: lab.name.clone(),
+                });
             }
             let (plan, topology) = load_plan(lab)?;
             let shm = plan.shm.clone();
@@ -1014,15 +1294,15 @@ async fn inject(
                         break;
                     }
                     if let Some(status) = nodes[i].exit.borrow().clone() {
-                        return Err(format!("node {name}: QEMU exited ({status})"));
+                        return Err(SupervisorError::QemuExited { node: name, status });
                     }
                     if Instant::now() >= deadline {
                         let log = driver_log(&agent, node.driver).await;
-                        return Err(format!(
+                        return Err(SupervisorError::VniDriver(format!(
                             "node {name}: its VNI driver did not reach RUN within timeouts.boot\n--- {}:\n{}",
                             driver::log_name(node.driver),
                             log.trim_end()
-                        ));
+                        )));
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -1047,18 +1327,18 @@ fn node_in_region(shm: &Path, id: usize) -> Option<(bool, (u32, Option<u16>))> {
 }
 
 /// SIGKILL to a node's QEMU, waiting until it is reaped and recorded.
-async fn kill_node(running: &mut Running, recorder: &Recorder) -> Result<(), String> {
+async fn kill_node(running: &mut Running, recorder: &Recorder) -> Result<(), SupervisorError> {
     signal(running.pid, libc::SIGKILL);
     let mut exit = running.exit.clone();
     tokio::time::timeout(QMP_TIMEOUT, exit.wait_for(Option::is_some))
         .await
-        .map_err(|_| {
-            format!(
-                "node {}: QEMU survived SIGKILL for {QMP_TIMEOUT:?}",
-                running.node.name
-            )
+        .map_err(|_| SupervisorError::KillTimeout {
+            node: running.node.name.clone(),
+            after: QMP_TIMEOUT,
         })?
-        .map_err(|_| format!("node {}: its QEMU's watcher is gone", running.node.name))?;
+        .map_err(|_| SupervisorError::WatcherGone {
+            node: running.node.name.clone(),
+        })?;
     record_exit(running, recorder);
     Ok(())
 }
@@ -1154,5 +1434,138 @@ mod tests {
         let line = serde_json::to_string(&event).unwrap();
         assert_eq!(line, r#"{"event":"node-ready","node":"node0","after":9.5}"#);
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+    }
+
+    /// What the OS says for a path under a missing directory.
+    const ENOENT: &str = "No such file or directory";
+
+    /// A directory that does not exist, unique to this test.
+    fn missing_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "vni-lab-supervisor-{test}-{}-missing",
+            std::process::id()
+        ));
+        assert!(!dir.exists(), "{} exists", dir.display());
+        dir
+    }
+
+    fn lab() -> Topology {
+        Topology::parse(
+            "name: t\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_ivshmem_socket_error_says_why_it_cannot_listen() {
+        let socket = missing_dir("ivshmem").join("ivshmem.sock");
+        let shm = File::open("/dev/null").unwrap();
+        let e = start_server(&socket, shm).expect_err("no directory to bind in");
+        assert!(matches!(e, SupervisorError::IvshmemListen { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot listen on the ivshmem socket {}: ",
+                socket.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains(ENOENT), "{text}");
+        // The OS's error stays reachable as the source.
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<io::Error>().is_some(), "{source:?}");
+    }
+
+    #[test]
+    fn the_region_error_says_why_it_cannot_be_created() {
+        let path = missing_dir("region").join("shm");
+        let e = create_region(&path, &lab()).expect_err("no directory to create it in");
+        assert!(matches!(e, SupervisorError::CreateRegion { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot create the shared memory {}: ",
+                path.display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains(ENOENT), "{text}");
+    }
+
+    #[test]
+    fn the_qemu_log_error_says_why_it_cannot_be_created() {
+        let dir = missing_dir("qemu-log");
+        let lab_dir = LabDir {
+            name: "t".into(),
+            dir: dir.clone(),
+        };
+        let topology = lab();
+        let plan = Plan {
+            name: "t".into(),
+            topology_path: "t.yaml".into(),
+            topology_text: String::new(),
+            accel: "tcg".into(),
+            kernel: "bzImage".into(),
+            initrd: "initrd".into(),
+            kernel_release: String::new(),
+            sandbox: false,
+            shm: dir.join("shm"),
+            keep_logs: None,
+        };
+        let socket = dir.join("ivshmem.sock");
+        let e = spawn_node(
+            &lab_dir,
+            &plan,
+            &topology,
+            &topology.nodes[0],
+            &socket,
+            None,
+        )
+        .err()
+        .expect("no directory for the log");
+        assert!(matches!(e, SupervisorError::QemuLog { .. }), "{e:?}");
+        let text = e.to_string();
+        let log = lab_dir.node("a").qemu_log;
+        assert!(
+            text.starts_with(&format!("cannot create {}: ", log.display())),
+            "{text}"
+        );
+        assert!(text.contains(ENOENT), "{text}");
+    }
+
+    /// A lower-level error that keeps the OS's reason only as its source
+    /// (`Cannot map shared region PATH`) gets it into the text sent to
+    /// `up`.
+    #[tokio::test]
+    async fn the_region_watch_error_keeps_the_reason_under_it() {
+        let path = missing_dir("watch").join("shm");
+        let e = wait_for_vni(&path, &lab(), Instant::now(), &[], &[])
+            .await
+            .expect_err("no region to open");
+        assert!(matches!(e, SupervisorError::OpenRegion(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains(ENOENT), "{text}");
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let os = || io::Error::from_raw_os_error(libc::EADDRINUSE);
+        let reason = os().to_string();
+        // IvshmemError's `Listen` keeps the reason as its source only:
+        // it is added, once, however deep.
+        let e = SupervisorError::IvshmemServer(IvshmemError::Listen {
+            path: "/x.sock".into(),
+            source: os(),
+        });
+        assert_eq!(
+            e.to_string(),
+            format!("cannot start the ivshmem server: Cannot listen on ivshmem socket /x.sock: {reason}")
+        );
+        assert_eq!(causes(&e), e.to_string());
+        // NetnsError says its source itself: not repeated.
+        let e = SupervisorError::Network(NetnsError::Create(os()));
+        assert_eq!(causes(&e).matches(&reason).count(), 1, "{e}");
     }
 }
