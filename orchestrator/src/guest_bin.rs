@@ -174,6 +174,125 @@ fn tree(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), GuestBinEr
     Ok(())
 }
 
+/// The modules a guest may load, by name (`-` read as `_`): those of
+/// `images/modules` and every module an option of [`crate::kconfig`]
+/// builds (af_packet, unix, ...: built in on Debian's kernels, perhaps
+/// not on one's own).
+fn wanted_modules() -> std::collections::BTreeSet<String> {
+    use crate::topology::{Driver, Network};
+    let mut names: std::collections::BTreeSet<String> = crate::image::guest_modules()
+        .into_iter()
+        .map(|m| m.replace('-', "_"))
+        .collect();
+    for network in [Network::Vni, Network::VirtioNet] {
+        for r in crate::kconfig::requirements(&[Driver::User, Driver::Kernel], network) {
+            names.extend(r.module.map(|m| m.replace('-', "_")));
+        }
+    }
+    names
+}
+
+/// The modules tree `root` (one folder per kernel release) under
+/// `lib/modules`: for a release with a `modules.dep`, only the modules a
+/// guest loads and what they depend on, with the index files (a
+/// distribution's whole tree is hundreds of MiB, more than a guest's
+/// memory); a release without one, whole.
+fn module_trees(root: &Path, out: &mut Vec<Entry>) -> Result<(), GuestBinError> {
+    let mut releases: Vec<std::fs::DirEntry> = std::fs::read_dir(root)
+        .map_err(io_err(format!("read {}", root.display())))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .collect();
+    releases.sort_by_key(std::fs::DirEntry::file_name);
+    for release in releases {
+        let dir = release.path();
+        let prefix = format!("lib/modules/{}", release.file_name().to_string_lossy());
+        let Ok(dep) = std::fs::read_to_string(dir.join("modules.dep")) else {
+            out.push(dir_entry(&prefix));
+            tree(&dir, &prefix, out)?;
+            continue;
+        };
+        out.push(dir_entry(&prefix));
+        let mut index: Vec<std::fs::DirEntry> = std::fs::read_dir(&dir)
+            .map_err(io_err(format!("read {}", dir.display())))?
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name().to_string_lossy().starts_with("modules.") && e.path().is_file()
+            })
+            .collect();
+        index.sort_by_key(std::fs::DirEntry::file_name);
+        for file in index {
+            let path = file.path();
+            let bytes = std::fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
+            out.push((
+                cpio::NewcBuilder::new(&format!("{prefix}/{}", file.file_name().to_string_lossy()))
+                    .mode(0o100644)
+                    .nlink(1),
+                io::Cursor::new(bytes),
+            ));
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for file in module_closure(&dep, &wanted_modules()) {
+            let mut at = String::new();
+            for part in file
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map_or(&[][..], |(_, d)| d)
+            {
+                at = if at.is_empty() {
+                    (*part).to_owned()
+                } else {
+                    format!("{at}/{part}")
+                };
+                if dirs.insert(at.clone()) {
+                    out.push(dir_entry(&format!("{prefix}/{at}")));
+                }
+            }
+            let path = dir.join(&file);
+            let bytes = std::fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
+            out.push((
+                cpio::NewcBuilder::new(&format!("{prefix}/{file}"))
+                    .mode(0o100644)
+                    .nlink(1),
+                io::Cursor::new(bytes),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The files (paths relative to the release folder, in `modules.dep`'s
+/// order) of the modules named in `wanted` and of all they depend on.
+fn module_closure(dep: &str, wanted: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let name = |path: &str| {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        file.split(".ko").next().unwrap_or(file).replace('-', "_")
+    };
+    let lines: Vec<(&str, Vec<&str>)> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(file, deps)| (file.trim(), deps.split_whitespace().collect()))
+        .collect();
+    let mut needed: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter(|(file, _)| wanted.contains(&name(file)))
+        .map(|(file, _)| *file)
+        .collect();
+    // modules.dep lists each module's dependencies in full already.
+    for (file, deps) in &lines {
+        if needed.contains(file) {
+            needed.extend(deps.iter().copied());
+        }
+    }
+    lines
+        .iter()
+        .map(|(file, _)| *file)
+        .filter(|f| needed.contains(f))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Writes `out`: the initramfs `base` followed by a cpio archive that adds
 /// the guest binaries from `bin_dir` to `/usr/local/bin`, the VNI kernel
 /// module `kernel_module` (when nodes run it) as
@@ -236,7 +355,7 @@ pub fn overlay_initrd(
         // entry of another type (the symlink by an empty directory, which
         // would take the C library's loader with it). Both exist in every
         // Debian root filesystem.
-        tree(modules, "lib/modules", &mut entries)?;
+        module_trees(modules, &mut entries)?;
     }
     let ino_base = 0x7000_0000u32;
     let entries = entries
@@ -250,6 +369,85 @@ pub fn overlay_initrd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names and modes in a cpio archive.
+    fn archive_names(bytes: &[u8]) -> Vec<(String, u32)> {
+        let mut reader = io::Cursor::new(bytes.to_vec());
+        let mut names = Vec::new();
+        loop {
+            let entry = cpio::NewcReader::new(reader).unwrap();
+            if entry.entry().is_trailer() {
+                return names;
+            }
+            names.push((entry.entry().name().to_owned(), entry.entry().mode()));
+            reader = entry.finish().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_tree_with_an_index_gives_only_the_guests_modules_and_their_dependencies() {
+        let dep = "kernel/drivers/net/tun.ko.xz:\n\
+                   kernel/drivers/vfio/pci/vfio-pci.ko.xz: kernel/drivers/vfio/pci/vfio-pci-core.ko.xz kernel/drivers/vfio/vfio.ko.xz\n\
+                   kernel/drivers/vfio/pci/vfio-pci-core.ko.xz: kernel/drivers/vfio/vfio.ko.xz\n\
+                   kernel/drivers/vfio/vfio.ko.xz:\n\
+                   kernel/sound/snd.ko.xz: kernel/sound/soundcore.ko.xz\n\
+                   kernel/sound/soundcore.ko.xz:\n";
+        let files = module_closure(dep, &wanted_modules());
+        assert_eq!(
+            files,
+            [
+                "kernel/drivers/net/tun.ko.xz",
+                "kernel/drivers/vfio/pci/vfio-pci.ko.xz",
+                "kernel/drivers/vfio/pci/vfio-pci-core.ko.xz",
+                "kernel/drivers/vfio/vfio.ko.xz",
+            ]
+        );
+
+        let dir = std::env::temp_dir().join(format!("vni-module-trees-{}", std::process::id()));
+        let release = dir.join("6.12.0-x");
+        for file in dep.lines().filter_map(|l| l.split(':').next()) {
+            let path = release.join(file.trim());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"ko").unwrap();
+        }
+        std::fs::write(release.join("modules.dep"), dep).unwrap();
+        std::fs::write(release.join("modules.alias"), "").unwrap();
+        let base = dir.join("base");
+        std::fs::write(&base, b"1234").unwrap();
+        for bin in BINARIES {
+            std::fs::write(dir.join(bin), b"\x7fELF").unwrap();
+        }
+        let out = dir.join("initrd");
+        overlay_initrd(&base, &dir, Some(&dir.join("modules")), None, &out).unwrap_err();
+        std::fs::create_dir_all(dir.join("modules")).unwrap();
+        std::fs::rename(&release, dir.join("modules/6.12.0-x")).unwrap();
+        overlay_initrd(&base, &dir, Some(&dir.join("modules")), None, &out).unwrap();
+        let names: Vec<String> = archive_names(&std::fs::read(&out).unwrap()[4..])
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|n| n.starts_with("lib/"))
+            .collect();
+        let r = "lib/modules/6.12.0-x";
+        let want: Vec<String> = [
+            "",
+            "/modules.alias",
+            "/modules.dep",
+            "/kernel",
+            "/kernel/drivers",
+            "/kernel/drivers/net",
+            "/kernel/drivers/net/tun.ko.xz",
+            "/kernel/drivers/vfio",
+            "/kernel/drivers/vfio/pci",
+            "/kernel/drivers/vfio/pci/vfio-pci.ko.xz",
+            "/kernel/drivers/vfio/pci/vfio-pci-core.ko.xz",
+            "/kernel/drivers/vfio/vfio.ko.xz",
+        ]
+        .iter()
+        .map(|p| format!("{r}{p}"))
+        .collect();
+        assert_eq!(names, want, "no sound modules");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_overlay_is_a_padded_second_archive_holding_the_binaries() {

@@ -132,6 +132,11 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("vni-lab")
 }
 
+/// The kernel modules a guest loads (`images/modules`), by name.
+pub fn guest_modules() -> Vec<&'static str> {
+    entries(MODULES)
+}
+
 /// Lines of a recipe list, without comments and blanks.
 fn entries(list: &str) -> Vec<&str> {
     list.lines()

@@ -58,8 +58,12 @@ pub enum OwnKernelError {
         release: String,
         found: Vec<String>,
     },
-    #[error("{}: no modules.dep in {} (run depmod, or give the folder `make modules_install` filled)", dir.display(), release_dir.display())]
-    NoModuleIndex { dir: PathBuf, release_dir: PathBuf },
+    #[error("{}: no modules.dep (an unpacked kernel package gets it from depmod at install): run `depmod -b {} {release}` first", release_dir.display(), base.display())]
+    NoModuleIndex {
+        release_dir: PathBuf,
+        base: PathBuf,
+        release: String,
+    },
     #[error(
         "the kernel {kernel} lacks what this lab needs (says {source_of}): {}; `vni-lab kconfig` prints the fragment to merge, or boot another kernel",
         missing.join(", ")
@@ -381,11 +385,18 @@ fn release_dir(given: &Path, release: Option<&str>) -> Result<PathBuf, OwnKernel
             })
         }
     };
-    let dir = root.join(name);
+    let dir = root.join(&name);
     if !dir.join("modules.dep").is_file() {
+        // depmod's base: the folder holding lib/modules.
+        let base = root
+            .parent()
+            .and_then(Path::parent)
+            .filter(|_| root.ends_with("lib/modules"))
+            .map_or_else(|| root.clone(), Path::to_owned);
         return Err(OwnKernelError::NoModuleIndex {
-            dir: root,
             release_dir: dir,
+            base,
+            release: name,
         });
     }
     Ok(dir)

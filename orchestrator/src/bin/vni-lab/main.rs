@@ -39,8 +39,12 @@ enum Command {
     /// running on the region, and shows a ping across it. Builds the guest
     /// image first when it is missing, and installs missing host packages
     /// when run as root. In the foreground, Ctrl-C tears the lab down.
-    /// Exits 0 once the lab is up (--detach) or torn down, 1 when the lab
-    /// file is invalid or a node fails to boot, 2 on other errors.
+    /// --kernel, --modules, --initrd, --append and --kernel-tree replace
+    /// the lab file's guest settings; a kernel of one's own is checked
+    /// first (its .config, else its modules) and refused, before anything
+    /// boots, with the options it lacks. Exits 0 once the lab is up
+    /// (--detach) or torn down, 1 when the lab file is invalid, the kernel
+    /// lacks what the lab needs or a node fails to boot, 2 on other errors.
     Up {
         /// The lab file (YAML).
         file: PathBuf,
@@ -71,8 +75,13 @@ enum Command {
     /// a burst, echo round trips), an nc string and iperf3 TCP and UDP on
     /// each node pair, and finally checks the region (every slot back, no
     /// protocol errors). Which checks run and their thresholds come from
-    /// the file's `tests:` section. Prints a line per case; writes JSON,
-    /// JUnit XML, consoles and driver logs to the artifacts folder. Takes
+    /// the file's `tests:` section, and, last, a `kernel` case per node:
+    /// its console must show no crash fingerprint (BUG:, Oops, WARNING:,
+    /// ...). Prints a line per case (or, with --format ktap|json, the
+    /// report on stdout and the lines on stderr); writes JSON, JUnit XML,
+    /// KTAP, consoles and driver logs to the artifacts folder. The kernel
+    /// flags are `up`'s: `vni-lab test LAB --kernel-tree . --ktap
+    /// results.ktap` tests a kernel tree's kernel. Takes
     /// down a lab it started. Exits 0 when every case passed, 1 when one
     /// failed or could not run (a boot failure included), 2 when nothing
     /// could be run (an invalid file, bad options).
