@@ -3,12 +3,13 @@
 //! kernel-driver labs build) into a config that then has every option a
 //! lab needs, and Debian's Rust kernel, which the labs boot, has them all.
 
-mod common;
+#[path = "../../tests/kit/mod.rs"]
+mod kit;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{text, Run};
+use kit::{text, Run};
 use vni_lab::kconfig::{missing, requirements};
 use vni_lab::topology::{Driver, Network};
 
@@ -111,7 +112,7 @@ fn a_kernel_tree_whose_config_lacks_an_option_is_refused_before_booting() {
         .replace("CONFIG_TUN=m\n", "# CONFIG_TUN is not set\n")
         .replace("CONFIG_TUN=y\n", "# CONFIG_TUN is not set\n");
     std::fs::write(tree.join(".config"), config).unwrap();
-    let lab = common::topologies().join("two-node.yaml");
+    let lab = kit::topologies().join("two-node.yaml");
     let artifacts = run.dir.join("results");
     let started = std::time::Instant::now();
     let out = run.run(&[
@@ -128,7 +129,7 @@ fn a_kernel_tree_whose_config_lacks_an_option_is_refused_before_booting() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(artifacts.join("results.json")).unwrap())
             .unwrap();
-    let boot = common::case(&results, "boot", "lab", "error", "CONFIG_TUN");
+    let boot = kit::case(&results, "boot", "lab", "error", "CONFIG_TUN");
     assert!(
         boot["message"].as_str().unwrap().contains(".config"),
         "says where it looked: {boot}"

@@ -1,5 +1,8 @@
-//! What the VM tests share: the `vni-lab` binary run with a run
-//! directory of its own, and checks that a lab left nothing behind.
+//! The test kit the VM tests (and the host tests that run `vni-lab`)
+//! share: the `vni-lab` binary run with a run directory of its own and
+//! its output read, one QMP client, named timeouts, a wait for a
+//! condition instead of a sleep, and checks that a lab left nothing
+//! behind.
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
@@ -10,6 +13,91 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vni-lab");
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// How long the tests wait, by what for (generous: the machine is
+/// shared and guests run under TCG).
+pub mod timeouts {
+    use std::time::Duration;
+
+    /// A lab's processes to be gone once it was torn down or killed.
+    pub const PROCESSES_GONE: Duration = Duration::from_secs(10);
+    /// Every slot back in the pool once traffic stopped.
+    pub const POOL_WHOLE: Duration = Duration::from_secs(10);
+    /// A node's carrier to follow its peers' drivers.
+    pub const CARRIER: Duration = Duration::from_secs(10);
+    /// A node back in the lab (re-attached after being declared dead,
+    /// restarted) until `vni-lab test` passes on it.
+    pub const REJOIN: Duration = Duration::from_secs(60);
+    /// A doorbell to arrive in a guest.
+    pub const DOORBELL: Duration = Duration::from_secs(30);
+    /// A QEMU's QMP socket to accept, or a QEMU to start.
+    pub const QEMU_START: Duration = Duration::from_secs(30);
+    /// `up` to exit after Ctrl-C or a failure.
+    pub const UP_EXIT: Duration = Duration::from_secs(60);
+    /// Frames crossing the VNI again after a rogue stopped (each try is a
+    /// `vni-lab exec` of a ping, seconds under load: a CI run took 19.8 s
+    /// of them).
+    pub const AFTER_ROGUE: Duration = Duration::from_secs(40);
+    /// A guest command of the kit's own (dmesg for the kept files).
+    pub const KEPT_COMMAND: &str = "20s";
+}
+
+/// Polls `probe` every `every` until it gives a value, or panics after
+/// `within` with what it last said: the wait for a condition the tests
+/// use instead of a sleep.
+pub fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
+/// Runs QMP `command` (with no arguments) on the QMP socket `socket`
+/// (waiting up to [`timeouts::QEMU_START`] for it to accept) and returns
+/// its `return` value; panics on an error reply.
+pub fn qmp(socket: &Path, command: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = wait_for(
+        "QMP socket",
+        timeouts::QEMU_START,
+        Duration::from_millis(50),
+        || {
+            std::os::unix::net::UnixStream::connect(socket)
+                .map_err(|e| format!("{}: {e}", socket.display()))
+        },
+    );
+    stream.set_read_timeout(Some(timeouts::QEMU_START)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap(); // the greeting
+    let mut reply = serde_json::Value::Null;
+    for execute in ["qmp_capabilities", command] {
+        writeln!(writer, "{{\"execute\": \"{execute}\"}}").unwrap();
+        reply = loop {
+            line.clear();
+            assert_ne!(reader.read_line(&mut line).unwrap(), 0, "QMP closed");
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            // Events come in between; the reply has return or error.
+            if value.get("return").is_some() || value.get("error").is_some() {
+                break value;
+            }
+        };
+        assert!(reply.get("return").is_some(), "QMP {execute}: {reply}");
+    }
+    reply["return"].take()
+}
 
 pub fn topologies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies")
@@ -65,14 +153,14 @@ impl Run {
     /// naming it, no shared-memory file.
     pub fn assert_gone(&self, name: &str, shm: Option<&str>) {
         let lab_dir = self.dir.join(name);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !processes_naming(&lab_dir).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_eq!(
-            processes_naming(&lab_dir),
-            Vec::<u32>::new(),
-            "processes left"
+        wait_for(
+            "the lab's processes gone",
+            timeouts::PROCESSES_GONE,
+            Duration::from_millis(100),
+            || match processes_naming(&lab_dir) {
+                left if left.is_empty() => Ok(()),
+                left => Err(format!("processes left: {left:?}")),
+            },
         );
         assert!(!lab_dir.exists(), "{} left", lab_dir.display());
         if let Some(shm) = shm {
@@ -161,7 +249,7 @@ impl Run {
                         "--lab",
                         lab,
                         "--timeout",
-                        "20s",
+                        timeouts::KEPT_COMMAND,
                         node,
                         "--",
                         "sh",

@@ -5,9 +5,10 @@
 //! the plots are drawn, and nothing is left behind. Figures are not
 //! judged: this machine is shared, the full sweep is a benchmark.
 
-mod common;
+#[path = "../kit/mod.rs"]
+mod kit;
 
-use common::{text, topologies, Run};
+use kit::{text, topologies, Run};
 
 fn number(v: &serde_json::Value, path: &[&str]) -> f64 {
     let mut v = v;

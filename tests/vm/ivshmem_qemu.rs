@@ -2,8 +2,9 @@
 //! guest needed) realise an `ivshmem-doorbell` device on our socket, map our
 //! memory as BAR2, and come and go. tests/run installs qemu-system-x86.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+#[path = "../kit/mod.rs"]
+mod kit;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +12,6 @@ use std::time::{Duration, Instant};
 use vni_lab::ivshmem_server::IvshmemServer;
 
 const SHM_BYTES: u64 = 4 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Removes the test's directory however the test ends (declared before
 /// the QEMUs, so it is dropped after they are killed).
@@ -65,45 +65,9 @@ fn qemu(dir: &Path, name: &str, ivshmem: &Path) -> Qemu {
     Qemu { child, qmp }
 }
 
-/// Runs one QMP command and returns its "return" value.
-fn qmp(socket: &Path, command: &str) -> serde_json::Value {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let stream = loop {
-        match UnixStream::connect(socket) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("QMP {}: {e}", socket.display()),
-        }
-    };
-    stream.set_read_timeout(Some(CONNECT_TIMEOUT)).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap(); // greeting
-    for cmd in ["qmp_capabilities", command] {
-        writeln!(writer, "{{\"execute\": \"{cmd}\"}}").unwrap();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if let Some(ret) = v.get("return") {
-                if cmd == command {
-                    return ret.clone();
-                }
-                break;
-            }
-            assert!(v.get("error").is_none(), "{cmd}: {line}");
-        }
-    }
-    unreachable!()
-}
-
 /// BAR2 size of the ivshmem device (1af4:1110), from `query-pci`.
 fn ivshmem_bar2(qmp_socket: &Path) -> Option<u64> {
-    let buses = qmp(qmp_socket, "query-pci");
+    let buses = kit::qmp(qmp_socket, "query-pci");
     let devices = buses
         .as_array()?
         .iter()
@@ -145,10 +109,16 @@ async fn qemu_guests_join_leave_and_rejoin_through_our_server() {
     let server = IvshmemServer::start(&socket, shm, 2).unwrap();
 
     let mut q0 = qemu(&dir, "q0", &socket);
-    server.wait_for_peers(1, CONNECT_TIMEOUT).await.unwrap();
+    server
+        .wait_for_peers(1, kit::timeouts::QEMU_START)
+        .await
+        .unwrap();
     let mut q1 = qemu(&dir, "q1", &socket);
     assert_eq!(
-        server.wait_for_peers(2, CONNECT_TIMEOUT).await.unwrap(),
+        server
+            .wait_for_peers(2, kit::timeouts::QEMU_START)
+            .await
+            .unwrap(),
         vec![0, 1]
     );
 
@@ -164,7 +134,7 @@ async fn qemu_guests_join_leave_and_rejoin_through_our_server() {
     // One QEMU dies: the server notices and frees its id.
     q0.child.kill().unwrap();
     q0.child.wait().unwrap();
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let deadline = Instant::now() + kit::timeouts::QEMU_START;
     while server.peers() != vec![1] {
         assert!(
             Instant::now() < deadline,
@@ -179,7 +149,10 @@ async fn qemu_guests_join_leave_and_rejoin_through_our_server() {
     // (reusing id 0 would make QEMU 7.2 corrupt q1's heap).
     let mut q2 = qemu(&dir, "q2", &socket);
     assert_eq!(
-        server.wait_for_peers(2, CONNECT_TIMEOUT).await.unwrap(),
+        server
+            .wait_for_peers(2, kit::timeouts::QEMU_START)
+            .await
+            .unwrap(),
         vec![1, 2]
     );
     // A QMP round trip to q1 after q2 joined: q1 has run its event loop

@@ -8,7 +8,8 @@
 //! runs; about 45 s). The tests boot guests one test at a time: two cores
 //! under TCG are slow enough with one lab.
 
-mod common;
+#[path = "../kit/mod.rs"]
+mod kit;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{processes_naming, text, topologies, Run};
+use kit::{processes_naming, text, timeouts, topologies, wait_for, Run};
 
 /// `Cpus_allowed_list` of QEMU `pid`'s first vCPU thread ("CPU 0/TCG" or
 /// "CPU 0/KVM", named with -name debug-threads=on).
@@ -173,23 +174,24 @@ fn a_detached_lab_answers_commands_and_down_leaves_nothing() {
         ]);
         assert_eq!(out.status.code(), Some(0));
         let read = || text(&run.run(&["exec", to, "--", "cat", "/tmp/doorbell"]).stdout);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !read().contains("armed") {
-            assert!(Instant::now() < deadline, "{to}: wait never armed");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let said = |what: &'static str| {
+            move || {
+                let now = read();
+                now.contains(what).then_some(()).ok_or(now)
+            }
+        };
+        let poll = Duration::from_millis(200);
+        wait_for(
+            &format!("{to}'s wait armed"),
+            timeouts::DOORBELL,
+            poll,
+            said("armed"),
+        );
         let position = peer["position"].to_string();
         let out = run.run(&["exec", from, "--", "vni-driver", "ring", &position]);
         assert_eq!(out.status.code(), Some(0));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !read().contains("doorbell 1") {
-            assert!(
-                Instant::now() < deadline,
-                "{to}: no doorbell from {from}: {}",
-                read()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let what = format!("{to} gets a doorbell from {from}");
+        wait_for(&what, timeouts::DOORBELL, poll, said("doorbell 1"));
     }
 
     let out = run.run(&["console", "node0"]);
@@ -297,7 +299,7 @@ fn ctrl_c_tears_a_foreground_lab_down_and_so_does_killing_up() {
     let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();
     // SAFETY: kill has no memory effects; `up` is our unreaped child.
     unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
-    assert_eq!(wait_exit(&mut up, Duration::from_secs(30)), Some(0));
+    assert_eq!(wait_exit(&mut up, timeouts::UP_EXIT), Some(0));
     run.assert_gone("two-node", Some(&shm));
 
     // `up` killed outright: its supervisor notices and tears down alone.
@@ -321,11 +323,15 @@ fn a_killed_supervisor_leaves_a_leftover_that_up_and_down_clean() {
 
     // Its QEMUs die with it (PR_SET_PDEATHSIG); the files stay behind.
     let lab_dir = run.dir.join("two-node");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_naming(&lab_dir).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(processes_naming(&lab_dir), Vec::<u32>::new());
+    wait_for(
+        "the QEMUs die with their supervisor",
+        timeouts::PROCESSES_GONE,
+        Duration::from_millis(100),
+        || match processes_naming(&lab_dir) {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("{left:?}")),
+        },
+    );
     assert_eq!(run.status()[0]["state"], "leftover");
     let out = run.run(&["exec", "node0", "--", "true"]);
     assert_eq!(out.status.code(), Some(125));
@@ -345,7 +351,15 @@ fn a_killed_supervisor_leaves_a_leftover_that_up_and_down_clean() {
     let supervisor = run.status()[0]["supervisor_pid"].as_i64().unwrap() as i32;
     // SAFETY: as above.
     unsafe { libc::kill(supervisor, libc::SIGKILL) };
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for(
+        "the supervisor dies",
+        timeouts::PROCESSES_GONE,
+        Duration::from_millis(50),
+        || match run.status()[0]["state"].as_str() {
+            Some("leftover") => Ok(()),
+            other => Err(format!("state {other:?}")),
+        },
+    );
     let out = run.run(&["down"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("left over"));
@@ -571,4 +585,123 @@ fn a_kernel_of_ones_own_boots_with_its_modules() {
     let out = run.run(&["down"]);
     assert_eq!(out.status.code(), Some(0));
     run.assert_gone("byo", Some(&shm));
+}
+
+#[test]
+fn an_unpacked_debian_kernel_package_boots_with_its_config_checked() {
+    // Kernel CI's other case: a distribution's kernel package, unpacked
+    // (`dpkg-deb -x`): boot/vmlinuz-R, boot/config-R and the whole
+    // lib/modules/R, hundreds of MiB, of which the guests get only what
+    // they load.
+    let run = Run::new("deb-kernel");
+    std::fs::create_dir_all(&run.dir).unwrap();
+    let out = run.run(&["image", "build", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0));
+    let image = PathBuf::from(text(&out.stdout).split(" (").next().unwrap().trim());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(image.join("manifest.json")).unwrap())
+            .unwrap();
+    let package = manifest["kernel_package"].as_str().unwrap();
+    let release = manifest["kernel_release"].as_str().unwrap();
+    let debs = run.dir.join("debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    let got = Command::new("apt-get")
+        .args(["download", "-q", package])
+        .current_dir(&debs)
+        .status()
+        .unwrap();
+    assert!(got.success(), "apt-get download {package}");
+    let unpacked = run.dir.join("pkg");
+    for deb in std::fs::read_dir(&debs).unwrap() {
+        let deb = deb.unwrap().path();
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&unpacked)
+            .status()
+            .unwrap();
+        assert!(status.success(), "dpkg-deb -x {}", deb.display());
+    }
+    let kernel = unpacked.join(format!("boot/vmlinuz-{release}"));
+    let lab = topologies().join("two-node.yaml");
+    let up = || {
+        run.run(&[
+            "up",
+            "--detach",
+            "--quiet",
+            "--name",
+            "deb",
+            lab.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--modules",
+            unpacked.to_str().unwrap(),
+        ])
+    };
+    // A package carries no modules.dep (depmod makes it at install):
+    // refused, with the command that makes it.
+    let out = up();
+    let said = text(&out.stderr);
+    let depmod = format!("depmod -b {} {release}", unpacked.display());
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains(&depmod), "{said}");
+    run.assert_gone("deb", None);
+    let status = Command::new("depmod")
+        .args(["-b", unpacked.to_str().unwrap(), release])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = up();
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("kernel {release}: checked against"))
+            && said.contains(&format!("boot/config-{release}")),
+        "the package's config was read: {said}"
+    );
+    let out = run.run(&["exec", "node0", "--", "uname", "-r"]);
+    assert_eq!(text(&out.stdout).trim(), release);
+    let out = run.run(&[
+        "exec",
+        "node0",
+        "--",
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "10.10.0.2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the VNI with the package's modules"
+    );
+    // The guests got the modules they load, not the package's whole tree.
+    let whole: u64 = Command::new("du")
+        .args(["-sb"])
+        .arg(unpacked.join("lib/modules"))
+        .output()
+        .map(|o| {
+            text(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .unwrap();
+    let initrd = std::fs::metadata(run.dir.join("deb/initrd")).unwrap().len();
+    let base = std::fs::metadata(image.join("initrd.gz")).unwrap().len();
+    eprintln!(
+        "modules in the package: {whole} bytes; initrd {initrd} bytes over the image's {base}"
+    );
+    assert!(
+        initrd < base + (64 << 20) && whole > 64 << 20,
+        "initrd {initrd} bytes, image {base}, package modules {whole}"
+    );
+    let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();
+    let out = run.run(&["down"]);
+    assert_eq!(out.status.code(), Some(0));
+    run.assert_gone("deb", Some(&shm));
 }

@@ -4,12 +4,10 @@
 //! JSON and the JUnit XML, never pass and never hang. (The passing run of
 //! `vni-lab test topologies/two-node.yaml` is in tests/run.)
 
-mod common;
+#[path = "../kit/mod.rs"]
+mod kit;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-
-use common::{case, details_contain, Run};
+use kit::{case, details_contain, Run};
 
 const LAB: &str = "name: broken\nnodes:\n  - {name: node0, ip: 10.20.0.1/24}\n  - {name: node1, ip: 10.20.0.2/24}\n";
 
@@ -69,22 +67,7 @@ fn kunit_reads(ktap: &std::path::Path) {
 
 /// Sends `command` to the node's QMP socket.
 fn qmp(run: &Run, lab: &str, node: &str, command: &str) {
-    let stream = UnixStream::connect(run.dir.join(lab).join(format!("{node}.qmp"))).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap(); // greeting
-    for execute in ["qmp_capabilities", command] {
-        writeln!(writer, "{{\"execute\": \"{execute}\"}}").unwrap();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line.contains("\"return\"") || line.contains("\"error\"") {
-                break;
-            }
-        }
-        assert!(line.contains("\"return\""), "QMP {execute}: {line}");
-    }
+    kit::qmp(&run.dir.join(lab).join(format!("{node}.qmp")), command);
 }
 
 #[test]
@@ -128,7 +111,7 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
         artifacts.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let stdout = common::text(&out.stdout);
+    let stdout = kit::text(&out.stdout);
     let written = std::fs::read_to_string(artifacts.join("results.ktap")).unwrap();
     assert!(stdout.starts_with("KTAP version 1\n"), "{stdout}");
     assert_eq!(stdout, written);
@@ -136,7 +119,7 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
         stdout.contains("not ok") && !stdout.contains("vni-lab test broken:"),
         "{stdout}"
     );
-    let stderr = common::text(&out.stderr);
+    let stderr = kit::text(&out.stderr);
     assert!(stderr.contains("vni-lab test broken: "), "{stderr}");
     assert!(stderr.contains(mtu), "the failed row on stderr: {stderr}");
     run.exec_ok("node1", &["ip", "link", "set", "vni0", "mtu", "1500"]);
@@ -164,18 +147,15 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
     // Resumed after its peer declared it dead (the pause outlasted the
     // region's lease), node1's driver attaches again and the lab works.
     qmp(&run, "broken", "node1", "cont");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (code, results, _) = run.test(&file, &["--checks", "unicast,region"]);
-        if code == Some(0) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node1 never rejoined: {results:#}"
-        );
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    }
+    kit::wait_for(
+        "node1 rejoins",
+        kit::timeouts::REJOIN,
+        std::time::Duration::from_secs(2),
+        || match run.test(&file, &["--checks", "unicast,region"]) {
+            (Some(0), _, _) => Ok(()),
+            (_, results, _) => Err(format!("{results:#}")),
+        },
+    );
     let log = run.exec_ok("node1", &["cat", "/run/vni-driver.log"]);
     assert!(
         log.contains("declared dead by its peers") && log.contains("attaching again"),

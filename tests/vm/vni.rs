@@ -5,11 +5,12 @@
 //! traffic stops. Frames, nc and iperf3 run through `vni-lab test`; the
 //! full two-node run of it is in tests/run.
 
-mod common;
+#[path = "../kit/mod.rs"]
+mod kit;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{case, topologies, Run};
+use kit::{case, topologies, Run};
 
 /// Pings `ip` from `node`: 5 pings, none lost.
 fn ping(run: &Run, node: &str, ip: &str) {
@@ -50,11 +51,15 @@ fn two_nodes_carry_ping_and_frames_and_lose_carrier_without_a_peer() {
         "1\n"
     );
     run.exec_ok(b.0, &["sh", "-c", "kill $(cat /run/vni-driver.pid)"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while run.exec_ok(a.0, &["cat", "/sys/class/net/vni0/carrier"]) != "0\n" {
-        assert!(Instant::now() < deadline, "node0 kept its carrier");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    kit::wait_for(
+        "node0 loses its carrier",
+        kit::timeouts::CARRIER,
+        Duration::from_millis(200),
+        || match run.exec_ok(a.0, &["cat", "/sys/class/net/vni0/carrier"]) {
+            c if c == "0\n" => Ok(()),
+            c => Err(c),
+        },
+    );
     let out = run.run(&["down"]);
     assert_eq!(out.status.code(), Some(0));
     run.assert_gone("two-node", lab["shm"].as_str());
@@ -126,7 +131,7 @@ fn four_nodes_talk_all_pairs_at_once() {
         .collect();
     for (i, handle) in handles.into_iter().enumerate() {
         let out = handle.join().unwrap();
-        let text = common::text(&out.stdout);
+        let text = kit::text(&out.stdout);
         eprintln!("node{i}:\n{text}");
         assert_eq!(out.status.code(), Some(0), "node{i}: a ping failed");
         assert_eq!(text.matches(" 0% packet loss").count(), 3, "node{i}");
