@@ -13,17 +13,22 @@
 //!
 //! Where the binaries come from, first match wins:
 //! 1. `$VNI_LAB_GUEST_BIN`, a directory holding them;
-//! 2. the source checkout vni-lab was built from, if it is still there:
+//! 2. an installed vni-lab's own (`vni-lab install`): `PREFIX/bin/vni-lab`
+//!    takes them from `PREFIX/share/vni-lab/guest/` ([`installed`]);
+//! 3. the source checkout vni-lab was built from, if it is still there:
 //!    `cargo build` (static: `+crt-static`, its own target directory so the
 //!    host build is not disturbed), which is a no-op when nothing changed;
-//! 3. the directory of the `vni-lab` executable.
+//! 4. the directory of the `vni-lab` executable.
+//!
+//! The kernel module's source comes from the installed copy or the
+//! checkout the same way ([`module_source`]).
 
 use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The guest binaries, installed in `/usr/local/bin` of every guest.
-pub const BINARIES: &[&str] = &["vni-driver", "vni-frames"];
+pub const BINARIES: &[&str] = &["vni-driver", "vni-frames", "vni-shell"];
 /// The Rust target of the guests.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Where the binaries land in the guest.
@@ -68,6 +73,37 @@ pub fn source_root() -> Option<PathBuf> {
         .then_some(root)
 }
 
+/// Where an installed vni-lab keeps its files, beside its executable:
+/// `PREFIX/share/vni-lab` for `PREFIX/bin/vni-lab`.
+pub fn installed() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let share = exe.parent()?.parent()?.join("share").join("vni-lab");
+    share.join(INSTALLED_MARK).is_file().then_some(share)
+}
+
+/// The file `vni-lab install` writes last into `share/vni-lab`: an
+/// installation is complete once it is there.
+pub const INSTALLED_MARK: &str = "installed";
+/// Under `share/vni-lab`: the guest binaries.
+pub const INSTALLED_GUEST: &str = "guest";
+/// Under `share/vni-lab`: the kernel module's source, laid out as in the
+/// checkout.
+pub const INSTALLED_SOURCE: &str = "src";
+
+/// The root the kernel module's source is under (as in the checkout):
+/// an installed vni-lab's copy, else the checkout.
+pub fn module_source() -> Option<PathBuf> {
+    installed()
+        .map(|share| share.join(INSTALLED_SOURCE))
+        .or_else(source_root)
+}
+
+/// Builds the guest binaries from the checkout vni-lab was built from
+/// (for `vni-lab install`).
+pub fn build_from_checkout() -> Result<PathBuf, GuestBinError> {
+    build(&source_root().ok_or(GuestBinError::NotFound)?)
+}
+
 fn has_all(dir: &Path) -> bool {
     BINARIES.iter().all(|b| dir.join(b).is_file())
 }
@@ -82,6 +118,12 @@ pub fn locate(step: &mut dyn FnMut(&str)) -> Result<PathBuf, GuestBinError> {
         } else {
             Err(GuestBinError::NotFound)
         };
+    }
+    if let Some(dir) = installed()
+        .map(|share| share.join(INSTALLED_GUEST))
+        .filter(|dir| has_all(dir))
+    {
+        return Ok(dir);
     }
     if let Some(root) = source_root() {
         step("building the guest driver (cargo; quick when unchanged)");

@@ -31,9 +31,9 @@ use crate::image::{self, Manifest, Scratch};
 /// The build root's recipe.
 const KERNEL_TREE: &str = include_str!("../../images/kernel-tree");
 /// Where the module's source is, relative to the checkout.
-const MODULE_DIR: &str = "guest-driver/kernel";
+pub const MODULE_DIR: &str = "guest-driver/kernel";
 /// The protocol core it includes by path.
-const CORE_DIR: &str = "guest-driver/core/src";
+pub const CORE_DIR: &str = "guest-driver/core/src";
 
 /// Errors of the module build.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub enum KmodError {
     )]
     NeedsRoot,
     /// The module's source is not there.
-    #[error("The VNI kernel module's source ({MODULE_DIR}) was not found: run vni-lab from its source checkout")]
+    #[error("The VNI kernel module's source ({MODULE_DIR}) was not found: run vni-lab from its source checkout, or install it with `vni-lab install`")]
     NoSource,
     /// The image has no kernel version (built by an older vni-lab).
     #[error("The guest image of {0} does not say its kernel's version: rebuild it with `vni-lab image build --suite trixie-backports --force`")]

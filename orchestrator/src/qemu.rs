@@ -40,6 +40,9 @@ pub struct NodePaths {
     pub console: PathBuf,
     /// QEMU's own stdout and stderr.
     pub qemu_log: PathBuf,
+    /// The shell ports' sockets (QEMU listens; `vni-lab shell` connects),
+    /// [`vni_shell::PORTS`] of them.
+    pub shells: Vec<PathBuf>,
 }
 
 impl NodePaths {
@@ -50,6 +53,9 @@ impl NodePaths {
             agent: dir.join(format!("{name}.qga")),
             console: dir.join(format!("{name}.console")),
             qemu_log: dir.join(format!("{name}.qemu.log")),
+            shells: (0..vni_shell::PORTS)
+                .map(|i| dir.join(format!("{name}.shell{i}")))
+                .collect(),
         }
     }
 }
@@ -163,6 +169,21 @@ pub fn args(spec: &NodeSpec<'_>) -> Vec<OsString> {
         "-device",
         &format!("virtserialport,chardev=agent,name={AGENT_PORT}"),
     ]);
+    // The shell ports, on the same virtio-serial bus (`vni-lab shell`).
+    for (i, socket) in spec.paths.shells.iter().enumerate() {
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=shell{i},path={},server=on,wait=off",
+                path(socket)
+            ),
+            "-device",
+            &format!(
+                "virtserialport,chardev=shell{i},name={}{i}",
+                vni_shell::PORT_PREFIX
+            ),
+        ]);
+    }
     push(&[
         "-chardev",
         &format!("socket,id=ivshmem,path={}", path(spec.ivshmem)),
@@ -414,6 +435,8 @@ mod tests {
             "socket,id=qmp,path=/run/lab/a.qmp,server=on,wait=off",
             "socket,id=agent,path=/run/lab/a.qga,server=on,wait=off",
             "name=org.qemu.guest_agent.0",
+            "socket,id=shell0,path=/run/lab/a.shell0,server=on,wait=off",
+            "virtserialport,chardev=shell3,name=org.vni-lab.shell.3",
             "socket,id=ivshmem,path=/run/lab/ivshmem.sock",
             &format!("ivshmem-doorbell,chardev=ivshmem,vectors={VECTORS}"),
         ] {

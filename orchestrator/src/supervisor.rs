@@ -673,8 +673,11 @@ async fn setup_network(
     // once to a receiver that TCG runs slowly (iperf3's UDP test asks for
     // 2 MiB at both ends, and checks it got them, see `suite::checks`).
     // (Written to /proc: not every image has sysctl.)
+    // And the relay of the node's shell ports (`vni-lab shell`), which
+    // needs no network, first.
     let script = format!(
-        "echo {SOCKET_BUFFER_MAX} > /proc/sys/net/core/rmem_max; echo {SOCKET_BUFFER_MAX} > /proc/sys/net/core/wmem_max; {script}"
+        "setsid vni-shell serve > /run/vni-shell.log 2>&1 < /dev/null & \
+         echo {SOCKET_BUFFER_MAX} > /proc/sys/net/core/rmem_max; echo {SOCKET_BUFFER_MAX} > /proc/sys/net/core/wmem_max; {script}"
     );
     let out = agent
         .exec("/bin/sh", &["-c", &script], timeout)

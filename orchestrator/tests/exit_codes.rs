@@ -47,6 +47,7 @@ fn each_command_exits_as_documented() {
         (&["console", "node0"], 2, true),
         (&["fault", "node0", "kill"], 2, true),
         (&["exec", "node0", "--", "true"], 125, true),
+        (&["shell", "node0"], 2, true),
         // Printing.
         (&["kconfig", "--driver", "kernel"], 0, false),
         (&["schema"], 0, false),

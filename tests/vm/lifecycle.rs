@@ -705,3 +705,92 @@ fn an_unpacked_debian_kernel_package_boots_with_its_config_checked() {
     assert_eq!(out.status.code(), Some(0));
     run.assert_gone("deb", Some(&shm));
 }
+
+#[test]
+fn an_installed_vni_lab_runs_a_lab_from_another_directory() {
+    // `vni-lab install` into a root of the test's own; the installed
+    // binary, run from elsewhere, takes its guest binaries from there, not
+    // from the checkout.
+    let run = Run::new("install");
+    let root = run.dir.join("root");
+    let out = run.run(&["install", "--quiet", "--root", root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let installed = root.join("bin/vni-lab");
+    for file in [
+        "bin/vni-lab",
+        "share/vni-lab/installed",
+        "share/vni-lab/guest/vni-driver",
+        "share/vni-lab/guest/vni-frames",
+        "share/vni-lab/guest/vni-shell",
+        "share/vni-lab/src/guest-driver/kernel/Kbuild",
+        "share/vni-lab/src/guest-driver/core/src/lib.rs",
+        "share/man/man1/vni-lab.1",
+        "share/bash-completion/completions/vni-lab",
+        "share/zsh/site-functions/_vni-lab",
+        "share/fish/vendor_completions.d/vni-lab.fish",
+    ] {
+        assert!(root.join(file).is_file(), "{file} not installed");
+    }
+    // Nothing written outside the root (the run directory holds only it).
+    let entries: Vec<_> = std::fs::read_dir(&run.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, ["root"]);
+
+    let elsewhere = run.dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(
+        topologies().join("two-node.yaml"),
+        elsewhere.join("lab.yaml"),
+    )
+    .unwrap();
+    let installed_run = |args: &[&str]| {
+        let out = Command::new(&installed)
+            .args(args)
+            .current_dir(&elsewhere)
+            .env("VNI_LAB_RUN_DIR", &run.dir)
+            .env_remove("CARGO")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ {} {} -> {:?}\n{}{}",
+            installed.display(),
+            args.join(" "),
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    };
+    let out = installed_run(&["up", "--detach", "lab.yaml"]);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        !said.contains("building the guest driver"),
+        "the installed binary built from the checkout: {said}"
+    );
+    let out = installed_run(&[
+        "exec",
+        "node0",
+        "--",
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "10.10.0.2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the VNI from the installed binaries"
+    );
+    let shm = run.status()[0]["shm"].as_str().unwrap().to_owned();
+    let out = installed_run(&["down"]);
+    assert_eq!(out.status.code(), Some(0));
+    run.assert_gone("two-node", Some(&shm));
+    let out = installed_run(&["--version"]);
+    assert!(text(&out.stdout).contains("commit"));
+}

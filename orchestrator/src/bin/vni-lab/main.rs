@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod control;
 mod fault;
+mod install;
 mod progress;
+mod shell;
 mod soak;
 mod test;
 mod up;
@@ -181,6 +183,22 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         watch: Option<std::time::Duration>,
     },
+    /// Opens an interactive shell on a node.
+    ///
+    /// Opens an interactive login shell (bash, as root) on a node, with
+    /// this terminal: its window size is passed on, Ctrl-] leaves (the
+    /// shell is hung up), `exit` ends it. Up to 4 shells per node at once;
+    /// they do not use the guest agent, so they work while `vni-lab test`
+    /// runs. Exits with the shell's status (0 when left with Ctrl-]), 1
+    /// when the node went away, 2 when no shell could be had (no such lab
+    /// or node, no terminal, every port in use).
+    Shell {
+        /// The lab (default: the only one up).
+        #[arg(long)]
+        lab: Option<String>,
+        /// The node.
+        node: String,
+    },
     /// Prints a node's serial console log.
     Console {
         /// The lab (default: the only one up).
@@ -245,6 +263,22 @@ enum Command {
     /// `vni-lab man > /usr/local/share/man/man1/vni-lab.1`, or `vni-lab
     /// man | man -l -`.
     Man,
+    /// Installs vni-lab to run without its source checkout.
+    ///
+    /// Installs vni-lab (this executable), its static guest binaries and
+    /// the kernel module's source (under ROOT/share/vni-lab), its man page
+    /// and its bash, zsh and fish completions under a prefix, so that
+    /// ROOT/bin/vni-lab runs from any directory once the checkout is gone:
+    /// `cargo run --release -p vni-lab -- install`. Runs from the source
+    /// checkout. Exits 0 once installed, 2 on an error.
+    Install {
+        /// The prefix (default: /usr/local as root, ~/.local otherwise).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Guest images.
     Image {
         #[command(subcommand)]
@@ -336,6 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
         } => control::exec(lab.as_deref(), &node, &command, timeout, interactive),
         Command::Inspect { lab, json, watch } => control::inspect(lab.as_deref(), json, watch),
+        Command::Shell { lab, node } => shell::shell(lab.as_deref(), &node),
         Command::Console { lab, node, follow } => control::console(lab.as_deref(), &node, follow),
         Command::Supervise { dir, tied } => up::supervise(&dir, tied),
         Command::Validate { file, json } => match Topology::load(&file) {
@@ -363,6 +398,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut cli, "vni-lab", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Install { root, quiet } => install::install(
+            &root.unwrap_or_else(install::default_root),
+            <Cli as clap::CommandFactory>::command(),
+            quiet,
+        ),
         Command::Man => {
             let cli = <Cli as clap::CommandFactory>::command();
             let mut out = std::io::stdout().lock();

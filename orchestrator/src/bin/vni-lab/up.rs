@@ -197,7 +197,7 @@ fn kernel_module(manifest: &image::Manifest, progress: &mut Progress) -> anyhow:
     let mut step = |s: &str| progress.step(&format!("kernel module: {s}"));
     let tree = kmod::ensure_tree(manifest, &cache, &mut step)
         .context("cannot prepare the kernel tree for the VNI kernel module")?;
-    let checkout = vni_lab::guest_bin::source_root().ok_or(kmod::KmodError::NoSource)?;
+    let checkout = vni_lab::guest_bin::module_source().ok_or(kmod::KmodError::NoSource)?;
     kmod::ensure_module(&tree, &checkout, &cache, &mut step)
         .context("cannot build the VNI kernel module")
 }
