@@ -235,6 +235,17 @@ impl PoolState {
         let mut skipped = pool.push_free(me, lists.to_free.as_slice())?;
         lists.to_free.clear();
         let mut report = FlushReport::default();
+        // Between the phases below, a node whose guest stood still for a
+        // lease may find it was declared dead and its turn taken: the
+        // recoverer may have rebuilt the pool meanwhile, so it writes
+        // nothing more (its release then says Fenced). Under TCG on a
+        // loaded host a vCPU can stand still for seconds anywhere, here
+        // too; checking between phases narrows that window to one phase.
+        let generation = sh.generation;
+        let fenced = |nodes: &NodeTable<'_>| nodes.generation(me) != generation;
+        if fenced(&nodes) {
+            return Ok(report);
+        }
         // First read and validate every destination's queue, so that a
         // violation is found before anything changes. Per destination:
         // (head, tail as found, tail after our entries); `None` for a node
@@ -274,6 +285,9 @@ impl PoolState {
                 .get(frame.start..end)
                 .unwrap_or(&[]);
             let dest_bit = bit(frame.dest);
+            if fenced(&nodes) {
+                return Ok(report);
+            }
             match tails.get_mut(frame.dest) {
                 Some(Some((head, _, tail)))
                     if full & dest_bit == 0
@@ -310,6 +324,9 @@ impl PoolState {
         }
         lists.staged.truncate(kept);
         lists.staged_slots.truncate(kept_slots);
+        if fenced(&nodes) {
+            return Ok(report);
+        }
         for (dest, indices) in tails.iter().enumerate() {
             if let Some((_, found, tail)) = *indices {
                 if tail != found {
@@ -320,7 +337,9 @@ impl PoolState {
         }
         report.deferred = kept;
         let target = want.min(HELD_SLOTS.saturating_sub(lists.staged_slots.len()));
-        let refill = if lists.cache.len() < target {
+        let refill = if fenced(&nodes) {
+            Ok(())
+        } else if lists.cache.len() < target {
             pool.pop_free(
                 me,
                 target.saturating_sub(lists.cache.len()),
@@ -439,6 +458,11 @@ impl PoolState {
             && lists.segments.room() >= max_chain
             && lists.to_free.room() >= max_chain
         {
+            // Declared dead meanwhile (see `flush_locked`): the queue is
+            // another's to repair now; write nothing more.
+            if sh.nodes().generation(me) != sh.generation {
+                return Ok(());
+            }
             let pool = sh.pool();
             let first = pool.entry(me, head.wrapping_add(taken));
             taken = taken.saturating_add(1);
