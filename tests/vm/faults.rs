@@ -17,6 +17,9 @@ use kit::{processes_naming, text, timeouts, wait_for, Run};
 /// How long iperf3 runs before a fault strikes (its connection set up,
 /// its rate steady).
 const TRAFFIC_BEFORE_FAULT: Duration = Duration::from_secs(3);
+/// How far into its boot a node is killed (its boot takes several
+/// seconds under TCG).
+const INTO_THE_BOOT: Duration = Duration::from_secs(1);
 /// A pause that outlasts the region's lease (1 s): the peers declare the
 /// paused node dead.
 const PAST_THE_LEASE: Duration = Duration::from_secs(3);
@@ -458,17 +461,10 @@ fn the_orchestrator_fails_clearly_and_leaks_nothing() {
                 .ok_or_else(|| "no pid in state.json".to_owned())
         },
     );
-    // Killed once it boots: its console has begun.
-    let console = run.dir.join("dying/node1.console");
-    wait_for(
-        "node1's console begins",
-        timeouts::QEMU_START,
-        Duration::from_millis(100),
-        || match std::fs::metadata(&console) {
-            Ok(m) if m.len() > 0 => Ok(()),
-            _ => Err(format!("{} empty", console.display())),
-        },
-    );
+    // Killed while it boots. A time, not a signal: the console says
+    // nothing until the guest agent starts (loglevel=5), which is too
+    // late (a CI run saw `up` reach the driver's start first).
+    std::thread::sleep(INTO_THE_BOOT);
     // SAFETY: kill has no memory effects; `pid` is node1's QEMU, which
     // names this test's run directory.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
