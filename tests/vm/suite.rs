@@ -116,7 +116,7 @@ fn broken_setups_and_a_hung_guest_fail_with_their_reason() {
     assert!(stdout.starts_with("KTAP version 1\n"), "{stdout}");
     assert_eq!(stdout, written);
     assert!(
-        stdout.contains("not ok") && !stdout.contains("vni-lab test broken:"),
+        stdout.contains("not ok") && !stdout.contains("results and logs in"),
         "{stdout}"
     );
     let stderr = kit::text(&out.stderr);
