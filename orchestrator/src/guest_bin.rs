@@ -307,10 +307,7 @@ fn module_trees(root: &Path, out: &mut Vec<Entry>) -> Result<(), GuestBinError> 
 /// The files (paths relative to the release folder, in `modules.dep`'s
 /// order) of the modules named in `wanted` and of all they depend on.
 fn module_closure(dep: &str, wanted: &std::collections::BTreeSet<String>) -> Vec<String> {
-    let name = |path: &str| {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        file.split(".ko").next().unwrap_or(file).replace('-', "_")
-    };
+    let name = crate::kconfig::module_name;
     let lines: Vec<(&str, Vec<&str>)> = dep
         .lines()
         .filter_map(|l| l.split_once(':'))

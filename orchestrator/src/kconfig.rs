@@ -154,6 +154,14 @@ pub fn missing<'a>(config: &str, requirements: &'a [Requirement]) -> Vec<&'a Req
         .collect()
 }
 
+/// A module's name from its file's path in a modules directory
+/// (`kernel/drivers/vfio/pci/vfio-pci.ko.xz` is `vfio_pci`: `-` and `_`
+/// are one to modprobe).
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
 /// What a kernel's modules directory (`lib/modules/RELEASE`) says about
 /// its options: the modules built in (`modules.builtin`) and those built
 /// as modules (`modules.dep`), by name with `-` read as `_`.
@@ -166,16 +174,12 @@ pub struct ModuleList {
 impl ModuleList {
     /// From the text of `modules.builtin` and `modules.dep`.
     pub fn parse(builtin: &str, dep: &str) -> Self {
-        let name = |path: &str| {
-            let file = path.rsplit('/').next().unwrap_or(path);
-            file.split(".ko").next().unwrap_or(file).replace('-', "_")
-        };
         let names = |text: &str, field: fn(&str) -> &str| {
             text.lines()
                 .map(field)
                 .map(str::trim)
                 .filter(|p| p.contains(".ko"))
-                .map(name)
+                .map(module_name)
                 .collect()
         };
         ModuleList {

@@ -101,6 +101,13 @@ pub fn encode(control: &Control, out: &mut Vec<u8>) {
     }
 }
 
+/// Writes `control` to `out` in one write.
+pub fn send(out: &mut impl std::io::Write, control: &Control) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    encode(control, &mut bytes);
+    out.write_all(&bytes)
+}
+
 /// Splits a stream into terminal bytes and control messages, across reads.
 #[derive(Debug, Default)]
 pub struct Decoder {

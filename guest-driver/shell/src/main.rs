@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vni_shell::{encode, encode_data, Control, Decoder, PORT_PREFIX};
+use vni_shell::{encode_data, send, Control, Decoder, PORT_PREFIX};
 
 /// How long an idle port waits before looking again while no host is
 /// connected (the port reports a hang-up until one is).
@@ -117,12 +117,6 @@ fn serve(port: &PathBuf) -> io::Result<()> {
             }
         }
     }
-}
-
-fn send(port: &mut File, control: &Control) -> io::Result<()> {
-    let mut out = Vec::new();
-    encode(control, &mut out);
-    port.write_all(&out)
 }
 
 fn set_size(fd: RawFd, rows: u16, cols: u16) {

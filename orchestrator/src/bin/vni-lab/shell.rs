@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use vni_shell::{encode, encode_data, Control, Decoder, PORTS};
+use vni_shell::{encode, encode_data, send, Control, Decoder, PORTS};
 
 /// Ctrl-]: leaves the shell (as telnet's escape).
 const LEAVE: u8 = 0x1d;
@@ -65,12 +65,6 @@ fn window_size(fd: i32) -> (u16, u16) {
     } else {
         (size.ws_row, size.ws_col)
     }
-}
-
-fn send(stream: &mut UnixStream, control: &Control) -> std::io::Result<()> {
-    let mut out = Vec::new();
-    encode(control, &mut out);
-    stream.write_all(&out)
 }
 
 /// A free shell port of `node`: its lock (held while connected) and its
