@@ -211,6 +211,14 @@ impl Vni {
             }
             s.last_tick = now;
             let mut result = ep.tick();
+            if let Some((node, silent)) = ep.silence_to_say() {
+                pr_info!(
+                    "node {}'s heartbeat stood still for {} ms (lease {} ms)\n",
+                    node,
+                    silent.as_millis(),
+                    ep.lease().as_millis()
+                );
+            }
             let recoveries = ep.counters().recoveries;
             if recoveries != s.recoveries {
                 pr_info!(

@@ -534,14 +534,16 @@ async fn start(
 ) -> Result<(), SupervisorError> {
     let (plan, topology) = load_plan(lab)?;
 
+    let geometry = topology.vni.geometry_for(&plan.accel);
     emit(&Event::Step {
         message: format!(
-            "formatting {} MiB of shared memory",
-            topology.shared_memory >> 20
+            "formatting {} MiB of shared memory (lease {} ms)",
+            topology.shared_memory >> 20,
+            geometry.lease_ms
         ),
     });
     recorder.update(|s| s.shm = Some(plan.shm.clone()));
-    let shm = create_region(&plan.shm, &topology)?;
+    let shm = create_region(&plan.shm, &topology, &geometry)?;
     let socket = lab.ivshmem_socket();
     *server = Some(start_server(&socket, shm)?);
 
@@ -780,8 +782,12 @@ async fn wait_for_vni(
 }
 
 /// Creates the shared-memory file (0600, refusing an existing one) and
-/// formats the VNI region in it.
-fn create_region(path: &Path, topology: &Topology) -> Result<File, SupervisorError> {
+/// formats the VNI region in it with `geometry`.
+fn create_region(
+    path: &Path,
+    topology: &Topology,
+    geometry: &vni_protocol::Geometry,
+) -> Result<File, SupervisorError> {
     use std::os::unix::fs::OpenOptionsExt;
     // The name belongs to this lab directory, whose lock we hold: a file
     // there now is a dead lab's.
@@ -807,7 +813,7 @@ fn create_region(path: &Path, topology: &Topology) -> Result<File, SupervisorErr
         })?;
     let region = vni_protocol::Region::map_file(&file, 0, len, &path.display().to_string())
         .map_err(SupervisorError::MapRegion)?;
-    vni_protocol::format(&region, &topology.vni.geometry).map_err(SupervisorError::FormatRegion)?;
+    vni_protocol::format(&region, geometry).map_err(SupervisorError::FormatRegion)?;
     Ok(file)
 }
 
@@ -1483,7 +1489,9 @@ mod tests {
     #[test]
     fn the_region_error_says_why_it_cannot_be_created() {
         let path = missing_dir("region").join("shm");
-        let e = create_region(&path, &lab()).expect_err("no directory to create it in");
+        let lab = lab();
+        let e = create_region(&path, &lab, &lab.vni.geometry)
+            .expect_err("no directory to create it in");
         assert!(matches!(e, SupervisorError::CreateRegion { .. }), "{e:?}");
         let text = e.to_string();
         assert!(

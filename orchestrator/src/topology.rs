@@ -45,6 +45,19 @@ pub const DEFAULT_SHARED_MEMORY: u64 = 64 << 20;
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_millis(1);
 /// Longest busy-poll window.
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(100);
+/// Default lease (how long a node's heartbeat may stand still before its
+/// peers declare it dead) with KVM: the protocol's own default, as on
+/// Mint's hardware.
+pub const KVM_LEASE: Duration = Duration::from_millis(Geometry::DEFAULT_LEASE_MS as u64);
+/// Default lease under TCG. A TCG guest stands still whenever the host
+/// does not run its vCPU thread, and on a loaded two-core host that was
+/// seen to last over a second: with the 1 s lease, live nodes were
+/// declared dead while inside the region lock, and what they wrote when
+/// they ran again broke the pool (README, "Known problems").
+pub const TCG_LEASE: Duration = Duration::from_secs(3);
+/// The lease's bounds (the region header's).
+pub const LEASE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(600);
 /// Default boot timeout (TCG on a small host is slow).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default timeout of one command run in a guest.
@@ -89,6 +102,16 @@ pub enum DurationSpec {
     Seconds(u64),
     /// With a unit, e.g. `90s`, `2m`, `500ms`.
     Text(#[schemars(regex(pattern = DURATION_PATTERN))] String),
+}
+
+impl DurationSpec {
+    /// The duration it says, or why it says none.
+    pub fn to_duration(&self) -> Result<Duration, String> {
+        match self {
+            DurationSpec::Seconds(s) => Ok(Duration::from_secs(*s)),
+            DurationSpec::Text(t) => parse_duration(t),
+        }
+    }
 }
 
 /// Host CPUs: a list of CPU numbers, or a string like `0-3,6`.
@@ -254,6 +277,11 @@ pub struct RawVni {
     /// sleeps (`0` sleeps at once), e.g. `500us`, `2ms`; at most 100ms.
     /// Default 1ms for the user-space driver, 0 for the kernel driver.
     pub busy_poll: Option<DurationSpec>,
+    /// How long a node's heartbeat may stand still before its peers
+    /// declare it dead, fence it and take its buffers back, e.g. `1s`,
+    /// `500ms`; 10ms to 600s. Default 1s with KVM, 3s under TCG (whose
+    /// guests stand still whenever the host does not run them).
+    pub lease: Option<DurationSpec>,
     /// Time the driver loop's phases; each driver prints where its time
     /// went (a `vni-driver: profile {...}` line in its log) when it stops.
     /// Default false.
@@ -438,9 +466,29 @@ pub struct Vni {
     pub busy_poll: Option<Duration>,
     /// Drivers time their loop's phases.
     pub profile: bool,
+    /// The lease as the lab file says (`None`: by accelerator, see
+    /// [`Vni::lease_for`]).
+    pub lease: Option<Duration>,
 }
 
 impl Vni {
+    /// The region's lease for guests run by `accel` (`kvm` or `tcg`): the
+    /// lab file's `vni.lease`, or [`KVM_LEASE`] / [`TCG_LEASE`].
+    pub fn lease_for(&self, accel: &str) -> Duration {
+        self.lease
+            .unwrap_or(if accel == "kvm" { KVM_LEASE } else { TCG_LEASE })
+    }
+
+    /// The geometry the region is formatted with for guests run by
+    /// `accel`: the lab's, with [`Vni::lease_for`].
+    pub fn geometry_for(&self, accel: &str) -> Geometry {
+        let lease_ms = self.lease_for(accel).as_millis();
+        Geometry {
+            lease_ms: u32::try_from(lease_ms).unwrap_or(u32::MAX),
+            ..self.geometry
+        }
+    }
+
     /// How long `driver` keeps polling after its last frame: the lab
     /// file's `vni.busy_poll`, or the driver's default. The user-space
     /// driver's is [`DEFAULT_BUSY_POLL`]: it saves a wake-up of the
@@ -717,14 +765,13 @@ impl Topology {
                         field: &str,
                         spec: &Option<DurationSpec>,
                         default: Duration| {
-            let d = match spec {
-                None => return default,
-                Some(DurationSpec::Seconds(s)) => Duration::from_secs(*s),
-                Some(DurationSpec::Text(t)) => parse_duration(t).unwrap_or_else(|e| {
-                    check.report(field, e);
-                    default
-                }),
+            let Some(spec) = spec else {
+                return default;
             };
+            let d = spec.to_duration().unwrap_or_else(|e| {
+                check.report(field, e);
+                default
+            });
             if d.is_zero() || d > Duration::from_secs(3600) {
                 check.report(field, format!("{d:?} is outside 1ms to 1h"));
             }
@@ -987,24 +1034,34 @@ impl Topology {
 
         let busy_poll = match &raw.vni.busy_poll {
             None => None,
-            Some(spec) => {
-                let d = match spec {
-                    DurationSpec::Seconds(s) => Ok(Duration::from_secs(*s)),
-                    DurationSpec::Text(t) => parse_duration(t),
-                };
-                match d {
-                    Ok(d) if d <= MAX_BUSY_POLL => Some(d),
-                    Ok(d) => {
-                        check.report("vni.busy_poll", format!("{d:?} is longer than 100ms"));
-                        None
-                    }
-                    Err(e) => {
-                        check.report("vni.busy_poll", e);
-                        None
-                    }
+            Some(spec) => match spec.to_duration() {
+                Ok(d) if d <= MAX_BUSY_POLL => Some(d),
+                Ok(d) => {
+                    check.report("vni.busy_poll", format!("{d:?} is longer than 100ms"));
+                    None
                 }
-            }
+                Err(e) => {
+                    check.report("vni.busy_poll", e);
+                    None
+                }
+            },
         };
+
+        let lease = raw
+            .vni
+            .lease
+            .as_ref()
+            .and_then(|spec| match spec.to_duration() {
+                Ok(d) if LEASE_RANGE.contains(&d) => Some(d),
+                Ok(d) => {
+                    check.report("vni.lease", format!("{d:?} is outside 10ms to 600s"));
+                    None
+                }
+                Err(e) => {
+                    check.report("vni.lease", e);
+                    None
+                }
+            });
 
         let tests = Tests::from_raw(&raw.tests, &mut |field, message| {
             check.report(field, message)
@@ -1020,6 +1077,7 @@ impl Topology {
                 notification: raw.vni.notification.unwrap_or_default(),
                 busy_poll,
                 profile: raw.vni.profile.unwrap_or(false),
+                lease,
             },
             accel: raw.accel,
             kernel,

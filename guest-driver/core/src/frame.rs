@@ -236,6 +236,10 @@ pub enum ProtocolError {
     /// received segments is full (it is sized for a batch of the largest
     /// frames, so this means a caller that passed less).
     ScratchFull,
+    /// Not a peer's doing either: this node was declared dead (its
+    /// generation moved on) while it held the lock, so it stopped before
+    /// its next write to buffer management, which is the recoverer's now.
+    FencedMeanwhile,
 }
 
 impl fmt::Display for ProtocolError {
@@ -278,6 +282,10 @@ impl fmt::Display for ProtocolError {
             ProtocolError::ScratchFull => {
                 write!(f, "Receive scratch space is full (a local limit)")
             }
+            ProtocolError::FencedMeanwhile => write!(
+                f,
+                "This node was declared dead while it held the lock, and stopped writing"
+            ),
         }
     }
 }

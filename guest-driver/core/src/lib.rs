@@ -81,7 +81,7 @@ pub use ether::{MacAddr, MacParseError};
 pub use frame::{ProtocolError, RawSegment, RxFrame, Segment};
 pub use layout::{BufferConfig, Geometry, Layout, LayoutError, HEADER_LEN, MAX_FRAME, MAX_NODES};
 pub use lock::{Holder, LockError, LockStatus};
-pub use nodes::{Counters, NodeId, NodeState};
+pub use nodes::{Counters, Incarnation, NodeId, NodeState};
 pub use notify::{Notification, DOORBELL_VECTORS, RX_VECTOR};
 pub use platform::{Instant, Platform};
 pub use region::{Region, RegionError};

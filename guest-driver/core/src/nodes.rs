@@ -151,6 +151,20 @@ impl Counters {
     }
 }
 
+/// One life of a node: its id and the generation it attached in. Peers
+/// that declare it dead move its generation on; a lock holder that stood
+/// still for a lease (a guest the host did not run) may run again inside
+/// its critical section after the recoverer rebuilt what it was
+/// changing, so it looks before each write to buffer management
+/// ([`NodeTable::is_current`]) and stops once it is not current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incarnation {
+    /// The node.
+    pub node: NodeId,
+    /// The generation it attached in.
+    pub generation: u32,
+}
+
 /// Typed access to the node table of one region.
 #[derive(Clone, Copy, Debug)]
 pub struct NodeTable<'a> {
@@ -187,6 +201,11 @@ impl NodeTable<'_> {
     pub fn generation(&self, node: NodeId) -> u32 {
         self.region
             .load_u32(self.layout.node(node, NODE_GENERATION), Ordering::Acquire)
+    }
+
+    /// Whether `me` is still its node's life: nobody fenced it.
+    pub fn is_current(&self, me: Incarnation) -> bool {
+        self.generation(me.node) == me.generation
     }
 
     /// Fences `node` if it is still in `generation`: its state goes to
@@ -322,6 +341,12 @@ struct Watch {
 pub struct Liveness {
     lease: Duration,
     watches: [Watch; MAX_NODES],
+    /// The longest a peer's heartbeat stood still while watched, and
+    /// whose: how close live nodes come to their lease (under TCG, a
+    /// guest the host does not run beats nothing).
+    longest: (NodeId, Duration),
+    /// The longest silence said by [`Liveness::silence_to_say`].
+    said: Duration,
 }
 
 impl Liveness {
@@ -338,6 +363,8 @@ impl Liveness {
         Liveness {
             lease,
             watches: [Self::IDLE; MAX_NODES],
+            longest: (0, Duration::ZERO),
+            said: Duration::ZERO,
         }
     }
 
@@ -347,6 +374,28 @@ impl Liveness {
         for watch in &mut self.watches {
             watch.active = false;
         }
+    }
+
+    /// The longest silence of a peer seen so far (the peer, how long), or
+    /// `None` before any.
+    pub fn longest_silence(&self) -> Option<(NodeId, Duration)> {
+        (!self.longest.1.is_zero()).then_some(self.longest)
+    }
+
+    /// A new longest silence worth a line in the log, once: a quarter
+    /// lease or more, and a tenth of a lease past the last one said.
+    pub fn silence_to_say(&mut self) -> Option<(NodeId, Duration)> {
+        let (node, silent) = self.longest;
+        let step = self.lease.checked_div(10).unwrap_or_default();
+        let floor = self
+            .said
+            .saturating_add(step)
+            .max(self.lease.checked_div(4).unwrap_or_default());
+        if silent < floor {
+            return None;
+        }
+        self.said = silent;
+        Some((node, silent))
     }
 
     /// The lease after which a silent node is dead.
@@ -374,7 +423,11 @@ impl Liveness {
             && now.saturating_duration_since(watch.looked) <= lease.checked_div(2).unwrap_or(lease)
         {
             watch.looked = now;
-            return now.saturating_duration_since(watch.since) >= lease;
+            let silent = now.saturating_duration_since(watch.since);
+            if silent > self.longest.1 {
+                self.longest = (node, silent);
+            }
+            return silent >= lease;
         }
         *watch = Watch {
             active: true,

@@ -28,7 +28,7 @@ use super::layout::{
     Layout, DESC_LEN, DESC_LEN_WORD, DESC_META, DESC_NEXT, DESC_OWNER, FREE_ENTRIES, FREE_TOP,
     INITIAL_INDEX, MAX_FRAME, QUEUE_ENTRIES, QUEUE_HEAD, QUEUE_TAIL,
 };
-use super::nodes::{NodeId, NodeState, NodeTable};
+use super::nodes::{Incarnation, NodeId, NodeState, NodeTable};
 use super::region::Region;
 use super::sink::Sink;
 
@@ -109,6 +109,23 @@ impl<'a> Pool<'a> {
             .descs
             .saturating_add((slot as usize).saturating_mul(DESC_LEN))
             .saturating_add(field)
+    }
+
+    /// Before each write to buffer management under the lock: whether
+    /// `me` is still its node's life. A holder that stood still for a
+    /// lease and was recovered meanwhile would otherwise write over what
+    /// the recoverer rebuilt; it stops with
+    /// [`ProtocolError::FencedMeanwhile`] instead.
+    fn still(&self, me: Incarnation) -> Result<(), ProtocolError> {
+        let nodes = NodeTable {
+            region: self.region,
+            layout: self.layout,
+        };
+        if nodes.is_current(me) {
+            Ok(())
+        } else {
+            Err(ProtocolError::FencedMeanwhile)
+        }
     }
 
     /// The owner word of `slot` (unvalidated).
@@ -218,7 +235,7 @@ impl<'a> Pool<'a> {
     /// marking them held by `me`.
     pub fn pop_free(
         &self,
-        me: NodeId,
+        me: Incarnation,
         n: usize,
         out: &mut impl Sink<u32>,
     ) -> Result<(), ProtocolError> {
@@ -240,6 +257,7 @@ impl<'a> Pool<'a> {
             }
             let owner = self.owner(slot);
             if owner != OWNER_FREE {
+                self.still(me)?;
                 self.set_free_top(top);
                 return Err(ProtocolError::WrongOwner {
                     slot,
@@ -247,10 +265,14 @@ impl<'a> Pool<'a> {
                     expected: OWNER_FREE,
                 });
             }
-            self.set_owner(slot, held_by(me));
+            // Fenced: the slots marked so far were marked before the
+            // recoverer rebuilt the stack, which took them back.
+            self.still(me)?;
+            self.set_owner(slot, held_by(me.node));
             out.push(slot);
             top = below;
         }
+        self.still(me)?;
         self.set_free_top(top);
         Ok(())
     }
@@ -260,15 +282,16 @@ impl<'a> Pool<'a> {
     /// counted, never freed twice. They are pushed last first, so that
     /// they are popped in the order given: a chain of consecutive slots
     /// comes back as one, to be filled (and copied out) in one piece.
-    pub fn push_free(&self, me: NodeId, slots: &[u32]) -> Result<u64, ProtocolError> {
+    pub fn push_free(&self, me: Incarnation, slots: &[u32]) -> Result<u64, ProtocolError> {
         let count = self.slot_count();
         let mut top = self.free_top();
         let mut skipped = 0u64;
         for &slot in slots.iter().rev() {
-            if slot >= count || self.owner(slot) != held_by(me) {
+            if slot >= count || self.owner(slot) != held_by(me.node) {
                 skipped = skipped.saturating_add(1);
                 continue;
             }
+            self.still(me)?;
             if top >= count {
                 self.set_free_top(top);
                 return Err(ProtocolError::FreeStack { top, count });
@@ -279,6 +302,7 @@ impl<'a> Pool<'a> {
             // `top < count`, checked above.
             top = top.saturating_add(1);
         }
+        self.still(me)?;
         self.set_free_top(top);
         Ok(skipped)
     }
@@ -319,14 +343,23 @@ impl<'a> Pool<'a> {
 
     /// Appends `chain` (held by `me`) to `dest`'s queue at index `tail`.
     /// The caller checked the room and publishes the tail afterwards.
-    pub fn enqueue_at(&self, dest: NodeId, tail: u32, chain: &[u32]) {
+    pub fn enqueue_at(
+        &self,
+        me: Incarnation,
+        dest: NodeId,
+        tail: u32,
+        chain: &[u32],
+    ) -> Result<(), ProtocolError> {
         for &slot in chain {
+            self.still(me)?;
             self.set_owner(slot, queued(dest));
         }
         if let Some(&first) = chain.first() {
+            self.still(me)?;
             self.region
                 .store_u32(self.entry_off(dest, tail), first, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     /// The sender a frame starting at slot `first` claims, if the slot and
@@ -350,7 +383,7 @@ impl<'a> Pool<'a> {
     /// [`ProtocolError::ScratchFull`], with nothing taken.
     pub fn take_chain(
         &self,
-        me: NodeId,
+        me: Incarnation,
         first: u32,
         segments: &mut impl Sink<Segment>,
         claimed: &mut impl Sink<u32>,
@@ -369,7 +402,7 @@ impl<'a> Pool<'a> {
 
     fn walk_chain(
         &self,
-        me: NodeId,
+        me: Incarnation,
         first: u32,
         segments: &mut impl Sink<Segment>,
         claimed: &mut impl Sink<u32>,
@@ -395,14 +428,16 @@ impl<'a> Pool<'a> {
         let mut total = 0u32;
         for _ in 0..max_chain {
             let owner = self.owner(slot);
-            if owner != queued(me) {
+            if owner != queued(me.node) {
+                self.still(me)?;
                 return Err(ProtocolError::WrongOwner {
                     slot,
                     owner,
-                    expected: queued(me),
+                    expected: queued(me.node),
                 });
             }
-            self.set_owner(slot, held_by(me));
+            self.still(me)?;
+            self.set_owner(slot, held_by(me.node));
             claimed.push(slot);
             let len = self
                 .region
@@ -484,8 +519,10 @@ pub struct RebuildReport {
 /// Recomputes the free stack and the queues from what survives: entries in
 /// live nodes' queues whose chains are intact, and slots held by live nodes.
 /// Everything else (a dead node's cache, its queue, half-done enqueues or
-/// frees) goes back to the pool. Lock held by the caller; `beat` is called
-/// now and then to keep the caller's heartbeat going.
+/// frees) goes back to the pool. Lock held by the caller, `me`, whose
+/// heartbeat it keeps going; if `me` is fenced meanwhile (it stood still
+/// for a lease in the middle), it stops before its next write: the
+/// rebuild is the recoverer's then.
 ///
 /// It needs no memory per slot: a slot of an intact chain is tagged kept in
 /// its own owner word (which only lock holders change) until the last pass
@@ -496,7 +533,7 @@ pub fn rebuild(
     pool: &Pool<'_>,
     nodes: &NodeTable<'_>,
     is_live: &dyn Fn(NodeId) -> bool,
-    beat: &mut dyn FnMut(),
+    me: Incarnation,
     chain: &mut [u32],
 ) -> RebuildReport {
     let mut report = RebuildReport::default();
@@ -504,14 +541,21 @@ pub fn rebuild(
     let capacity = pool.capacity();
     let old_free = pool.free_top().min(count);
 
+    let current = || nodes.is_current(me);
     // A kept tag before we start is someone else's scribble.
     for slot in 0..count {
         if pool.owner(slot) & !OWNER_NODE_MASK == OWNER_KEPT {
+            if !current() {
+                return report;
+            }
             pool.set_owner(slot, OWNER_STALE);
         }
     }
 
     for node in 0..nodes.count() {
+        if !current() {
+            return report;
+        }
         let (head, tail) = pool.queue_indices(node);
         let depth = tail.wrapping_sub(head);
         if !is_live(node) || depth > capacity {
@@ -526,6 +570,9 @@ pub fn rebuild(
         // seen nowhere else; compact the queue over the others.
         let mut write = head;
         for index in (0..depth).map(|i| head.wrapping_add(i)) {
+            if !current() {
+                return report;
+            }
             let first = pool.entry(node, index);
             if keep_chain(pool, node, first, chain) {
                 pool.region
@@ -536,12 +583,18 @@ pub fn rebuild(
                 report.dropped = report.dropped.saturating_add(1);
             }
         }
+        if !current() {
+            return report;
+        }
         pool.publish_tail(node, write);
-        beat();
+        nodes.beat(me.node);
     }
 
     let mut top = 0u32;
     for slot in 0..count {
+        if !current() {
+            return report;
+        }
         let owner = pool.owner(slot);
         if owner & !OWNER_NODE_MASK == OWNER_KEPT {
             pool.set_owner(slot, OWNER_QUEUED | (owner & OWNER_NODE_MASK));
@@ -558,8 +611,11 @@ pub fn rebuild(
         // At most `count` slots are pushed.
         top = top.saturating_add(1);
         if slot & 4095 == 0 {
-            beat();
+            nodes.beat(me.node);
         }
+    }
+    if !current() {
+        return report;
     }
     pool.set_free_top(top);
     report.reclaimed = u64::from(top.saturating_sub(old_free));
@@ -613,7 +669,15 @@ mod tests {
 
     fn rebuild_all(pool: &Pool<'_>, nodes: &NodeTable<'_>) -> RebuildReport {
         let mut chain = vec![0; pool.layout.geometry.max_chain() as usize];
-        rebuild(pool, nodes, &attached(nodes), &mut || {}, &mut chain)
+        rebuild(pool, nodes, &attached(nodes), life(0), &mut chain)
+    }
+
+    /// Node `node` in its first life (generation 0, as formatted).
+    fn life(node: NodeId) -> Incarnation {
+        Incarnation {
+            node,
+            generation: 0,
+        }
     }
 
     fn setup() -> (Region, Layout) {
@@ -640,15 +704,16 @@ mod tests {
         nodes.set_state(1, NodeState::Run);
         let frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let mut chain = Vec::new();
-        pool.pop_free(0, 3, &mut chain).unwrap();
+        pool.pop_free(life(0), 3, &mut chain).unwrap();
         pool.fill(0, &chain, &frame);
-        pool.enqueue_at(1, BASE.wrapping_add(0), &chain);
+        pool.enqueue_at(life(0), 1, BASE.wrapping_add(0), &chain)
+            .unwrap();
         pool.publish_tail(1, BASE.wrapping_add(1));
 
         let mut segments = Vec::new();
         let mut claimed = Vec::new();
         let (len, src) = pool
-            .take_chain(1, chain[0], &mut segments, &mut claimed)
+            .take_chain(life(1), chain[0], &mut segments, &mut claimed)
             .unwrap();
         assert_eq!((len, src), (5000, Some(0)));
         assert_eq!(
@@ -657,10 +722,10 @@ mod tests {
         );
         let rx = crate::frame::RxFrame::new(&region, &segments, len, src);
         assert_eq!(rx.to_vec(), frame);
-        assert_eq!(pool.push_free(1, &claimed).unwrap(), 0);
+        assert_eq!(pool.push_free(life(1), &claimed).unwrap(), 0);
         assert_eq!(pool.free_top(), pool.slot_count());
         // Freeing again is refused slot by slot, not a double free.
-        assert_eq!(pool.push_free(1, &claimed).unwrap(), 3);
+        assert_eq!(pool.push_free(life(1), &claimed).unwrap(), 3);
         assert_eq!(pool.free_top(), pool.slot_count());
     }
 
@@ -672,14 +737,15 @@ mod tests {
             layout: &layout,
         };
         let mut chain = Vec::new();
-        pool.pop_free(0, 2, &mut chain).unwrap();
+        pool.pop_free(life(0), 2, &mut chain).unwrap();
         pool.fill(0, &chain, &[7u8; 3000]);
-        pool.enqueue_at(1, BASE.wrapping_add(0), &chain);
+        pool.enqueue_at(life(0), 1, BASE.wrapping_add(0), &chain)
+            .unwrap();
         // Link the second slot back to the first: a loop.
         region.store_u32(pool.desc(chain[1], DESC_NEXT), chain[0], Ordering::Relaxed);
         let (mut seg, mut claimed) = (Vec::new(), Vec::new());
         let err = pool
-            .take_chain(1, chain[0], &mut seg, &mut claimed)
+            .take_chain(life(1), chain[0], &mut seg, &mut claimed)
             .unwrap_err();
         assert!(
             matches!(
@@ -697,7 +763,7 @@ mod tests {
 
         let (mut seg, mut claimed) = (Vec::new(), Vec::new());
         let err = pool
-            .take_chain(1, 1 << 30, &mut seg, &mut claimed)
+            .take_chain(life(1), 1 << 30, &mut seg, &mut claimed)
             .unwrap_err();
         assert!(matches!(err, ProtocolError::SlotOutOfRange { .. }));
     }
@@ -720,16 +786,19 @@ mod tests {
         // and holds 4; node 2 then dies mid-enqueue of a third frame (owner
         // set, tail not published).
         let mut cache0 = Vec::new();
-        pool.pop_free(0, 5, &mut cache0).unwrap();
+        pool.pop_free(life(0), 5, &mut cache0).unwrap();
         let mut c2 = Vec::new();
-        pool.pop_free(2, 7, &mut c2).unwrap();
+        pool.pop_free(life(2), 7, &mut c2).unwrap();
         pool.fill(2, &c2[0..1], b"one");
-        pool.enqueue_at(1, BASE.wrapping_add(0), &c2[0..1]);
+        pool.enqueue_at(life(2), 1, BASE.wrapping_add(0), &c2[0..1])
+            .unwrap();
         pool.fill(2, &c2[1..2], b"two");
-        pool.enqueue_at(1, BASE.wrapping_add(1), &c2[1..2]);
+        pool.enqueue_at(life(2), 1, BASE.wrapping_add(1), &c2[1..2])
+            .unwrap();
         pool.publish_tail(1, BASE.wrapping_add(2));
         pool.fill(2, &c2[2..3], b"lost");
-        pool.enqueue_at(1, BASE.wrapping_add(2), &c2[2..3]);
+        pool.enqueue_at(life(2), 1, BASE.wrapping_add(2), &c2[2..3])
+            .unwrap();
         nodes.set_state(2, NodeState::Reset);
 
         let report = rebuild_all(&pool, &nodes);
@@ -744,6 +813,56 @@ mod tests {
             "node 2's four held slots and its half-enqueued one"
         );
         assert!(cache0.iter().all(|&s| pool.owner(s) == held_by(0)));
+    }
+
+    #[test]
+    fn a_holder_fenced_meanwhile_writes_nothing_more() {
+        let (region, layout) = setup();
+        let pool = Pool {
+            region: &region,
+            layout: &layout,
+        };
+        let nodes = NodeTable {
+            region: &region,
+            layout: &layout,
+        };
+        nodes.set_state(0, NodeState::Run);
+        nodes.set_state(1, NodeState::Run);
+        let mut held = Vec::new();
+        pool.pop_free(life(0), 4, &mut held).unwrap();
+        // Node 0 stands still inside the lock for a lease: node 1 fences
+        // it and rebuilds, so node 0's slots are free again.
+        assert!(nodes.fence(0, 0));
+        let mut chain = vec![0; layout.geometry.max_chain() as usize];
+        rebuild(&pool, &nodes, &attached(&nodes), life(1), &mut chain);
+        let snapshot = |pool: &Pool<'_>| {
+            let owners: Vec<u32> = (0..pool.slot_count()).map(|s| pool.owner(s)).collect();
+            let stack: Vec<u32> = (0..pool.slot_count())
+                .map(|i| region.load_u32(pool.stack(i), Ordering::Relaxed))
+                .collect();
+            (owners, stack, pool.free_top(), pool.queue_indices(1))
+        };
+        let before = snapshot(&pool);
+        assert_eq!(before.2, pool.slot_count(), "every slot back");
+
+        // Node 0 runs again where it stood, in its critical section:
+        // each of its writes to buffer management is refused.
+        let stopped: Result<(), _> = Err(ProtocolError::FencedMeanwhile);
+        let mut more = Vec::new();
+        assert_eq!(pool.pop_free(life(0), 4, &mut more), stopped);
+        assert!(more.is_empty());
+        assert_eq!(pool.push_free(life(0), &held).map(drop), stopped);
+        let (_, tail) = pool.queue_indices(1);
+        assert_eq!(pool.enqueue_at(life(0), 1, tail, &held), stopped);
+        let (mut seg, mut claimed) = (Vec::new(), Vec::new());
+        // (Refused before any write: these slots hold no frame.)
+        let taken = pool.take_chain(life(0), held[0], &mut seg, &mut claimed);
+        assert!(taken.is_err() && claimed.is_empty(), "{taken:?}");
+        rebuild(&pool, &nodes, &attached(&nodes), life(0), &mut chain);
+        assert!(
+            before == snapshot(&pool),
+            "node 0 wrote after it was fenced"
+        );
     }
 
     #[test]
@@ -762,10 +881,11 @@ mod tests {
         let start = u32::MAX - 1;
         pool.set_head(1, start);
         let mut c = Vec::new();
-        pool.pop_free(0, 4, &mut c).unwrap();
+        pool.pop_free(life(0), 4, &mut c).unwrap();
         for (i, &slot) in c.iter().enumerate() {
             pool.fill(0, &[slot], b"w");
-            pool.enqueue_at(1, start.wrapping_add(i as u32), &[slot]);
+            pool.enqueue_at(life(0), 1, start.wrapping_add(i as u32), &[slot])
+                .unwrap();
         }
         pool.publish_tail(1, start.wrapping_add(4));
         let report = rebuild_all(&pool, &nodes);
@@ -788,9 +908,10 @@ mod tests {
         nodes.set_state(0, NodeState::Run);
         nodes.set_state(1, NodeState::Run);
         let mut c = Vec::new();
-        pool.pop_free(0, 1, &mut c).unwrap();
+        pool.pop_free(life(0), 1, &mut c).unwrap();
         pool.fill(0, &c, b"x");
-        pool.enqueue_at(1, BASE.wrapping_add(0), &c);
+        pool.enqueue_at(life(0), 1, BASE.wrapping_add(0), &c)
+            .unwrap();
         // A rogue duplicates the entry and adds a wild one.
         region.store_u32(
             pool.entry_off(1, BASE.wrapping_add(1)),

@@ -338,6 +338,13 @@ fn serve(
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             ep.tick()?;
+            if let Some((node, silent)) = ep.silence_to_say() {
+                eprintln!(
+                    "vni-driver: node {node}'s heartbeat stood still for {} ms (lease {} ms)",
+                    silent.as_millis(),
+                    ep.lease().as_millis()
+                );
+            }
             let banned = ep.quarantined();
             if banned != quarantined {
                 for node in members(banned & !quarantined) {

@@ -45,7 +45,7 @@ use super::layout::{
     HDR_EPOCH, HDR_MAGIC, HEADER_LEN, MAGIC, MAX_FRAME, MAX_NODES,
 };
 use super::lock::{LockError, LockMemory, RegionLock, Ticket};
-use super::nodes::{Counters, Liveness, NodeId, NodeState, NodeTable};
+use super::nodes::{Counters, Incarnation, Liveness, NodeId, NodeState, NodeTable};
 use super::platform::{Instant, Platform};
 use super::pool::{attached, held_by, rebuild, Pool};
 use super::region::Region;
@@ -342,6 +342,24 @@ where
     /// The last protocol violation seen, if any.
     pub fn last_error(&self) -> Option<ProtocolError> {
         self.sh.last_error
+    }
+
+    /// The longest a peer's heartbeat stood still while this node watched
+    /// (the peer, how long): how close live nodes come to the lease, for
+    /// the drivers' logs.
+    pub fn longest_silence(&self) -> Option<(NodeId, Duration)> {
+        self.buffers.lists.repair.liveness.longest_silence()
+    }
+
+    /// A new longest silence of a peer worth a line in the driver's log
+    /// (a quarter lease or more), once: (the peer, how long).
+    pub fn silence_to_say(&mut self) -> Option<(NodeId, Duration)> {
+        self.buffers.lists.repair.liveness.silence_to_say()
+    }
+
+    /// The region's lease.
+    pub fn lease(&self) -> Duration {
+        self.sh.lease
     }
 
     /// Announces this node's state; peers send only to nodes in `Run`.

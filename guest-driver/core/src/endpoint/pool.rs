@@ -66,6 +66,7 @@ impl PoolState {
             return Err(SendError::NoBuffer);
         }
         let chain = lists.staged_slots.as_slice().get(start..).unwrap_or(&[]);
+        sh.check_current()?;
         sh.pool().fill(sh.me, chain, frame);
         self.push_staged(sh, lists, dest, start, need, frame.len())
     }
@@ -87,6 +88,7 @@ impl PoolState {
         if lists.cache.len() < need {
             return Err(SendError::NoBuffer);
         }
+        sh.check_current()?;
         lists.direct.clear();
         for &slot in lists.cache.last(need) {
             lists.direct.push(sh.layout.slot(slot));
@@ -221,7 +223,7 @@ impl PoolState {
         want: usize,
     ) -> Result<FlushReport, ProtocolError> {
         let banned = sh.quarantined();
-        let (me, capacity) = (sh.me, sh.layout.geometry.queue_capacity);
+        let (me, capacity) = (sh.incarnation(), sh.layout.geometry.queue_capacity);
         // Borrowing the region and layout fields only: the counters change
         // while these are in use.
         let pool = Pool {
@@ -232,17 +234,17 @@ impl PoolState {
             region: &sh.region,
             layout: &sh.layout,
         };
+        // A node whose guest stood still for a lease in here may find it
+        // was declared dead and its turn taken: the recoverer may have
+        // rebuilt the pool meanwhile, so it writes nothing more (its
+        // release then says Fenced). Under TCG on a loaded host a vCPU
+        // can stand still for seconds anywhere, here too: the pool's
+        // writes look first (`ProtocolError::FencedMeanwhile`), and so
+        // do the phases below.
         let mut skipped = pool.push_free(me, lists.to_free.as_slice())?;
         lists.to_free.clear();
         let mut report = FlushReport::default();
-        // Between the phases below, a node whose guest stood still for a
-        // lease may find it was declared dead and its turn taken: the
-        // recoverer may have rebuilt the pool meanwhile, so it writes
-        // nothing more (its release then says Fenced). Under TCG on a
-        // loaded host a vCPU can stand still for seconds anywhere, here
-        // too; checking between phases narrows that window to one phase.
-        let generation = sh.generation;
-        let fenced = |nodes: &NodeTable<'_>| nodes.generation(me) != generation;
+        let fenced = |nodes: &NodeTable<'_>| !nodes.is_current(me);
         if fenced(&nodes) {
             return Ok(report);
         }
@@ -294,7 +296,7 @@ impl PoolState {
                         && tail.wrapping_sub(*head)
                             < depth_limit(&sh.layout.geometry, frame.count) =>
                 {
-                    pool.enqueue_at(frame.dest, *tail, chain);
+                    pool.enqueue_at(me, frame.dest, *tail, chain)?;
                     *tail = tail.wrapping_add(1);
                     report.published = report.published.saturating_add(1);
                     sh.counters.add_sent(frame.len);
@@ -363,12 +365,12 @@ impl PoolState {
             return Ok(());
         }
         let ticket = sh.acquire(&mut lists.repair)?;
-        let pool = sh.pool();
+        let (pool, me) = (sh.pool(), sh.incarnation());
         let result = pool
-            .push_free(sh.me, lists.to_free.as_slice())
-            .and_then(|freed| {
-                Ok(freed.saturating_add(pool.push_free(sh.me, lists.cache.as_slice())?))
-            });
+            .push_free(me, lists.to_free.as_slice())
+            .and_then(
+                |freed| Ok(freed.saturating_add(pool.push_free(me, lists.cache.as_slice())?)),
+            );
         lists.to_free.clear();
         lists.cache.clear();
         match result {
@@ -436,7 +438,8 @@ impl PoolState {
         let me = sh.me;
         let geometry = sh.layout.geometry;
         let max_chain = geometry.max_chain() as usize;
-        let skipped = sh.pool().push_free(me, lists.to_free.as_slice())?;
+        let life = sh.incarnation();
+        let skipped = sh.pool().push_free(life, lists.to_free.as_slice())?;
         sh.count_unheld_frees(skipped);
         lists.to_free.clear();
         lists.rx.clear();
@@ -460,7 +463,7 @@ impl PoolState {
         {
             // Declared dead meanwhile (see `flush_locked`): the queue is
             // another's to repair now; write nothing more.
-            if sh.nodes().generation(me) != sh.generation {
+            if !sh.nodes().is_current(life) {
                 return Ok(());
             }
             let pool = sh.pool();
@@ -468,7 +471,7 @@ impl PoolState {
             taken = taken.saturating_add(1);
             let start = lists.segments.len();
             let claimed = pool.claimed_sender(first);
-            match pool.take_chain(me, first, &mut lists.segments, &mut lists.to_free) {
+            match pool.take_chain(life, first, &mut lists.segments, &mut lists.to_free) {
                 // From a peer in quarantine: dropped (its slots are freed).
                 Ok((_, Some(source))) if banned & bit(source) != 0 => {
                     lists.segments.truncate(start);
@@ -482,12 +485,16 @@ impl PoolState {
                         end: lists.segments.len(),
                     });
                 }
+                Err(ProtocolError::FencedMeanwhile) => return Ok(()),
                 Err(error) => {
                     sh.counters.rx_dropped = sh.counters.rx_dropped.saturating_add(1);
                     sh.note(error);
                     sh.blame(claimed);
                 }
             }
+        }
+        if !sh.nodes().is_current(life) {
+            return Ok(());
         }
         sh.pool().set_head(me, head.wrapping_add(taken));
         Ok(())
@@ -534,12 +541,12 @@ impl PoolState {
         let pool = sh.pool();
         let mut slots = Bounded::<u32, { 3 * BATCH }>::new(0);
         // A partial pop still leaves a half-done state to recover from.
-        let _ = pool.pop_free(sh.me, 3 * BATCH, &mut slots);
+        let _ = pool.pop_free(sh.incarnation(), 3 * BATCH, &mut slots);
         let (_, tail) = pool.queue_indices(dest);
         let mut index = tail;
         for &slot in slots.as_slice().iter().take(BATCH) {
             pool.fill(sh.me, &[slot], b"half-done");
-            pool.enqueue_at(dest, index, &[slot]);
+            let _ = pool.enqueue_at(sh.incarnation(), dest, index, &[slot]);
             index = index.wrapping_add(1);
         }
         lists.cache.extend_from_slice(slots.as_slice());

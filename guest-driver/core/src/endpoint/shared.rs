@@ -10,8 +10,8 @@ use core::time::Duration;
 use super::buffers::{RepairScratch, ADDRESSES, MAX_CHAIN};
 use super::{
     attached, bit, members, rebuild, AddrTable, Bounded, BufferConfig, Counters, EndpointError,
-    Layout, LockError, LockMemory, MacAddr, NodeId, NodeState, NodeTable, Platform, Pool,
-    ProtocolError, Region, RegionLock, Rings, Ticket, MAX_NODES,
+    Incarnation, Layout, LockError, LockMemory, MacAddr, NodeId, NodeState, NodeTable, Platform,
+    Pool, ProtocolError, Region, RegionLock, Rings, Ticket, MAX_NODES,
 };
 
 /// What a repair found wrong.
@@ -31,12 +31,12 @@ impl Repaired {
     }
 }
 
-/// Repairs what a dead node may have left half done; the caller holds the
-/// lock.
+/// Repairs what a dead node may have left half done; the caller, `me`,
+/// holds the lock.
 pub(super) fn repair(
     region: &Region,
     layout: &Layout,
-    me: NodeId,
+    me: Incarnation,
     kept: &mut Bounded<(MacAddr, NodeId), ADDRESSES>,
     chain: &mut [u32; MAX_CHAIN],
 ) -> Repaired {
@@ -45,13 +45,7 @@ pub(super) fn repair(
     let addresses = AddrTable { region, layout }.retain(|_, node| is_live(node), kept);
     let mut queued = 0;
     if layout.geometry.config == BufferConfig::SharedPool {
-        let report = rebuild(
-            &Pool { region, layout },
-            &nodes,
-            &is_live,
-            &mut || nodes.beat(me),
-            chain,
-        );
+        let report = rebuild(&Pool { region, layout }, &nodes, &is_live, me, chain);
         queued = report.errors;
     }
     Repaired { addresses, queued }
@@ -85,6 +79,14 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         NodeTable {
             region: &self.region,
             layout: &self.layout,
+        }
+    }
+
+    /// This endpoint's life of its node.
+    pub(super) fn incarnation(&self) -> Incarnation {
+        Incarnation {
+            node: self.me,
+            generation: self.generation,
         }
     }
 
@@ -162,6 +164,16 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         self.counters.tx_dropped = self.counters.tx_dropped.saturating_add(n);
     }
 
+    /// Fails with `Fenced` once this node was declared dead, looking at
+    /// the region: before it writes the slots it holds without the lock,
+    /// which its peers may have given to others by then.
+    pub(super) fn check_current(&mut self) -> Result<(), EndpointError> {
+        if self.fenced_meanwhile() {
+            return Err(LockError::Fenced.into());
+        }
+        Ok(())
+    }
+
     pub(super) fn check_usable(&self) -> Result<(), EndpointError> {
         if self.fenced {
             return Err(LockError::Fenced.into());
@@ -203,6 +215,7 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
     pub(super) fn acquire(&mut self, scratch: &mut RepairScratch) -> Result<Ticket, EndpointError> {
         self.check_usable()?;
         let (region, layout, me) = (&*self.region, &self.layout, self.me);
+        let life = self.incarnation();
         let mut recovered = 0u64;
         let mut repaired = Repaired::default();
         let RepairScratch {
@@ -217,7 +230,7 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
             &self.platform,
             &mut |_dead| {
                 recovered = recovered.saturating_add(1);
-                repaired.add(repair(region, layout, me, kept, chain));
+                repaired.add(repair(region, layout, life, kept, chain));
             },
         );
         self.counters.recoveries = self.counters.recoveries.saturating_add(recovered);
@@ -269,7 +282,7 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         let repaired = repair(
             &self.region,
             &self.layout,
-            self.me,
+            self.incarnation(),
             &mut scratch.kept,
             &mut scratch.chain,
         );

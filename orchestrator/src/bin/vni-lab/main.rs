@@ -499,7 +499,7 @@ fn doctor(install: bool, json: bool) -> anyhow::Result<ExitCode> {
 fn print_summary(file: &std::path::Path, lab: &Topology) {
     let g = &lab.vni.geometry;
     println!(
-        "{}: lab {:?} is valid: {} nodes, {} MiB shared, buffer configuration {}, {} slots of {} bytes, MTU {}",
+        "{}: lab {:?} is valid: {} nodes, {} MiB shared, buffer configuration {}, {} slots of {} bytes, MTU {}, lease {}",
         file.display(),
         lab.name,
         lab.nodes.len(),
@@ -507,7 +507,15 @@ fn print_summary(file: &std::path::Path, lab: &Topology) {
         g.config,
         g.slot_count,
         g.slot_size,
-        lab.vni.mtu
+        lab.vni.mtu,
+        match lab.vni.lease {
+            Some(lease) => format!("{lease:?}"),
+            None => format!(
+                "{:?} with KVM, {:?} under TCG",
+                vni_lab::topology::KVM_LEASE,
+                vni_lab::topology::TCG_LEASE
+            ),
+        }
     );
     for n in &lab.nodes {
         let pinned = if n.host_cpus.is_empty() {
