@@ -1032,36 +1032,39 @@ impl Topology {
             DEFAULT_COMMAND_TIMEOUT,
         );
 
-        let busy_poll = match &raw.vni.busy_poll {
-            None => None,
-            Some(spec) => match spec.to_duration() {
-                Ok(d) if d <= MAX_BUSY_POLL => Some(d),
+        // An optional duration that must lie in `range` (`wrong` says
+        // how one outside it is wrong).
+        let bounded = |check: &mut Checker<'_>,
+                       field: &str,
+                       spec: &Option<DurationSpec>,
+                       range: std::ops::RangeInclusive<Duration>,
+                       wrong: &str| {
+            match spec.as_ref()?.to_duration() {
+                Ok(d) if range.contains(&d) => Some(d),
                 Ok(d) => {
-                    check.report("vni.busy_poll", format!("{d:?} is longer than 100ms"));
+                    check.report(field, format!("{d:?} {wrong}"));
                     None
                 }
                 Err(e) => {
-                    check.report("vni.busy_poll", e);
+                    check.report(field, e);
                     None
                 }
-            },
+            }
         };
-
-        let lease = raw
-            .vni
-            .lease
-            .as_ref()
-            .and_then(|spec| match spec.to_duration() {
-                Ok(d) if LEASE_RANGE.contains(&d) => Some(d),
-                Ok(d) => {
-                    check.report("vni.lease", format!("{d:?} is outside 10ms to 600s"));
-                    None
-                }
-                Err(e) => {
-                    check.report("vni.lease", e);
-                    None
-                }
-            });
+        let busy_poll = bounded(
+            check,
+            "vni.busy_poll",
+            &raw.vni.busy_poll,
+            Duration::ZERO..=MAX_BUSY_POLL,
+            "is longer than 100ms",
+        );
+        let lease = bounded(
+            check,
+            "vni.lease",
+            &raw.vni.lease,
+            LEASE_RANGE,
+            "is outside 10ms to 600s",
+        );
 
         let tests = Tests::from_raw(&raw.tests, &mut |field, message| {
             check.report(field, message)
@@ -1278,6 +1281,9 @@ nodes:
             (9000, Notification::Polling, Accel::Tcg)
         );
         assert_eq!(t.vni.busy_poll, Some(Duration::from_micros(250)));
+        assert_eq!(t.vni.lease, None, "by accelerator");
+        assert_eq!(t.vni.geometry_for("kvm").lease_ms, 1000);
+        assert_eq!(t.vni.geometry_for("tcg").lease_ms, 3000);
         assert_eq!(
             t.vni.busy_poll_for(Driver::Kernel),
             Duration::from_micros(250)
@@ -1318,6 +1324,8 @@ nodes:
             ("name: x\nguest: {kernel: /no/such/bzImage}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "guest.kernel", "does not exist"),
             ("name: x\nvni: {mtu: 65535}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "vni.mtu", "at most 65521"),
             ("name: x\nvni: {busy_poll: 1s}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "vni.busy_poll", "longer than 100ms"),
+            ("name: x\nvni: {lease: 5ms}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "vni.lease", "outside 10ms to 600s"),
+            ("name: x\nvni: {lease: soon}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "vni.lease", "not a duration"),
             ("name: x\ntimeouts: {boot: 0s}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n", 2, "timeouts.boot", "outside 1ms to 1h"),
             ("name: x\nnodes: [\n", 3, "", "did not find expected"),
         ];
