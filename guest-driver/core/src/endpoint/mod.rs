@@ -83,6 +83,8 @@ pub struct FlushReport {
     /// Frames dropped (receiver no longer running).
     pub dropped: usize,
     /// Receivers that said they sleep and now have frames: ring these.
+    /// Only [`Endpoint::flush`] says; it includes the receivers of
+    /// batches that flushed themselves during sends since its last call.
     pub wake: u64,
 }
 
@@ -282,6 +284,7 @@ where
                 offences: [0; MAX_NODES],
                 quarantined: 0,
                 lock_memory: LockMemory::default(),
+                unrung: 0,
             },
             buffers,
             backend,
@@ -413,10 +416,15 @@ where
     /// stay staged), and refills the slot cache.
     pub fn flush(&mut self) -> Result<FlushReport, EndpointError> {
         self.sh.check_usable()?;
-        match &mut self.backend {
-            Backend::Pool(state) => state.flush(&mut self.sh, &mut self.buffers.lists, 0),
-            Backend::Rings(state) => Ok(state.flush(&self.sh)),
-        }
+        let report = match &mut self.backend {
+            Backend::Pool(state) => state.flush(&mut self.sh, &mut self.buffers.lists, 0)?,
+            Backend::Rings(state) => state.flush(&mut self.sh),
+        };
+        // Batches that flushed themselves since the last call count too.
+        Ok(FlushReport {
+            wake: self.sh.take_sleepers(),
+            ..report
+        })
     }
 
     /// Gives back the slots this node holds without needing them (its send

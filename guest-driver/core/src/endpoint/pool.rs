@@ -209,14 +209,11 @@ impl PoolState {
             }
         };
         sh.release(ticket)?;
-        Ok(FlushReport {
-            wake: sh.sleepers(report.wake),
-            ..report
-        })
+        Ok(report)
     }
 
-    /// With the lock held: free, enqueue, refill. `wake` in the report
-    /// holds the destinations published to (filtered by the caller).
+    /// With the lock held: free, enqueue, refill. The destinations
+    /// published to join `sh.unrung`.
     fn flush_locked<M: Deref<Target = Region>, P: Platform>(
         sh: &mut Shared<M, P>,
         lists: &mut Lists,
@@ -333,7 +330,7 @@ impl PoolState {
             if let Some((_, found, tail)) = *indices {
                 if tail != found {
                     pool.publish_tail(dest, tail);
-                    report.wake |= bit(dest);
+                    sh.unrung |= bit(dest);
                 }
             }
         }

@@ -141,7 +141,7 @@ impl RingState {
     /// Publishes every ring written to since the last flush.
     pub(super) fn flush<M: Deref<Target = Region>, P: Platform>(
         &mut self,
-        sh: &Shared<M, P>,
+        sh: &mut Shared<M, P>,
     ) -> FlushReport {
         let (rings, me) = (sh.rings(), sh.me);
         let mut report = FlushReport::default();
@@ -153,7 +153,7 @@ impl RingState {
             report.published = report.published.saturating_add(published);
             set(&mut self.published, dest, tail);
         }
-        report.wake = sh.sleepers(dirty);
+        sh.unrung |= dirty;
         report
     }
 

@@ -72,6 +72,12 @@ pub(super) struct Shared<M, P> {
     pub(super) quarantined: u64,
     /// The lock's statistics as last seen valid.
     pub(super) lock_memory: LockMemory,
+    /// Receivers published to since the caller last learnt whom to ring,
+    /// as a bit set. A full batch flushes itself in the middle of a
+    /// send; its receivers are rung after the caller's next flush, which
+    /// may publish nothing new (before, such a flush said "ring nobody",
+    /// and a receiver that slept through the batch was never woken).
+    pub(super) unrung: u64,
 }
 
 impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
@@ -289,8 +295,10 @@ impl<M: Deref<Target = Region>, P: Platform> Shared<M, P> {
         self.count_repaired(repaired);
     }
 
-    /// Of `dests` (just published to), those that said they sleep.
-    pub(super) fn sleepers(&self, dests: u64) -> u64 {
+    /// Of the receivers published to since the last call, those that
+    /// said they sleep: the ones to ring.
+    pub(super) fn take_sleepers(&mut self) -> u64 {
+        let dests = core::mem::take(&mut self.unrung);
         if dests == 0 {
             return 0;
         }

@@ -584,3 +584,35 @@ fn doorbells_only_for_sleeping_receivers() {
         assert!(eps[2].pending());
     }
 }
+
+#[test]
+fn a_batch_that_flushed_itself_still_rings_its_sleeping_receiver() {
+    // A full batch flushes in the middle of `send`; the caller's flush
+    // after it publishes nothing new but must still say whom to ring, or
+    // a receiver that went to sleep before the batch sleeps on with
+    // frames waiting (seen as stalls of a kernel node in mixed labs).
+    for config in CONFIGS {
+        let (_region, mut eps) = lab(config, 2, 1000);
+        eps[1].set_sleeping(true);
+        for i in 0..BATCH {
+            eps[0].send(Dest::Node(1), &frame(60, i as u8)).unwrap();
+        }
+        assert!(eps[1].pending(), "{config:?}: the batch is published");
+        assert_eq!(eps[0].flush().unwrap().wake, 0b10, "{config:?}");
+        assert_eq!(eps[0].flush().unwrap().wake, 0, "{config:?}: rung once");
+        assert_eq!(drain(&mut eps[1]).len(), BATCH, "{config:?}");
+        // The same through direct sends (a batch, and in configuration 2
+        // a cache that runs dry, flush by themselves).
+        eps[1].set_sleeping(true);
+        for i in 0..BATCH {
+            let f = addressed(60, i as u8, MacAddr::for_node(1));
+            eps[0].send_direct(MAX_FRAME, 10, readv_of(&f)).unwrap();
+        }
+        assert!(
+            eps[1].pending(),
+            "{config:?}: the direct batch is published"
+        );
+        assert_eq!(eps[0].flush().unwrap().wake, 0b10, "{config:?}: direct");
+        assert_eq!(drain(&mut eps[1]).len(), BATCH, "{config:?}");
+    }
+}
