@@ -45,13 +45,15 @@ extern "C" {
     pub(crate) fn vni_housekeeping_soon(p: *mut VniPriv);
     pub(crate) fn vni_napi_complete(p: *mut VniPriv, done: c_int) -> bool;
     pub(crate) fn vni_napi_schedule(p: *mut VniPriv);
+    pub(crate) fn vni_napi_scheduled(p: *mut VniPriv) -> bool;
     pub(crate) fn vni_xmit_more() -> bool;
     pub(crate) fn vni_skb_len(skb: *const SkBuff) -> u32;
     pub(crate) fn vni_skb_vnet_hdr(skb: *const SkBuff, hdr: *mut u8) -> c_int;
     pub(crate) fn vni_skb_copy(skb: *const SkBuff, offset: u32, to: *mut u8, len: u32) -> c_int;
     pub(crate) fn vni_skb_consume(skb: *mut SkBuff);
     pub(crate) fn vni_skb_drop(skb: *mut SkBuff);
-    pub(crate) fn vni_rx_alloc(p: *mut VniPriv, len: u32, data: *mut *mut u8) -> *mut SkBuff;
+    pub(crate) fn vni_rx_alloc(p: *mut VniPriv, len: u32) -> *mut SkBuff;
+    pub(crate) fn vni_rx_store(skb: *mut SkBuff, offset: u32, from: *const u8, len: u32) -> c_int;
     pub(crate) fn vni_rx_deliver(p: *mut VniPriv, skb: *mut SkBuff) -> c_int;
     pub(crate) fn vni_set_link_stats(
         s: *mut LinkStats64,

@@ -85,6 +85,8 @@ pub(crate) struct State {
     recoveries: u64,
     /// NAPI polls as housekeeping last saw them.
     polls_seen: u64,
+    /// The last round found frames waiting with no poll.
+    unpolled: bool,
 }
 
 impl State {
@@ -164,6 +166,7 @@ impl Vni {
             last_tick: Kernel.now(),
             recoveries: 0,
             polls_seen: 0,
+            unpolled: false,
         };
         Vni {
             dev,
@@ -270,18 +273,35 @@ impl Vni {
                 }
                 s.errors_said = (errors, now);
             }
-            // Frames wait, the interface is up, and nothing polled since
-            // the last round: a wake-up was lost. Poll now, and count it.
-            let stalled = up && ep.pending() && s.stats.polls == s.polls_seen;
-            s.polls_seen = s.stats.polls;
-            if stalled {
-                s.stats.rx_stalls += 1;
-                if s.stats.rx_stalls == 1 {
-                    pr_warn!("frames waited with nobody polling; polling again (ethtool -S: rx_stalls)\n");
-                }
+            // Frames wait, the interface is up, nothing polled since the
+            // last round and no poll is scheduled (a scheduled one may
+            // wait longer than a round: under load the kernel hands
+            // softirqs to ksoftirqd, which this work may run before).
+            // Once is a doorbell still on its way (under TCG on a busy
+            // host one took up to 40 ms); twice in a row, a lost wake-up:
+            // poll now, and count it.
+            let unpolled = up
+                && ep.pending()
+                && s.stats.polls == s.polls_seen
                 // SAFETY: `dev` is alive.
-                unsafe { ffi::vni_napi_schedule(self.dev) };
+                && !unsafe { ffi::vni_napi_scheduled(self.dev) };
+            s.polls_seen = s.stats.polls;
+            match (s.unpolled, unpolled) {
+                (true, true) => {
+                    s.stats.rx_stalls += 1;
+                    if s.stats.rx_stalls == 1 {
+                        pr_warn!(
+                            "frames waited two rounds with nobody polling (said it slept: {}); polling again (ethtool -S: rx_stalls)\n",
+                            ep.sleeping()
+                        );
+                    }
+                    // SAFETY: `dev` is alive.
+                    unsafe { ffi::vni_napi_schedule(self.dev) };
+                }
+                (true, false) => s.stats.rx_slow_doorbells += 1,
+                _ => {}
             }
+            s.unpolled = unpolled && !s.unpolled;
             let running = ep.running_peers() != 0;
             if let Err(e) = result {
                 s.fail(self.dev, &e);

@@ -22,7 +22,7 @@ use core::ptr;
 use crate::ffi::{self, SkBuff};
 use crate::node::Vni;
 use crate::platform::Kernel;
-use crate::vni_core::{Notification, Platform, BATCH};
+use crate::vni_core::{Notification, Platform, RxFrame, BATCH};
 
 /// Polling mode: the first and the longest wait between polls.
 pub(crate) const POLL_MIN_NS: u32 = 50_000;
@@ -47,21 +47,23 @@ impl Vni {
             };
             ep.set_sleeping(false);
             s.stats.polls += 1;
-            let mut no_memory = 0u64;
+            let (mut no_memory, mut unstored) = (0u64, 0u64);
             let received = ep.recv(max, |frame| {
-                let len = frame.len();
-                let mut data = ptr::null_mut();
                 // SAFETY: `dev` is alive; in NAPI context, as
                 // napi_alloc_skb needs. A frame is at most MAX_FRAME bytes.
-                let skb = unsafe { ffi::vni_rx_alloc(self.dev, len as u32, &mut data) };
+                let skb = unsafe { ffi::vni_rx_alloc(self.dev, frame.len() as u32) };
                 if skb.is_null() {
                     no_memory += 1;
                     return;
                 }
-                // SAFETY: `data` is the `len` bytes skb_put just gave the
-                // new skb, which nothing else knows yet.
-                let buf = unsafe { core::slice::from_raw_parts_mut(data, len) };
-                frame.copy_to(buf);
+                if !store(skb, frame) {
+                    // Counted as a bad frame (never seen: the skb has the
+                    // frame's length).
+                    unstored += 1;
+                    // SAFETY: the skb is ours and nothing else knows it.
+                    unsafe { ffi::vni_skb_drop(skb) };
+                    return;
+                }
                 match skbs.get_mut(taken) {
                     Some(slot) => {
                         *slot = skb;
@@ -73,6 +75,7 @@ impl Vni {
                 }
             });
             s.stats.rx_no_memory += no_memory;
+            s.stats.rx_bad_header += unstored;
             match received {
                 Ok(0) => {}
                 Ok(_) => s.busy(),
@@ -133,4 +136,22 @@ impl Vni {
         }
         done
     }
+}
+
+/// Copies `frame` into `skb`, made by `vni_rx_alloc` for its length:
+/// segment by segment, since a large skb is a head and pages. False when
+/// the skb refused a range (never, for an skb of the frame's length).
+fn store(skb: *mut SkBuff, frame: &RxFrame<'_>) -> bool {
+    let mut pos = 0usize;
+    for seg in frame.raw_segments() {
+        let n = seg.len.min(frame.len().saturating_sub(pos));
+        // SAFETY: `seg` is a validated range of the mapped region, valid
+        // while `frame` lives, read by the kernel's copy (no Rust reference
+        // is made to it); skb_store_bits checks `pos + n` against the skb.
+        if n > 0 && unsafe { ffi::vni_rx_store(skb, pos as u32, seg.ptr, n as u32) } != 0 {
+            return false;
+        }
+        pos += n;
+    }
+    pos == frame.len()
 }

@@ -48,13 +48,20 @@ void vni_kick_after(struct vni_priv *p, u32 ns);
 void vni_housekeeping_soon(struct vni_priv *p);
 bool vni_napi_complete(struct vni_priv *p, int done);
 void vni_napi_schedule(struct vni_priv *p);
+/* Whether a NAPI poll is scheduled or running. */
+bool vni_napi_scheduled(struct vni_priv *p);
 bool vni_xmit_more(void);
 u32 vni_skb_len(const struct sk_buff *skb);
 int vni_skb_vnet_hdr(const struct sk_buff *skb, u8 *hdr);
 int vni_skb_copy(const struct sk_buff *skb, u32 offset, void *to, u32 len);
 void vni_skb_consume(struct sk_buff *skb);
 void vni_skb_drop(struct sk_buff *skb);
-struct sk_buff *vni_rx_alloc(struct vni_priv *p, u32 len, u8 **data);
+/* An skb of `len` bytes (linear, or a head and pages), to fill with
+ * vni_rx_store; NULL when memory is short. */
+struct sk_buff *vni_rx_alloc(struct vni_priv *p, u32 len);
+/* Copies `len` bytes from `from` to `offset` of the skb; non-zero when the
+ * range is not inside it. */
+int vni_rx_store(struct sk_buff *skb, u32 offset, const void *from, u32 len);
 /* Consumes the skb; non-zero: dropped (a bad header). */
 int vni_rx_deliver(struct vni_priv *p, struct sk_buff *skb);
 void vni_set_link_stats(struct rtnl_link_stats64 *s, u64 rx_packets, u64 rx_bytes,

@@ -144,6 +144,11 @@ void vni_napi_schedule(struct vni_priv *p)
 	napi_schedule(&p->napi);
 }
 
+bool vni_napi_scheduled(struct vni_priv *p)
+{
+	return test_bit(NAPI_STATE_SCHED, &p->napi.state);
+}
+
 bool vni_xmit_more(void)
 {
 	return netdev_xmit_more();
@@ -181,14 +186,48 @@ void vni_skb_drop(struct sk_buff *skb)
 	dev_kfree_skb_any(skb);
 }
 
-struct sk_buff *vni_rx_alloc(struct vni_priv *p, u32 len, u8 **data)
+/*
+ * Frames up to VNI_RX_LINEAR_MAX bytes get one linear skb from NAPI's
+ * page-fragment cache. Larger ones get a short linear head (the virtio-net
+ * header and the packet headers GRO reads) and order-0 pages for the rest:
+ * a linear 64 KiB skb is an order-5 allocation, which fails once memory is
+ * fragmented. A frame is at most 64 KiB + 64 bytes (the Rust half checks),
+ * so the pages fit MAX_SKB_FRAGS.
+ */
+#define VNI_RX_LINEAR_MAX (SKB_WITH_OVERHEAD(PAGE_SIZE) - NET_SKB_PAD - NET_IP_ALIGN)
+#define VNI_RX_HEAD (VNI_VNET_HDR_LEN + 128)
+
+struct sk_buff *vni_rx_alloc(struct vni_priv *p, u32 len)
 {
-	struct sk_buff *skb = napi_alloc_skb(&p->napi, len);
+	u32 head = len <= VNI_RX_LINEAR_MAX ? len : VNI_RX_HEAD;
+	u32 rest = len - head;
+	struct sk_buff *skb = napi_alloc_skb(&p->napi, head);
+	int i;
 
 	if (!skb)
 		return NULL;
-	*data = skb_put(skb, len);
+	skb_put(skb, head);
+	for (i = 0; rest; i++) {
+		u32 n = min_t(u32, rest, PAGE_SIZE);
+		struct page *page;
+
+		if (i >= MAX_SKB_FRAGS)
+			goto fail;
+		page = alloc_page(GFP_ATOMIC | __GFP_NOWARN);
+		if (!page)
+			goto fail;
+		skb_add_rx_frag(skb, i, page, 0, n, PAGE_SIZE);
+		rest -= n;
+	}
 	return skb;
+fail:
+	kfree_skb(skb);
+	return NULL;
+}
+
+int vni_rx_store(struct sk_buff *skb, u32 offset, const void *from, u32 len)
+{
+	return skb_store_bits(skb, offset, from, len);
 }
 
 int vni_rx_deliver(struct vni_priv *p, struct sk_buff *skb)

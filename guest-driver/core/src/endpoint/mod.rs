@@ -466,6 +466,11 @@ where
         self.sh.nodes().set_sleeping(self.sh.me, sleeping);
     }
 
+    /// Whether this node says it sleeps, as its peers read it.
+    pub fn sleeping(&self) -> bool {
+        self.sh.nodes().sleeping(self.sh.me)
+    }
+
     /// Receives up to `max` frames, handing each to `deliver`. Returns how
     /// many were delivered.
     pub fn recv(
