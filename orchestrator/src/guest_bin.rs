@@ -333,16 +333,17 @@ fn module_closure(dep: &str, wanted: &std::collections::BTreeSet<String>) -> Vec
 }
 
 /// Writes `out`: the initramfs `base` followed by a cpio archive that adds
-/// the guest binaries from `bin_dir` to `/usr/local/bin`, the VNI kernel
-/// module `kernel_module` (when nodes run it) as
-/// [`crate::driver::KERNEL_MODULE`], and, for a kernel of the user's, the
-/// `modules` tree (the directories of `lib/modules/`, one per kernel
-/// release) to `/lib/modules`.
+/// the guest binaries from `bin_dir` and the executables `tools` (perf for
+/// kernel-driver labs) to `/usr/local/bin`, the VNI kernel module
+/// `kernel_module` (when nodes run it) as [`crate::driver::KERNEL_MODULE`],
+/// and, for a kernel of the user's, the `modules` tree (the directories of
+/// `lib/modules/`, one per kernel release) to `/lib/modules`.
 pub fn overlay_initrd(
     base: &Path,
     bin_dir: &Path,
     modules: Option<&Path>,
     kernel_module: Option<&Path>,
+    tools: &[PathBuf],
     out: &Path,
 ) -> Result<(), GuestBinError> {
     let mut file =
@@ -367,11 +368,17 @@ pub fn overlay_initrd(
         };
         entries.push(dir_entry(&prefix));
     }
-    for bin in BINARIES {
-        let path = bin_dir.join(bin);
+    let tools = tools
+        .iter()
+        .filter_map(|t| Some((t.clone(), t.file_name()?.to_string_lossy().into_owned())));
+    for (path, name) in BINARIES
+        .iter()
+        .map(|bin| (bin_dir.join(bin), (*bin).to_owned()))
+        .chain(tools)
+    {
         let bytes = std::fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
         entries.push((
-            cpio::NewcBuilder::new(&format!("{GUEST_DIR}/{bin}"))
+            cpio::NewcBuilder::new(&format!("{GUEST_DIR}/{name}"))
                 .mode(0o100755)
                 .nlink(1),
             io::Cursor::new(bytes),
@@ -457,10 +464,10 @@ mod tests {
             std::fs::write(dir.join(bin), b"\x7fELF").unwrap();
         }
         let out = dir.join("initrd");
-        overlay_initrd(&base, &dir, Some(&dir.join("modules")), None, &out).unwrap_err();
+        overlay_initrd(&base, &dir, Some(&dir.join("modules")), None, &[], &out).unwrap_err();
         std::fs::create_dir_all(dir.join("modules")).unwrap();
         std::fs::rename(&release, dir.join("modules/6.12.0-x")).unwrap();
-        overlay_initrd(&base, &dir, Some(&dir.join("modules")), None, &out).unwrap();
+        overlay_initrd(&base, &dir, Some(&dir.join("modules")), None, &[], &out).unwrap();
         let names: Vec<String> = archive_names(&std::fs::read(&out).unwrap()[4..])
             .into_iter()
             .map(|(name, _)| name)
@@ -502,7 +509,10 @@ mod tests {
         std::fs::create_dir_all(modules.join("6.1.0-x/kernel")).unwrap();
         std::fs::write(modules.join("6.1.0-x/kernel/a.ko"), b"ko").unwrap();
         std::os::unix::fs::symlink("/src/linux", modules.join("6.1.0-x/build")).unwrap();
-        overlay_initrd(&base, &dir, Some(&modules), None, &out).unwrap();
+        let perf = dir.join("tools/perf");
+        std::fs::create_dir_all(dir.join("tools")).unwrap();
+        std::fs::write(&perf, b"\x7fELF").unwrap();
+        overlay_initrd(&base, &dir, Some(&modules), None, &[perf], &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[..5], b"12345");
         assert_eq!(&bytes[5..8], &[0, 0, 0]);
@@ -527,6 +537,7 @@ mod tests {
                 .map(|b| (format!("usr/local/bin/{b}"), 0o100755)),
         );
         want.extend([
+            ("usr/local/bin/perf".to_owned(), 0o100755),
             ("lib/modules/6.1.0-x".to_owned(), 0o40755),
             ("lib/modules/6.1.0-x/build".to_owned(), 0o120777),
             ("lib/modules/6.1.0-x/kernel".to_owned(), 0o40755),

@@ -96,6 +96,14 @@ pub struct KernelTree {
     pub release: String,
 }
 
+impl KernelTree {
+    /// perf, built statically from the tree's source by the recipe, for
+    /// the guests (`/usr/local/bin/perf` in kernel-driver labs).
+    pub fn perf(&self) -> PathBuf {
+        self.root.join("usr/src/perf/perf")
+    }
+}
+
 /// The tree for the image's kernel, building it first when missing.
 pub fn ensure_tree(
     manifest: &Manifest,

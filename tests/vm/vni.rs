@@ -217,6 +217,42 @@ fn a_mixed_lab_of_a_kernel_and_a_user_space_node_interoperates() {
         .find_map(|l| l.trim().strip_prefix("rx_stalls: "))
         .unwrap_or_else(|| panic!("no rx_stalls in {stats}"));
     assert_eq!(stalls, "0", "wake-ups lost: {stats}");
+    // Kernel-driver labs carry perf, built from the kernel's own tree: a
+    // profile of the kernel node under ping shows the module's code.
+    run.exec_ok(
+        "b",
+        &[
+            "perf",
+            "record",
+            "-q",
+            "-a",
+            "-e",
+            "cpu-clock",
+            "-o",
+            "/tmp/perf.data",
+            "--",
+            "ping",
+            "-q",
+            "-c",
+            "50",
+            "-i",
+            "0.01",
+            "10.0.0.1",
+        ],
+    );
+    let profile = run.exec_ok(
+        "b",
+        &[
+            "perf",
+            "report",
+            "-i",
+            "/tmp/perf.data",
+            "--stdio",
+            "--sort",
+            "dso",
+        ],
+    );
+    assert!(profile.contains("[vni]"), "no samples in vni.ko: {profile}");
     assert!(run.run(&["down", "mixed"]).status.success());
     run.assert_gone("mixed", None);
 }

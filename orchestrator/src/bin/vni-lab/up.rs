@@ -111,9 +111,13 @@ pub fn up(
     };
     // The kernel module, for the nodes that run it, built against the
     // image's kernel (validation made sure it is Debian's Rust-enabled one).
-    let kernel_module = match manifest.as_ref().filter(|_| topology.uses(Driver::Kernel)) {
-        None => None,
-        Some(manifest) => Some(kernel_module(manifest, &mut progress)?),
+    // With it, perf built from the same kernel tree.
+    let (kernel_module, tools) = match manifest.as_ref().filter(|_| topology.uses(Driver::Kernel)) {
+        None => (None, Vec::new()),
+        Some(manifest) => {
+            let (module, perf) = kernel_module(manifest, &mut progress)?;
+            (Some(module), perf.into_iter().collect())
+        }
     };
     let (kernel, release) = match &topology.kernel {
         Kernel::Path(path) => (path.clone(), "custom".to_owned()),
@@ -148,6 +152,7 @@ pub fn up(
             &guest_bins,
             topology.modules.as_deref(),
             kernel_module.as_deref(),
+            &tools,
             &initrd,
         )?;
         let plan = Plan {
@@ -191,15 +196,22 @@ pub fn up(
 }
 
 /// The VNI kernel module for the image's kernel: its build root prepared
-/// and the module built when they are not cached.
-fn kernel_module(manifest: &image::Manifest, progress: &mut Progress) -> anyhow::Result<PathBuf> {
+/// and the module built when they are not cached. With it, the tree's
+/// perf, when the tree has one (trees built before perf joined the
+/// recipe have none; a new recipe builds a new tree).
+fn kernel_module(
+    manifest: &image::Manifest,
+    progress: &mut Progress,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     let cache = image::cache_dir();
     let mut step = |s: &str| progress.step(&format!("kernel module: {s}"));
     let tree = kmod::ensure_tree(manifest, &cache, &mut step)
         .context("cannot prepare the kernel tree for the VNI kernel module")?;
     let checkout = vni_lab::guest_bin::module_source().ok_or(kmod::KmodError::NoSource)?;
-    kmod::ensure_module(&tree, &checkout, &cache, &mut step)
-        .context("cannot build the VNI kernel module")
+    let module = kmod::ensure_module(&tree, &checkout, &cache, &mut step)
+        .context("cannot build the VNI kernel module")?;
+    let perf = tree.perf();
+    Ok((module, perf.is_file().then_some(perf)))
 }
 
 /// Checks that pinned CPUs exist on this host.
