@@ -152,7 +152,7 @@ pub fn key(suite: &str, kernel_package: &str) -> String {
 }
 
 /// FNV-1a of `bytes` as 16 hex digits: the cache keys' hash.
-pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> String {
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> String {
     let hash = bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });

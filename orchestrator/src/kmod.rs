@@ -16,6 +16,11 @@
 //! - `<cache>/kernel-modules/<release>-<hash>/vni.ko`, the hash over the
 //!   tree's and every source file's path and contents.
 //!
+//! A kernel of one's own with Rust support needs no build root: its
+//! built tree (`--kernel-tree`) is where the module is built, on the
+//! host, by the rustc that built the kernel ([`OwnTree`],
+//! [`ensure_own_module`]); the module lands in the same cache.
+//!
 //! Builds run in directories of their own (`.build-<hash>-<pid>`) and are
 //! published by rename: an interrupted build leaves nothing that is used,
 //! and the next build removes it. The build root's `/proc` is mounted in
@@ -49,6 +54,29 @@ pub enum KmodError {
     /// The image has no kernel version (built by an older vni-lab).
     #[error("The guest image of {0} does not say its kernel's version: rebuild it with `vni-lab image build --suite trixie-backports --force`")]
     NoVersion(String),
+    /// The tree of one's own was built by another rustc than the one here.
+    #[error(
+        "{}: the kernel was built with `{built_with}`, and `{rustc} --version` here says `{here}`; a Rust module must be built by the rustc that built the kernel (put that one first on PATH, or name it in RUSTC)",
+        .tree.display()
+    )]
+    Rustc {
+        /// The tree.
+        tree: PathBuf,
+        /// Its `CONFIG_RUSTC_VERSION_TEXT`.
+        built_with: String,
+        /// The rustc that would build the module.
+        rustc: String,
+        /// What it says it is (or why it could not say).
+        here: String,
+    },
+    /// The tree of one's own is configured for Rust but not built.
+    #[error("{}: {what} is missing: build the kernel first (make), then give its tree", .tree.display())]
+    NotBuilt {
+        /// The tree.
+        tree: PathBuf,
+        /// The missing file.
+        what: &'static str,
+    },
     /// A build step failed.
     #[error("{step} failed: {status}\n{tail}")]
     Step {
@@ -290,12 +318,7 @@ pub fn ensure_module(
     let build = tree.root.join(inside.strip_prefix("/").unwrap_or(&inside));
     let _ = std::fs::remove_dir_all(&build);
     let scratch = Scratch(build.clone());
-    for (path, bytes) in &files {
-        let to = build.join(path);
-        std::fs::create_dir_all(to.parent().unwrap_or(&build))
-            .map_err(io_err(format!("create {}", build.display())))?;
-        std::fs::write(&to, bytes).map_err(io_err(format!("write {}", to.display())))?;
-    }
+    write_sources(&files, &build)?;
     let module_dir = inside.join(MODULE_DIR);
     let script = format!(
         "mount -t proc proc {root}/proc && exec chroot {root} env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
@@ -307,26 +330,200 @@ pub fn ensure_module(
     let mut command = Command::new("unshare");
     command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     run_with_steps("building the VNI kernel module", &mut command, step)?;
-    std::fs::create_dir_all(&modules).map_err(io_err(format!("create {}", modules.display())))?;
+    publish(
+        &build.join(MODULE_DIR).join("vni.ko"),
+        &modules,
+        &tree.release,
+        &key,
+    )?;
+    drop(scratch);
+    Ok(ko)
+}
+
+/// Writes the module's source files under `dir`, at their paths.
+fn write_sources(files: &[(PathBuf, Vec<u8>)], dir: &Path) -> Result<(), KmodError> {
+    for (path, bytes) in files {
+        let to = dir.join(path);
+        std::fs::create_dir_all(to.parent().unwrap_or(dir))
+            .map_err(io_err(format!("create {}", dir.display())))?;
+        std::fs::write(&to, bytes).map_err(io_err(format!("write {}", to.display())))?;
+    }
+    Ok(())
+}
+
+/// Moves a built `vni.ko` to `<modules>/<release>-<key>/`, by rename, and
+/// removes the modules of older sources for the same release (a running
+/// build's staging stays).
+fn publish(built: &Path, modules: &Path, release: &str, key: &str) -> Result<(), KmodError> {
+    std::fs::create_dir_all(modules).map_err(io_err(format!("create {}", modules.display())))?;
+    let dir = modules.join(format!("{release}-{key}"));
     let staged = modules.join(format!(".build-{key}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staged);
     std::fs::create_dir_all(&staged).map_err(io_err("create the module directory"))?;
-    std::fs::copy(build.join(MODULE_DIR).join("vni.ko"), staged.join("vni.ko"))
-        .map_err(io_err("copy vni.ko"))?;
+    std::fs::copy(built, staged.join("vni.ko")).map_err(io_err("copy vni.ko"))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&staged, &dir).map_err(io_err(format!("publish {}", dir.display())))?;
-    drop(scratch);
-    // Modules of older sources are not used again; builds whose process
-    // is gone leave nothing (a running one's staging stays).
-    image::remove_stale_builds(&modules);
-    if let Ok(entries) = std::fs::read_dir(&modules) {
+    image::remove_stale_builds(modules);
+    if let Ok(entries) = std::fs::read_dir(modules) {
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.path() != dir && name.starts_with(&format!("{}-", tree.release)) {
+            if entry.path() != dir && name.starts_with(&format!("{release}-")) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
+    Ok(())
+}
+
+/// The value of `option` in a `.config`, quotes removed.
+fn config_value<'a>(config: &'a str, option: &str) -> Option<&'a str> {
+    config.lines().find_map(|line| {
+        let value = line.strip_prefix(option)?.strip_prefix('=')?;
+        Some(value.trim_matches('"'))
+    })
+}
+
+/// A built kernel tree of one's own with Rust support (`--kernel-tree`,
+/// or the tree a kernel's modules link to), checked for what building
+/// the module against it takes.
+#[derive(Debug)]
+pub struct OwnTree {
+    /// The tree (canonical).
+    pub dir: PathBuf,
+    /// Its kernel release (`include/config/kernel.release`).
+    pub release: String,
+    config: String,
+    symbols: Vec<u8>,
+    /// The rustc that builds the module, and what it says it is.
+    rustc: String,
+    rustc_version: String,
+}
+
+impl OwnTree {
+    /// Checks that `dir` is built (its `Module.symvers`, release and Rust
+    /// crates are there) and that the rustc here (`RUSTC`, or `rustc` on
+    /// PATH) is the one that built it (`CONFIG_RUSTC_VERSION_TEXT`).
+    pub fn open(dir: &Path) -> Result<OwnTree, KmodError> {
+        let dir = std::fs::canonicalize(dir).map_err(io_err(format!("find {}", dir.display())))?;
+        let read = |name: &'static str| {
+            std::fs::read(dir.join(name)).map_err(|_| KmodError::NotBuilt {
+                tree: dir.clone(),
+                what: name,
+            })
+        };
+        let config = String::from_utf8_lossy(&read(".config")?).into_owned();
+        let symbols = read("Module.symvers")?;
+        let release = String::from_utf8_lossy(&read("include/config/kernel.release")?)
+            .trim()
+            .to_owned();
+        read("rust/libkernel.rmeta")?;
+        let built_with = config_value(&config, "CONFIG_RUSTC_VERSION_TEXT").unwrap_or_default();
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+        let here = match Command::new(&rustc).arg("--version").output() {
+            Ok(out) if out.status.success() => {
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            }
+            Ok(out) => format!("nothing ({})", out.status),
+            Err(e) => format!("nothing ({e})"),
+        };
+        if here != built_with {
+            return Err(KmodError::Rustc {
+                tree: dir,
+                built_with: built_with.to_owned(),
+                rustc,
+                here,
+            });
+        }
+        Ok(OwnTree {
+            dir,
+            release,
+            config,
+            symbols,
+            rustc,
+            rustc_version: here,
+        })
+    }
+}
+
+/// The module for a tree of one's own, built on this host with the
+/// tree's own build system, as any external module is: `make -C TREE
+/// M=DIR modules`, by the rustc [`OwnTree::open`] checked, with `LLVM=1`
+/// for a tree built by clang. Cached until the source, the tree's
+/// configuration, symbols or kernel, or the rustc change.
+pub fn ensure_own_module(
+    tree: &OwnTree,
+    checkout: &Path,
+    cache: &Path,
+    step: &mut dyn FnMut(&str),
+) -> Result<PathBuf, KmodError> {
+    let OwnTree {
+        dir: tree_dir,
+        release,
+        config,
+        symbols,
+        rustc,
+        rustc_version: here,
+    } = tree;
+    // The kernel image's size and time stand for the build: a rebuilt
+    // kernel builds the module again, without hashing hundreds of MB.
+    let kernel = std::fs::metadata(tree_dir.join("vmlinux"))
+        .map(|m| format!("{} {:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default();
+    let files = sources(checkout)?;
+    let key = hash(
+        [
+            b"own tree".as_slice(),
+            tree_dir.as_os_str().as_encoded_bytes(),
+            config.as_bytes(),
+            symbols,
+            release.as_bytes(),
+            kernel.as_bytes(),
+            here.as_bytes(),
+        ]
+        .into_iter()
+        .chain(
+            files
+                .iter()
+                .flat_map(|(p, b)| [p.as_os_str().as_encoded_bytes(), b.as_slice()]),
+        ),
+    );
+    let modules = cache.join("kernel-modules");
+    let ko = modules.join(format!("{release}-{key}")).join("vni.ko");
+    if ko.is_file() {
+        return Ok(ko);
+    }
+    step(&format!(
+        "building the VNI kernel module against {}",
+        tree_dir.display()
+    ));
+    std::fs::create_dir_all(&modules).map_err(io_err(format!("create {}", modules.display())))?;
+    let build = modules.join(format!(".build-src-{key}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&build);
+    let scratch = Scratch(build.clone());
+    write_sources(&files, &build)?;
+    let module_dir = build.join(MODULE_DIR);
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let clang = config_value(config, "CONFIG_CC_IS_CLANG") == Some("y");
+    let mut command = Command::new("make");
+    command
+        .arg("-s")
+        .arg(format!("-j{jobs}"))
+        .arg("-C")
+        .arg(tree_dir)
+        .arg(format!("M={}", module_dir.display()))
+        .arg(format!("RUSTC={rustc}"));
+    if clang {
+        command.arg("LLVM=1");
+    }
+    command.arg("modules");
+    run_with_steps("building the VNI kernel module", &mut command, step)?;
+    let ko_built = module_dir.join("vni.ko");
+    let strip = if clang { "llvm-strip" } else { "strip" };
+    let mut command = Command::new(strip);
+    command.arg("--strip-debug").arg(&ko_built);
+    run_with_steps("stripping vni.ko", &mut command, step)?;
+    publish(&ko_built, &modules, release, &key)?;
+    drop(scratch);
     Ok(ko)
 }
 

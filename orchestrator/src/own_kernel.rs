@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::kconfig::{self, ModuleList, Requirement};
-use crate::topology::{Kernel, Topology};
+use crate::topology::{Driver, Kernel, Topology};
 
 /// The guest kernel given on the command line (`up`, `test`, `bench`),
 /// overriding the lab file's `guest:` settings.
@@ -32,7 +32,9 @@ pub struct KernelFlags {
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub append: Option<String>,
     /// A built kernel tree: boots its arch/x86/boot/bzImage with its
-    /// modules (installed into the cache) after checking its .config.
+    /// modules (installed into the cache) after checking its .config; for
+    /// the kernel driver, builds vni.ko against it (CONFIG_RUST, and the
+    /// rustc that built it on PATH or in RUSTC).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "modules"])]
     pub kernel_tree: Option<PathBuf>,
 }
@@ -64,6 +66,10 @@ pub enum OwnKernelError {
         base: PathBuf,
         release: String,
     },
+    #[error(
+        "the lab runs the kernel driver, which vni-lab builds against the kernel's own built tree, and none was found for {kernel} (no tree holding the image, no modules' build link with a .config): give --kernel-tree DIR, or run the user-space driver (topologies/two-node.yaml)"
+    )]
+    NoTree { kernel: String },
     #[error(
         "the kernel {kernel} lacks what this lab needs (says {source_of}): {}; `vni-lab kconfig` prints the fragment to merge, or boot another kernel",
         missing.join(", ")
@@ -259,28 +265,42 @@ pub fn image_release(image: &[u8]) -> Option<String> {
     (!release.is_empty()).then(|| release.to_owned())
 }
 
-/// Where a kernel's `.config` may be, beside its image or its modules:
-/// a kernel tree's `.config` (the image in `arch/x86/boot/`), Debian's
-/// `config-RELEASE` beside `vmlinuz-RELEASE`, or the modules' `build/`
-/// tree and `config`.
-fn config_candidates(kernel: &Path, release_dir: Option<&Path>) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = kernel
+/// A place a kernel's `.config` may be, and whether it is a built tree's
+/// (the tree the kernel driver is then built against).
+#[derive(Debug, PartialEq, Eq)]
+struct ConfigPlace {
+    config: PathBuf,
+    tree: Option<PathBuf>,
+}
+
+/// Where a kernel's `.config` may be, beside its image or its modules, in
+/// order: a kernel tree's `.config` (the image in `arch/x86/boot/`),
+/// Debian's `config-RELEASE` beside `vmlinuz-RELEASE`, or the modules'
+/// `build/` tree (the link `make modules_install` leaves to the tree) and
+/// `config`.
+fn config_candidates(kernel: &Path, release_dir: Option<&Path>) -> Vec<ConfigPlace> {
+    let in_tree = |dir: PathBuf| ConfigPlace {
+        config: dir.join(".config"),
+        tree: Some(dir),
+    };
+    let mut places: Vec<ConfigPlace> = kernel
         .ancestors()
         .skip(1)
         .take(4)
         .filter(|dir| dir.join("Makefile").is_file())
-        .map(|dir| dir.join(".config"))
+        .map(|dir| in_tree(dir.to_owned()))
         .collect();
+    let loose = |config: PathBuf| ConfigPlace { config, tree: None };
     if let (Some(dir), Some(name)) = (kernel.parent(), kernel.file_name()) {
         if let Some(release) = name.to_string_lossy().strip_prefix("vmlinuz-") {
-            paths.push(dir.join(format!("config-{release}")));
+            places.push(loose(dir.join(format!("config-{release}"))));
         }
     }
     if let Some(dir) = release_dir {
-        paths.push(dir.join("build/.config"));
-        paths.push(dir.join("config"));
+        places.push(in_tree(dir.join("build")));
+        places.push(loose(dir.join("config")));
     }
-    paths
+    places
 }
 
 /// What the check before booting found.
@@ -293,11 +313,17 @@ pub struct Checked {
     /// Options only a `.config` tells, left unchecked (none when one was
     /// read).
     pub unchecked: Vec<&'static str>,
+    /// The built tree the kernel driver is to be built against, when a
+    /// node runs it (its `.config` is the one read).
+    pub tree: Option<PathBuf>,
 }
 
 /// Checks a kernel of one's own against what `topology` needs: its
 /// modules match its release, and its `.config` (or, without one, its
-/// modules) has every option. Nothing to check for Debian's kernels.
+/// modules) has every option. A lab with the kernel driver needs the
+/// kernel's built tree too, to build `vni.ko` against: the tree holding
+/// the image (`--kernel-tree`), or the one its modules' `build` link
+/// names. Nothing to check for Debian's kernels.
 pub fn check(topology: &Topology) -> Result<Option<Checked>, OwnKernelError> {
     let Kernel::Path(kernel) = &topology.kernel else {
         return Ok(None);
@@ -322,19 +348,29 @@ pub fn check(topology: &Topology) -> Result<Option<Checked>, OwnKernelError> {
         source_of,
         missing: missing.iter().map(|r| r.option.to_owned()).collect(),
     };
+    let needs_tree = topology.uses(Driver::Kernel);
     let config = config_candidates(kernel, release_dir.as_deref())
         .into_iter()
-        .find_map(|path| std::fs::read_to_string(&path).ok().map(|text| (path, text)));
-    if let Some((path, text)) = config {
+        .filter(|place| !needs_tree || place.tree.is_some())
+        .find_map(|place| {
+            std::fs::read_to_string(&place.config)
+                .ok()
+                .map(|text| (place, text))
+        });
+    if let Some((place, text)) = config {
         let missing = kconfig::missing(&text, &requirements);
         if !missing.is_empty() {
-            return Err(refuse(path.display().to_string(), missing));
+            return Err(refuse(place.config.display().to_string(), missing));
         }
         return Ok(Some(Checked {
             release,
-            source: path.display().to_string(),
+            source: place.config.display().to_string(),
             unchecked: Vec::new(),
+            tree: place.tree.filter(|_| needs_tree),
         }));
+    }
+    if needs_tree {
+        return Err(OwnKernelError::NoTree { kernel: label });
     }
     let Some(dir) = release_dir else {
         // Without modules, every option must be built in; only a .config
@@ -343,6 +379,7 @@ pub fn check(topology: &Topology) -> Result<Option<Checked>, OwnKernelError> {
             release,
             source: "nothing (no .config beside the kernel, no modules)".into(),
             unchecked: requirements.iter().map(|r| r.option).collect(),
+            tree: None,
         }));
     };
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
@@ -356,6 +393,7 @@ pub fn check(topology: &Topology) -> Result<Option<Checked>, OwnKernelError> {
         release,
         source,
         unchecked: unknown.iter().map(|r| r.option).collect(),
+        tree: None,
     }))
 }
 
@@ -499,10 +537,26 @@ mod tests {
             &tree.join("arch/x86/boot/bzImage"),
             Some(Path::new("/m/6.1")),
         );
-        assert_eq!(found[0], tree.join(".config"), "{found:?}");
+        assert_eq!(
+            found[0],
+            ConfigPlace {
+                config: tree.join(".config"),
+                tree: Some(tree.clone())
+            }
+        );
         std::fs::remove_dir_all(&tree).unwrap();
-        assert!(found.contains(&PathBuf::from("/m/6.1/build/.config")));
+        assert!(found.contains(&ConfigPlace {
+            config: PathBuf::from("/m/6.1/build/.config"),
+            tree: Some(PathBuf::from("/m/6.1/build")),
+        }));
         let debian = config_candidates(Path::new("/x/boot/vmlinuz-6.1.0-9-amd64"), None);
-        assert!(debian.contains(&PathBuf::from("/x/boot/config-6.1.0-9-amd64")));
+        assert_eq!(
+            debian,
+            vec![ConfigPlace {
+                config: PathBuf::from("/x/boot/config-6.1.0-9-amd64"),
+                tree: None
+            }],
+            "a distribution's config is no tree"
+        );
     }
 }

@@ -288,7 +288,8 @@ pub struct RawVni {
     pub profile: Option<bool>,
     /// Which VNI driver the nodes run: `user` (the user-space driver over
     /// VFIO and a TAP) or `kernel` (the Rust kernel module `vni.ko`, on
-    /// Debian's Rust-enabled kernel). Default: `kernel` on that kernel
+    /// Debian's Rust-enabled kernel or a kernel tree of one's own with Rust
+    /// support). Default: `kernel` on that kernel
     /// (`guest.kernel: trixie-backports`), the faster one there;
     /// otherwise `user`. `nodes[].driver` overrides it per node.
     pub driver: Option<Driver>,
@@ -385,7 +386,9 @@ pub enum Driver {
     User,
     /// The Rust kernel module `vni.ko`, an Ethernet driver as in Mint.
     /// Needs Debian's Rust-enabled kernel (`guest.kernel:
-    /// trixie-backports`).
+    /// trixie-backports`) or a kernel of one's own built with
+    /// `CONFIG_RUST`, whose tree vni-lab builds the module against
+    /// (`--kernel-tree`).
     Kernel,
 }
 
@@ -992,13 +995,12 @@ impl Topology {
         if let Some((node, field)) = &kernel_node {
             match &kernel {
                 Kernel::TrixieBackports => {}
-                Kernel::Path(_) => check.report(
-                    field,
-                    format!("node {node} runs the kernel driver, which vni-lab builds for Debian's Rust-enabled kernel only (guest.kernel: trixie-backports); with a kernel of your own use driver: user"),
-                ),
+                // Built against the kernel's own tree: whether it has one,
+                // with Rust, is checked before booting (own_kernel::check).
+                Kernel::Path(_) => {}
                 other => check.report(
                     field,
-                    format!("node {node} runs the kernel driver, but guest.kernel {} has no Rust support: use guest.kernel: trixie-backports (Debian's 7.3 kernel), or driver: user", other.suite()),
+                    format!("node {node} runs the kernel driver, but guest.kernel {} has no Rust support: use guest.kernel: trixie-backports (Debian's 7.3 kernel), a kernel of your own built with CONFIG_RUST (--kernel-tree), or driver: user", other.suite()),
                 ),
             }
         }
@@ -1251,6 +1253,13 @@ mod tests {
         let problems = parse(&per_node).unwrap_err();
         assert_eq!(problems[0].field, "nodes[1].driver");
         assert!(parse(&format!("{MINIMAL}vni: {{driver: both}}\n")).is_err());
+        // A kernel of one's own may have Rust: its tree says, before
+        // booting (own_kernel::check), not validation.
+        let own = format!(
+            "{MINIMAL}vni: {{driver: kernel}}\nguest: {{kernel: {}/Cargo.toml}}\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        assert!(parse(&own).is_ok());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `vni-lab kconfig`: the fragment it prints merges with the kernel's own
 //! `scripts/kconfig/merge_config.sh` (from the kernel tree the
 //! kernel-driver labs build) into a config that then has every option a
-//! lab needs, and Debian's Rust kernel, which the labs boot, has them all.
+//! lab needs, and Debian's Rust kernel, which the labs boot, has them all;
+//! a kernel-driver lab on a kernel of one's own is refused before booting
+//! without a built tree with Rust and the rustc that built it.
 
 #[path = "../../tests/kit/mod.rs"]
 mod kit;
@@ -151,5 +153,90 @@ fn a_kernel_tree_whose_config_lacks_an_option_is_refused_before_booting() {
         text(&out.stderr).contains("no arch/x86/boot/bzImage"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// A kernel image of `release` as far as vni-lab reads one before booting:
+/// the boot header's version string.
+fn fake_bzimage(release: &str) -> Vec<u8> {
+    let mut image = vec![0u8; 0x1000];
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+    let text = format!("{release} (ci@example) #1 SMP\0");
+    image[0x500..0x500 + text.len()].copy_from_slice(text.as_bytes());
+    image
+}
+
+#[test]
+fn a_kernel_driver_lab_on_a_kernel_of_ones_own_needs_its_tree_rust_and_rustc() {
+    let run = Run::new("kconfig-rust-tree");
+    // A built tree as far as vni-lab looks before booting: everything the
+    // kernel driver needs in its .config, its symbols, release and Rust
+    // crates, but built by a rustc that is not the one here.
+    let tree = run.dir.join("linux");
+    for dir in ["arch/x86/boot", "include/config", "rust"] {
+        std::fs::create_dir_all(tree.join(dir)).unwrap();
+    }
+    let release = "7.3.0-vni-fake";
+    std::fs::write(tree.join("arch/x86/boot/bzImage"), fake_bzimage(release)).unwrap();
+    std::fs::write(tree.join("Makefile"), "").unwrap();
+    std::fs::write(tree.join("Module.symvers"), "").unwrap();
+    std::fs::write(tree.join("include/config/kernel.release"), release).unwrap();
+    std::fs::write(tree.join("rust/libkernel.rmeta"), "").unwrap();
+    let needs = requirements(&[Driver::Kernel], Network::Vni);
+    let mut config: String = needs.iter().map(|r| format!("{}=y\n", r.option)).collect();
+    config.push_str("CONFIG_RUSTC_VERSION_TEXT=\"rustc 0.0.1 (vni-lab test)\"\n");
+    std::fs::write(tree.join(".config"), &config).unwrap();
+    let lab = kit::topologies().join("two-node-kernel.yaml");
+    let refused = |args: &[&str], says: &[&str]| {
+        let artifacts = run.dir.join("results");
+        let mut all = vec![
+            "test",
+            lab.to_str().unwrap(),
+            "--artifacts",
+            artifacts.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let started = std::time::Instant::now();
+        let out = run.run(&all);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(started.elapsed().as_secs() < 60, "refused, not booted");
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(artifacts.join("results.json")).unwrap())
+                .unwrap();
+        for text in says {
+            kit::case(&results, "boot", "lab", "error", text);
+        }
+        run.assert_gone("two-node-kernel", None);
+    };
+    let tree_arg = tree.to_str().unwrap();
+    refused(
+        &["--kernel-tree", tree_arg],
+        &[
+            "the kernel was built with `rustc 0.0.1 (vni-lab test)`",
+            "a Rust module must be built by the rustc that built the kernel",
+        ],
+    );
+    // Not built: its Rust crates missing.
+    std::fs::remove_file(tree.join("rust/libkernel.rmeta")).unwrap();
+    refused(
+        &["--kernel-tree", tree_arg],
+        &["rust/libkernel.rmeta is missing: build the kernel first"],
+    );
+    // Without Rust.
+    std::fs::write(tree.join(".config"), config.replace("CONFIG_RUST=y\n", "")).unwrap();
+    refused(
+        &["--kernel-tree", tree_arg],
+        &["lacks what this lab needs", "CONFIG_RUST"],
+    );
+    // A loose kernel image, no tree to build the module against.
+    let loose = run.dir.join("bzImage");
+    std::fs::copy(tree.join("arch/x86/boot/bzImage"), &loose).unwrap();
+    refused(
+        &["--kernel", loose.to_str().unwrap()],
+        &[
+            "none was found for 7.3.0-vni-fake",
+            "give --kernel-tree DIR",
+        ],
     );
 }

@@ -51,9 +51,12 @@ pub fn up(
     }
     // A kernel of one's own: refused now for what it lacks, not later
     // with a boot timeout.
+    let (mut own_tree, mut own_release) = (None, None);
     match own_kernel::check(&topology) {
         Ok(None) => {}
         Ok(Some(checked)) => {
+            own_tree = checked.tree.clone();
+            own_release = checked.release.clone();
             let release = checked
                 .release
                 .as_deref()
@@ -69,13 +72,25 @@ pub fn up(
                 ));
             }
         }
-        Err(e @ OwnKernelError::Missing { .. }) => {
+        Err(e @ (OwnKernelError::Missing { .. } | OwnKernelError::NoTree { .. })) => {
             eprintln!("vni-lab: {e}");
             eprintln!("vni-lab: nothing was started");
             return Ok(ExitCode::FAILURE);
         }
         Err(e) => return Err(e).context("cannot check the kernel"),
     }
+
+    // A tree of one's own to build the kernel driver against: built, and
+    // by the rustc here.
+    let own_tree = match own_tree.as_deref().map(kmod::OwnTree::open).transpose() {
+        Ok(tree) => tree,
+        Err(e @ (kmod::KmodError::Rustc { .. } | kmod::KmodError::NotBuilt { .. })) => {
+            eprintln!("vni-lab: {e}");
+            eprintln!("vni-lab: nothing was started");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e).context("cannot check the kernel tree"),
+    };
 
     // The host: QEMU (installed when missing and we are root), an
     // accelerator, the CPUs nodes are pinned to.
@@ -110,17 +125,27 @@ pub fn up(
         Default::default()
     };
     // The kernel module, for the nodes that run it, built against the
-    // image's kernel (validation made sure it is Debian's Rust-enabled one).
-    // With it, perf built from the same kernel tree.
-    let (kernel_module, tools) = match manifest.as_ref().filter(|_| topology.uses(Driver::Kernel)) {
-        None => (None, Vec::new()),
-        Some(manifest) => {
-            let (module, perf) = kernel_module(manifest, &mut progress)?;
-            (Some(module), perf.into_iter().collect())
-        }
+    // kernel's tree: a tree of one's own (the check above found it), or
+    // the build root of the image's kernel (validation made sure it is
+    // Debian's Rust-enabled one), with perf built from the same source.
+    let (kernel_module, tools) = if !topology.uses(Driver::Kernel) {
+        (None, Vec::new())
+    } else if let Some(tree) = &own_tree {
+        let module =
+            own_tree_module(tree, &mut progress).context("cannot build the VNI kernel module")?;
+        (Some(module), Vec::new())
+    } else if let Some(manifest) = &manifest {
+        let (module, perf) = kernel_module(manifest, &mut progress)?;
+        (Some(module), perf.into_iter().collect())
+    } else {
+        (None, Vec::new())
     };
     let (kernel, release) = match &topology.kernel {
-        Kernel::Path(path) => (path.clone(), "custom".to_owned()),
+        // (The release its boot header says, as `uname -r` will.)
+        Kernel::Path(path) => (
+            path.clone(),
+            own_release.unwrap_or_else(|| "custom".to_owned()),
+        ),
         _ => (kernel, release),
     };
     let base_initrd = topology.image.clone().unwrap_or(initrd);
@@ -212,6 +237,16 @@ fn kernel_module(
         .context("cannot build the VNI kernel module")?;
     let perf = tree.perf();
     Ok((module, perf.is_file().then_some(perf)))
+}
+
+/// The VNI kernel module built against a kernel tree of one's own.
+fn own_tree_module(
+    tree: &kmod::OwnTree,
+    progress: &mut Progress,
+) -> Result<PathBuf, kmod::KmodError> {
+    let checkout = vni_lab::guest_bin::module_source().ok_or(kmod::KmodError::NoSource)?;
+    let mut step = |s: &str| progress.step(&format!("kernel module: {s}"));
+    kmod::ensure_own_module(tree, &checkout, &image::cache_dir(), &mut step)
 }
 
 /// Checks that pinned CPUs exist on this host.
