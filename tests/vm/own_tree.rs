@@ -1,7 +1,8 @@
 //! The kernel driver on a kernel of one's own, as kernel CI runs it: the
 //! one-line job `vni-lab test LAB --kernel-tree . --ktap … --junit …` in
 //! a built kernel tree with Rust support, which vni-lab checks, boots, and
-//! builds `vni.ko` against.
+//! builds `vni.ko` against; then the same from loose files (`--kernel`,
+//! `--modules`), the tree found by the modules' `build` link.
 //!
 //! The tree is a small one (`tests/kernels/rust-tree`: `make tinyconfig`,
 //! `tests/kernels/rust.config` and `vni-lab kconfig --driver kernel`),
@@ -218,5 +219,36 @@ fn the_kernel_driver_runs_on_a_kernel_tree_of_ones_own() {
     assert!(!ktap.contains("not ok"), "{ktap}");
     let junit = std::fs::read_to_string(&junit).unwrap();
     assert!(junit.contains("failures=\"0\""), "{junit}");
+    run.assert_gone("two-node-kernel", None);
+
+    // From loose files, as a job that keeps only the build's products:
+    // the image copied out of the tree, and the modules as `make
+    // modules_install` leaves them, whose `build` link names the tree.
+    let loose = run.dir.join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    let image = loose.join("bzImage");
+    std::fs::copy(tree.join("arch/x86/boot/bzImage"), &image).unwrap();
+    must(
+        "make modules_install",
+        Command::new("make")
+            .args(["-s", "-C"])
+            .arg(&tree)
+            .arg(format!("INSTALL_MOD_PATH={}", loose.display()))
+            .arg("modules_install"),
+    );
+    let (code, report, _) = run.test(
+        &lab,
+        &[
+            "--kernel",
+            image.to_str().unwrap(),
+            "--modules",
+            loose.to_str().unwrap(),
+            "--checks",
+            "unicast,tcp-string,region",
+        ],
+    );
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["kernel_release"], release, "{report:#}");
+    kit::case(&report, "tcp-string", "node0->node1", "passed", "intact");
     run.assert_gone("two-node-kernel", None);
 }
