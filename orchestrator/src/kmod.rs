@@ -375,6 +375,19 @@ fn publish(built: &Path, modules: &Path, release: &str, key: &str) -> Result<(),
     Ok(())
 }
 
+/// The name of LLVM's `tool` as kbuild's `LLVM=` makes it: a version
+/// suffix (`-19`), a directory prefix (`/opt/llvm/bin/`), or neither
+/// (`1`).
+fn llvm_tool(tool: &str, llvm: &str) -> String {
+    if llvm.starts_with('-') {
+        format!("{tool}{llvm}")
+    } else if llvm.ends_with('/') {
+        format!("{llvm}{tool}")
+    } else {
+        tool.to_owned()
+    }
+}
+
 /// The value of `option` in a `.config`, quotes removed.
 fn config_value<'a>(config: &'a str, option: &str) -> Option<&'a str> {
     config.lines().find_map(|line| {
@@ -503,7 +516,15 @@ pub fn ensure_own_module(
     write_sources(&files, &build)?;
     let module_dir = build.join(MODULE_DIR);
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let clang = config_value(config, "CONFIG_CC_IS_CLANG") == Some("y");
+    // A clang-built tree needs LLVM again: the job's own (`LLVM=1`,
+    // `LLVM=-19`, `LLVM=/opt/llvm/bin/`, which make takes from the
+    // environment), else `LLVM=1`.
+    let llvm = (config_value(config, "CONFIG_CC_IS_CLANG") == Some("y")).then(|| {
+        std::env::var("LLVM")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "1".to_owned())
+    });
     let mut command = Command::new("make");
     command
         .arg("-s")
@@ -512,13 +533,16 @@ pub fn ensure_own_module(
         .arg(tree_dir)
         .arg(format!("M={}", module_dir.display()))
         .arg(format!("RUSTC={rustc}"));
-    if clang {
-        command.arg("LLVM=1");
+    if let Some(llvm) = &llvm {
+        command.arg(format!("LLVM={llvm}"));
     }
     command.arg("modules");
     run_with_steps("building the VNI kernel module", &mut command, step)?;
     let ko_built = module_dir.join("vni.ko");
-    let strip = if clang { "llvm-strip" } else { "strip" };
+    let strip = match &llvm {
+        Some(llvm) => llvm_tool("llvm-strip", llvm),
+        None => "strip".to_owned(),
+    };
     let mut command = Command::new(strip);
     command.arg("--strip-debug").arg(&ko_built);
     run_with_steps("stripping vni.ko", &mut command, step)?;
@@ -530,6 +554,23 @@ pub fn ensure_own_module(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llvm_tools_are_named_as_kbuild_names_them() {
+        assert_eq!(llvm_tool("llvm-strip", "1"), "llvm-strip");
+        assert_eq!(llvm_tool("llvm-strip", "-19"), "llvm-strip-19");
+        assert_eq!(
+            llvm_tool("llvm-strip", "/opt/llvm/bin/"),
+            "/opt/llvm/bin/llvm-strip"
+        );
+        let config = "CONFIG_CC_IS_CLANG=y\nCONFIG_RUSTC_VERSION_TEXT=\"rustc 1.95.0 (x)\"\n";
+        assert_eq!(config_value(config, "CONFIG_CC_IS_CLANG"), Some("y"));
+        assert_eq!(
+            config_value(config, "CONFIG_RUSTC_VERSION_TEXT"),
+            Some("rustc 1.95.0 (x)")
+        );
+        assert_eq!(config_value(config, "CONFIG_CC_IS"), None);
+    }
 
     #[test]
     fn the_flavour_is_the_end_of_the_release() {
