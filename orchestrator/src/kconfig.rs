@@ -140,17 +140,21 @@ pub fn fragment(requirements: &[Requirement]) -> String {
     text
 }
 
+/// The value of `option` in `config` (a `.config`), a string's quotes
+/// removed; `None` when it is not set.
+pub fn value<'a>(config: &'a str, option: &str) -> Option<&'a str> {
+    config.lines().find_map(|line| {
+        let value = line.strip_prefix(option)?.strip_prefix('=')?;
+        Some(value.trim_matches('"'))
+    })
+}
+
 /// The options of `requirements` that `config` (a `.config`) has neither
 /// built in nor as a module.
 pub fn missing<'a>(config: &str, requirements: &'a [Requirement]) -> Vec<&'a Requirement> {
     requirements
         .iter()
-        .filter(|r| {
-            !config.lines().any(|line| {
-                line.strip_prefix(r.option)
-                    .is_some_and(|rest| rest == "=y" || rest == "=m")
-            })
-        })
+        .filter(|r| !matches!(value(config, r.option), Some("y" | "m")))
         .collect()
 }
 
@@ -246,6 +250,17 @@ mod tests {
         let tricky = full.replace("CONFIG_VFIO=y", "CONFIG_VFIO_IOMMU_TYPE1=y");
         let gone: Vec<_> = missing(&tricky, &reqs).iter().map(|r| r.option).collect();
         assert_eq!(gone, ["CONFIG_VFIO"]);
+    }
+
+    #[test]
+    fn a_value_is_read_whole_and_unquoted() {
+        let config = "CONFIG_CC_IS_CLANG=y\nCONFIG_RUSTC_VERSION_TEXT=\"rustc 1.95.0 (x)\"\n";
+        assert_eq!(value(config, "CONFIG_CC_IS_CLANG"), Some("y"));
+        assert_eq!(
+            value(config, "CONFIG_RUSTC_VERSION_TEXT"),
+            Some("rustc 1.95.0 (x)")
+        );
+        assert_eq!(value(config, "CONFIG_CC_IS"), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::image::{self, Manifest, Scratch};
+use crate::kconfig;
 
 /// The build root's recipe.
 const KERNEL_TREE: &str = include_str!("../../images/kernel-tree");
@@ -388,14 +389,6 @@ fn llvm_tool(tool: &str, llvm: &str) -> String {
     }
 }
 
-/// The value of `option` in a `.config`, quotes removed.
-fn config_value<'a>(config: &'a str, option: &str) -> Option<&'a str> {
-    config.lines().find_map(|line| {
-        let value = line.strip_prefix(option)?.strip_prefix('=')?;
-        Some(value.trim_matches('"'))
-    })
-}
-
 /// A built kernel tree of one's own with Rust support (`--kernel-tree`,
 /// or the tree a kernel's modules link to), checked for what building
 /// the module against it takes.
@@ -430,7 +423,7 @@ impl OwnTree {
             .trim()
             .to_owned();
         read("rust/libkernel.rmeta")?;
-        let built_with = config_value(&config, "CONFIG_RUSTC_VERSION_TEXT").unwrap_or_default();
+        let built_with = kconfig::value(&config, "CONFIG_RUSTC_VERSION_TEXT").unwrap_or_default();
         let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
         let here = match Command::new(&rustc).arg("--version").output() {
             Ok(out) if out.status.success() => {
@@ -519,7 +512,7 @@ pub fn ensure_own_module(
     // A clang-built tree needs LLVM again: the job's own (`LLVM=1`,
     // `LLVM=-19`, `LLVM=/opt/llvm/bin/`, which make takes from the
     // environment), else `LLVM=1`.
-    let llvm = (config_value(config, "CONFIG_CC_IS_CLANG") == Some("y")).then(|| {
+    let llvm = (kconfig::value(config, "CONFIG_CC_IS_CLANG") == Some("y")).then(|| {
         std::env::var("LLVM")
             .ok()
             .filter(|v| !v.is_empty())
@@ -563,13 +556,6 @@ mod tests {
             llvm_tool("llvm-strip", "/opt/llvm/bin/"),
             "/opt/llvm/bin/llvm-strip"
         );
-        let config = "CONFIG_CC_IS_CLANG=y\nCONFIG_RUSTC_VERSION_TEXT=\"rustc 1.95.0 (x)\"\n";
-        assert_eq!(config_value(config, "CONFIG_CC_IS_CLANG"), Some("y"));
-        assert_eq!(
-            config_value(config, "CONFIG_RUSTC_VERSION_TEXT"),
-            Some("rustc 1.95.0 (x)")
-        );
-        assert_eq!(config_value(config, "CONFIG_CC_IS"), None);
     }
 
     #[test]
