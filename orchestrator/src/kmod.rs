@@ -114,6 +114,21 @@ fn hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
     )
 }
 
+/// A module's cache key: what it is built against (`tree`), then every
+/// source file's path and contents.
+fn module_key<'a>(
+    tree: impl IntoIterator<Item = &'a [u8]>,
+    files: &'a [(PathBuf, Vec<u8>)],
+) -> String {
+    hash(
+        tree.into_iter().chain(
+            files
+                .iter()
+                .flat_map(|(p, b)| [p.as_os_str().as_encoded_bytes(), b.as_slice()]),
+        ),
+    )
+}
+
 /// A prepared kernel tree in its build root.
 #[derive(Clone, Debug)]
 pub struct KernelTree {
@@ -300,13 +315,7 @@ pub fn ensure_module(
     step: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, KmodError> {
     let files = sources(checkout)?;
-    let key = hash(
-        std::iter::once(tree.key.as_bytes()).chain(
-            files
-                .iter()
-                .flat_map(|(p, b)| [p.as_os_str().as_encoded_bytes(), b.as_slice()]),
-        ),
-    );
+    let key = module_key([tree.key.as_bytes()], &files);
     let modules = cache.join("kernel-modules");
     let dir = modules.join(format!("{}-{key}", tree.release));
     let ko = dir.join("vni.ko");
@@ -476,7 +485,7 @@ pub fn ensure_own_module(
         .map(|m| format!("{} {:?}", m.len(), m.modified().ok()))
         .unwrap_or_default();
     let files = sources(checkout)?;
-    let key = hash(
+    let key = module_key(
         [
             b"own tree".as_slice(),
             tree_dir.as_os_str().as_encoded_bytes(),
@@ -485,13 +494,8 @@ pub fn ensure_own_module(
             release.as_bytes(),
             kernel.as_bytes(),
             here.as_bytes(),
-        ]
-        .into_iter()
-        .chain(
-            files
-                .iter()
-                .flat_map(|(p, b)| [p.as_os_str().as_encoded_bytes(), b.as_slice()]),
-        ),
+        ],
+        &files,
     );
     let modules = cache.join("kernel-modules");
     let ko = modules.join(format!("{release}-{key}")).join("vni.ko");
