@@ -443,19 +443,44 @@ fn survive_faults(name: &str, which: Driver, skip: &[Fault]) {
             tail.iter().filter(|&&m| m > 1.0).count() >= 7,
             "no traffic after the rogue: {intervals:?}"
         );
-        let mut fenced = false;
+        let (mut fenced, mut counted) = (false, false);
         for node in ["node0", "node1"] {
             run.exec_ok(node, &["sh", "-c", &driver::alive(which)]);
             let log = driver_log(&run, node, which);
             fenced |= log.contains("fenced node 2: 8 protocol errors");
+            counted |= log.contains("protocol errors in values peers wrote");
         }
         match which {
             Driver::User => assert!(fenced, "nobody fenced the rogue"),
             // Kernel nodes fence it too, but not always for its offences:
-            // its scribbles over the node table fence honest nodes now and
-            // then (they attach again), and the rogue is reaped or fenced
-            // as a lock holder first. That it was fenced, it says itself.
-            Driver::Kernel => assert!(fenced || rogue_fenced > 0, "nobody fenced the rogue"),
+            // its scribbles over the node table and lock fence the honest
+            // nodes again and again (they attach again, their blame counts
+            // start over), and a CI run saw it stop before either had
+            // blamed it eight times; the user-space run and the core's
+            // tests (vni-sim) check the fencing itself. Here: its damage
+            // was seen, it was fenced (it says so itself) or counted
+            // against, and once it stopped it is no member of the region:
+            // RESET (fenced, or reaped as dead a lease after it stopped)
+            // or a state word it scribbled itself, which no peer counts as
+            // running (a CI run left it so; the restart below writes it).
+            Driver::Kernel => {
+                assert!(
+                    fenced || rogue_fenced > 0 || counted,
+                    "no honest driver saw the rogue's damage"
+                );
+                wait_for(
+                    "node2 no running member after the rogue",
+                    timing.lease * 3,
+                    Duration::from_millis(500),
+                    || {
+                        let region = run.inspect();
+                        let state = &region["nodes"][2]["state"];
+                        (state != "Run")
+                            .then_some(())
+                            .ok_or_else(|| format!("node2 is {state}"))
+                    },
+                );
+            }
         }
         fault(&run, &["node2", "restart"]);
         passes_soon(&run, &file, "unicast");
