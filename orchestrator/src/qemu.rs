@@ -130,7 +130,20 @@ pub fn args(spec: &NodeSpec<'_>) -> Vec<OsString> {
         "-cpu",
         cpu,
     ]);
-    push(&["-smp", &node.vcpus.to_string()]);
+    // Under TCG, QEMU makes a guest's atomic instructions (lock xadd,
+    // cmpxchg) atomic on the host only when the machine may have more
+    // than one vCPU (`tcg_cpu_init_cflags(cpu, max_cpus > 1)`): with one,
+    // nothing else in the process can race, so it emulates them as a
+    // plain load and store. The ivshmem region is written by other QEMU
+    // processes, so a guest with one vCPU could lose a peer's ticket or
+    // claim a lock a peer holds. One possible vCPU more (never brought
+    // online) keeps every cross-guest atomic atomic.
+    let smp = if spec.accel == "tcg" && node.vcpus < 2 {
+        format!("{},maxcpus=2", node.vcpus)
+    } else {
+        node.vcpus.to_string()
+    };
+    push(&["-smp", &smp]);
     push(&["-m", &format!("{}M", node.memory >> 20)]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
     push(&["-nic", "none", "-no-reboot"]);
@@ -405,6 +418,30 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn a_one_vcpu_tcg_guest_may_have_two_so_its_atomics_stay_atomic() {
+        let lab = lab();
+        let paths = NodePaths::new(Path::new("/run/lab"), "b");
+        let mut spec = NodeSpec {
+            lab: "t",
+            node: &lab.nodes[1],
+            accel: "tcg",
+            kernel: Path::new("/img/vmlinuz"),
+            initrd: Path::new("/img/initrd"),
+            append: "",
+            ivshmem: Path::new("/run/lab/ivshmem.sock"),
+            paths: &paths,
+            sandbox: false,
+            netdev: None,
+        };
+        assert!(rendered(&spec).contains("-smp 1,maxcpus=2 "));
+        spec.accel = "kvm";
+        assert!(rendered(&spec).contains("-smp 1 "));
+        spec.accel = "tcg";
+        spec.node = &lab.nodes[0];
+        assert!(rendered(&spec).contains("-smp 2 "));
     }
 
     #[test]
