@@ -420,22 +420,28 @@ mod tests {
             .join(" ")
     }
 
+    /// A TCG node's spec with the lab's paths, the sandbox on and a
+    /// `loglevel=7` to append.
+    fn spec<'a>(node: &'a Node, paths: &'a NodePaths) -> NodeSpec<'a> {
+        NodeSpec {
+            lab: "t",
+            node,
+            accel: "tcg",
+            kernel: Path::new("/img/vmlinuz"),
+            initrd: Path::new("/img/initrd"),
+            append: " loglevel=7 ",
+            ivshmem: Path::new("/run/lab/ivshmem.sock"),
+            paths,
+            sandbox: true,
+            netdev: None,
+        }
+    }
+
     #[test]
     fn a_one_vcpu_tcg_guest_may_have_two_so_its_atomics_stay_atomic() {
         let lab = lab();
         let paths = NodePaths::new(Path::new("/run/lab"), "b");
-        let mut spec = NodeSpec {
-            lab: "t",
-            node: &lab.nodes[1],
-            accel: "tcg",
-            kernel: Path::new("/img/vmlinuz"),
-            initrd: Path::new("/img/initrd"),
-            append: "",
-            ivshmem: Path::new("/run/lab/ivshmem.sock"),
-            paths: &paths,
-            sandbox: false,
-            netdev: None,
-        };
+        let mut spec = spec(&lab.nodes[1], &paths);
         assert!(rendered(&spec).contains("-smp 1,maxcpus=2 "));
         spec.accel = "kvm";
         assert!(rendered(&spec).contains("-smp 1 "));
@@ -448,18 +454,7 @@ mod tests {
     fn the_command_line_isolates_the_guest_and_wires_the_lab() {
         let lab = lab();
         let paths = NodePaths::new(Path::new("/run/lab"), "a");
-        let spec = NodeSpec {
-            lab: "t",
-            node: &lab.nodes[0],
-            accel: "tcg",
-            kernel: Path::new("/img/vmlinuz"),
-            initrd: Path::new("/img/initrd"),
-            append: " loglevel=7 ",
-            ivshmem: Path::new("/run/lab/ivshmem.sock"),
-            paths: &paths,
-            sandbox: true,
-            netdev: None,
-        };
+        let spec = spec(&lab.nodes[0], &paths);
         let line = rendered(&spec);
         for part in [
             "-machine q35,accel=tcg -cpu max",

@@ -455,14 +455,14 @@ fn survive_faults(name: &str, which: Driver, skip: &[Fault]) {
             // Kernel nodes fence it too, but not always for its offences:
             // its scribbles over the node table and lock fence the honest
             // nodes again and again (they attach again, their blame counts
-            // start over), and a CI run saw it stop before either had
+            // start over), and a run here saw it stop before either had
             // blamed it eight times; the user-space run and the core's
             // tests (vni-sim) check the fencing itself. Here: its damage
             // was seen, it was fenced (it says so itself) or counted
             // against, and once it stopped it is no member of the region:
             // RESET (fenced, or reaped as dead a lease after it stopped)
             // or a state word it scribbled itself, which no peer counts as
-            // running (a CI run left it so; the restart below writes it).
+            // running (a run here left it so; the restart below writes it).
             Driver::Kernel => {
                 assert!(
                     fenced || rogue_fenced > 0 || counted,
