@@ -630,7 +630,7 @@ fn the_orchestrator_fails_clearly_and_leaks_nothing() {
     eprintln!("{said}");
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
-        said.contains("cannot prepare the lab directory")
+        said.contains("Cannot prepare the lab directory")
             && said.contains("No space left on device"),
         "{said}"
     );

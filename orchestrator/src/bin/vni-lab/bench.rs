@@ -8,11 +8,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use vni_lab::bench::report::Results;
 use vni_lab::bench::{self, CaseOutcome, CaseSpec, Drops, Matrix, Params, UdpPoint};
-use vni_lab::lab::{self, LabDir};
+use vni_lab::lab::{self, LabDir, LabFile};
 use vni_lab::suite::{self, Context, Guests, Subject};
 use vni_lab::topology::{Driver, Network, Notification, Topology};
 
-use crate::test::{boot, load_lab_with, prepare_artifacts, write, RESULTS};
+use crate::test::{boot, prepare_artifacts, write, RESULTS};
 use crate::Progress;
 use vni_lab::own_kernel::KernelFlags;
 
@@ -306,12 +306,12 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     // The command line's kernel goes into the base, and so into every
     // case's lab file.
-    let Some((base_text, base)) = load_lab_with(
-        &opts.file,
-        &opts.kernel,
-        &mut |s| eprintln!("vni-lab: {s}"),
-        "bench",
-    )?
+    let mut progress = Progress::new(opts.quiet);
+    let Some(LabFile {
+        text: base_text,
+        topology: base,
+        ..
+    }) = crate::load::read_lab(&opts.file, &opts.kernel, &mut progress, "bench")?
     else {
         eprintln!("vni-lab: nothing was run");
         return Ok(ExitCode::from(2));
@@ -364,7 +364,6 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
     let mut interrupt = runtime.block_on(async {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
     })?;
-    let mut progress = Progress::new(opts.quiet);
     progress.note(&format!(
         "{} cases, each in a lab of its own, results in {}",
         labs.len(),
@@ -404,7 +403,15 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
         progress.step(&format!("{label}: starting lab {name}"));
-        match boot(&file, &KernelFlags::default(), true, name, &logs) {
+        let booted = LabFile::read(&file)
+            .context("a derived lab file")
+            .and_then(|lab_file| {
+                let stop = async {
+                    interrupt.recv().await;
+                };
+                boot(&runtime, &lab_file, name, &logs, &mut progress, stop)
+            });
+        match booted {
             Err(e) => outcome.error = Some(format!("{e:#}")),
             Ok(Err(why)) => outcome.error = Some(format!("the lab did not come up: {why}")),
             Ok(Ok(())) => {

@@ -5,55 +5,15 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use vni_lab::agent::{AgentError, GuestAgent};
-use vni_lab::lab::{self, AgentLock, LabDir, NodeState};
+use anyhow::Context;
+use vni_lab::agent::AgentError;
+use vni_lab::lab::{self, LabDir, NodeState, RunningLab};
 use vni_lab::topology::Topology;
 
 /// Exit status when vni-lab itself fails around a guest command.
 const EXEC_FAILED: u8 = 125;
 /// Exit status when the guest cannot find or run the command.
 const EXEC_NOT_FOUND: u8 = 127;
-/// Timeout of one guest-agent call (not of the command).
-const AGENT_CALL: Duration = Duration::from_secs(10);
-
-/// The validated lab file a lab was started from.
-fn topology(lab: &LabDir) -> anyhow::Result<Topology> {
-    let plan = lab
-        .plan()
-        .with_context(|| format!("lab {} has no readable plan", lab.name))?;
-    Topology::parse(&plan.topology_text, &plan.topology_path)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("lab {}'s recorded topology", lab.name))
-}
-
-/// `node` exists in the lab, or an error naming the nodes that do.
-fn check_node(lab: &LabDir, topology: &Topology, node: &str) -> anyhow::Result<()> {
-    if topology.node(node).is_none() {
-        let names: Vec<&str> = topology.nodes.iter().map(|n| n.name.as_str()).collect();
-        bail!(
-            "lab {} has no node {node:?}; its nodes: {}",
-            lab.name,
-            names.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// A live lab and one of its nodes, or a message naming what exists.
-pub fn node_of(name: Option<&str>, node: &str) -> anyhow::Result<(LabDir, Topology)> {
-    let lab = lab::find(&lab::run_dir(), name)?;
-    if !lab.is_live() {
-        bail!(
-            "lab {} is not running (left over by a killed vni-lab); `vni-lab down {}` cleans it",
-            lab.name,
-            lab.name
-        );
-    }
-    let topology = topology(&lab)?;
-    check_node(&lab, &topology, node)?;
-    Ok((lab, topology))
-}
 
 pub fn status(name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let run = lab::run_dir();
@@ -65,7 +25,7 @@ pub fn status(name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     for lab in &labs {
         let live = lab.is_live();
         let state = lab.state().unwrap_or_default();
-        let topology = topology(lab).ok();
+        let topology = RunningLab::open(lab.clone()).ok().map(|r| r.topology);
         let nodes: Vec<serde_json::Value> = state
             .nodes
             .iter()
@@ -133,36 +93,6 @@ pub fn status(name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `command` in `node` of `lab` through its guest agent, queued on
-/// the node's agent lock.
-pub async fn run_in(
-    lab: &LabDir,
-    node: &str,
-    command: &[&str],
-    timeout: Duration,
-) -> Result<vni_lab::agent::ExecOutput, AgentError> {
-    run_with_input(lab, node, command, None, timeout).await
-}
-
-/// [`run_in`] with `input` as the command's standard input.
-async fn run_with_input(
-    lab: &LabDir,
-    node: &str,
-    command: &[&str],
-    input: Option<Vec<u8>>,
-    timeout: Duration,
-) -> Result<vni_lab::agent::ExecOutput, AgentError> {
-    let path = lab.agent_lock_path(node);
-    let _lock = AgentLock::take(&path, timeout + AGENT_CALL).map_err(|e| AgentError::Failed {
-        what: "agent lock",
-        message: format!("{}: {e}", path.display()),
-    })?;
-    let agent = GuestAgent::connect(&lab.node(node).agent, AGENT_CALL).await?;
-    agent
-        .exec_with_input(command[0], &command[1..], input, timeout)
-        .await
-}
-
 /// The most standard input `exec` passes on: the guest agent carries it in
 /// one message (base64, so a third more), and QEMU's guest agent reads
 /// messages of up to 64 MiB.
@@ -191,27 +121,6 @@ fn exec_input(force: bool) -> anyhow::Result<Option<Vec<u8>>> {
     Ok((!data.is_empty()).then_some(data))
 }
 
-/// Runs `script` with sh in `node`: its stdout, or why it failed (the
-/// agent, or a non-zero exit with its stderr).
-pub async fn sh_in(
-    lab: &LabDir,
-    node: &str,
-    script: &str,
-    timeout: Duration,
-) -> Result<String, String> {
-    let out = run_in(lab, node, &["/bin/sh", "-c", script], timeout)
-        .await
-        .map_err(|e| format!("{node}: {e}"))?;
-    if out.code != Some(0) {
-        return Err(format!(
-            "{node}: `{script}` exited {:?}: {}",
-            out.code,
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 pub fn exec(
     name: Option<&str>,
     node: &str,
@@ -220,14 +129,15 @@ pub fn exec(
     stdin: bool,
 ) -> anyhow::Result<ExitCode> {
     let result = (|| -> anyhow::Result<ExitCode> {
-        let (lab, topology) = node_of(name, node)?;
-        let timeout = timeout.unwrap_or(topology.command_timeout);
+        let lab = RunningLab::find(name)?;
+        lab.node(node)?;
+        let timeout = timeout.unwrap_or(lab.topology.command_timeout);
         let args: Vec<&str> = command.iter().map(String::as_str).collect();
         let input = exec_input(stdin)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let output = match runtime.block_on(run_with_input(&lab, node, &args, input, timeout)) {
+        let output = match runtime.block_on(lab.exec(node, &args, input, timeout)) {
             Ok(output) => output,
             Err(AgentError::Failed {
                 what: "guest-exec",
@@ -253,59 +163,10 @@ pub fn exec(
     })
 }
 
-/// Pings every other node from the first one and prints one line each:
-/// `up`'s proof that frames cross the lab.
-pub async fn show_traffic(lab: &LabDir, topology: &Topology) {
-    let Some(first) = topology.nodes.first() else {
-        return;
-    };
-    for other in &topology.nodes[1..] {
-        let ip = other.ip.addr().to_string();
-        let line = match run_in(
-            lab,
-            &first.name,
-            &["ping", "-q", "-c", "3", "-i", "0.2", "-W", "2", &ip],
-            Duration::from_secs(20),
-        )
-        .await
-        {
-            Ok(out) => summarise_ping(&String::from_utf8_lossy(&out.stdout)),
-            Err(e) => format!("cannot ping: {e}"),
-        };
-        let over = topology.network.label();
-        println!(
-            "  traffic: {} -> {} ({ip}) over {over}: {line}",
-            first.name, other.name
-        );
-    }
-}
-
-/// "3/3 replies, rtt avg 2.1 ms" from ping's summary.
-fn summarise_ping(out: &str) -> String {
-    let counts = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| {
-            let nums: Vec<&str> = l.split_whitespace().collect();
-            Some(format!("{}/{} replies", nums.get(3)?, nums.first()?))
-        });
-    let avg = out
-        .lines()
-        .find(|l| l.starts_with("rtt"))
-        .and_then(|l| l.split('=').nth(1))
-        .and_then(|v| v.trim().split('/').nth(1))
-        .map(|avg| format!(", rtt avg {avg} ms"));
-    match counts {
-        Some(counts) => format!("{counts}{}", avg.unwrap_or_default()),
-        None => "no answer".into(),
-    }
-}
-
 pub fn console(name: Option<&str>, node: &str, follow: bool) -> anyhow::Result<ExitCode> {
-    let lab = lab::find(&lab::run_dir(), name)?;
-    let topology = topology(&lab)?;
-    check_node(&lab, &topology, node)?;
-    let path = lab.node(node).console;
+    let lab = RunningLab::open(lab::find(&lab::run_dir(), name)?)?;
+    lab.node(node)?;
+    let path = lab.dir.node(node).console;
     let mut file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 * 1024];
@@ -316,7 +177,7 @@ pub fn console(name: Option<&str>, node: &str, follow: bool) -> anyhow::Result<E
             continue;
         }
         out.flush()?;
-        if !follow || !lab.dir.exists() {
+        if !follow || !lab.dir.dir.exists() {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -336,8 +197,8 @@ pub fn inspect(
     json: bool,
     watch: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
-    let lab = lab::find(&lab::run_dir(), name)?;
-    let topology = topology(&lab)?;
+    let running = RunningLab::open(lab::find(&lab::run_dir(), name)?)?;
+    let (lab, topology) = (&running.dir, &running.topology);
     let shm = lab
         .state()
         .and_then(|s| s.shm)
@@ -353,7 +214,7 @@ pub fn inspect(
             if watch.is_some() {
                 print!("\x1b[H\x1b[2J");
             }
-            print_region(&lab, &topology, &report);
+            print_region(lab, topology, &report);
         }
         match watch {
             Some(every) if lab.is_live() => std::thread::sleep(every),
@@ -436,17 +297,5 @@ fn print_region(lab: &LabDir, topology: &Topology, r: &vni_protocol::RegionRepor
             "  ? = fails the protocol's validation (a misbehaving node wrote it): {}",
             fields.join(", ")
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ping_summaries() {
-        let out = "PING 10.10.0.2 (10.10.0.2) 56(84) bytes of data.\n\n--- 10.10.0.2 ping statistics ---\n3 packets transmitted, 3 received, 0% packet loss, time 403ms\nrtt min/avg/max/mdev = 1.881/4.052/7.562/2.504 ms\n";
-        assert_eq!(super::summarise_ping(out), "3/3 replies, rtt avg 4.052 ms");
-        let lost = "3 packets transmitted, 0 received, 100% packet loss, time 2030ms\n";
-        assert_eq!(super::summarise_ping(lost), "0/3 replies");
-        assert_eq!(super::summarise_ping(""), "no answer");
     }
 }

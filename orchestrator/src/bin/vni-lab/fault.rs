@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use vni_lab::driver;
-use vni_lab::fault::{self, Fault, FaultError, Request};
-use vni_lab::lab::LabDir;
-use vni_lab::topology::{Network, Topology};
-
-use crate::control::{node_of, sh_in};
+use vni_lab::fault::{Fault, FaultError, Request};
+use vni_lab::lab::RunningLab;
+use vni_lab::topology::Network;
 
 /// What `vni-lab fault` does to the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -58,18 +56,20 @@ pub fn fault(options: Options) -> anyhow::Result<ExitCode> {
     if options.holding_lock && options.action != Action::Kill {
         bail!("--holding-lock goes with kill only");
     }
-    let (lab, topology) = node_of(options.lab.as_deref(), &options.node)?;
-    if (options.holding_lock || options.action == Action::Rogue) && topology.network != Network::Vni
+    let lab = RunningLab::find(options.lab.as_deref())?;
+    lab.node(&options.node)?;
+    if (options.holding_lock || options.action == Action::Rogue)
+        && lab.topology.network != Network::Vni
     {
         bail!(
             "lab {} runs virtio-net, not the VNI: there is no region lock or rogue to speak of",
-            lab.name
+            lab.name()
         );
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(inject(&lab, &topology, &options));
+    let result = runtime.block_on(inject(&lab, &options));
     match result {
         Ok(message) => {
             println!("{message}");
@@ -97,10 +97,9 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-async fn inject(lab: &LabDir, topology: &Topology, options: &Options) -> Result<String, Failure> {
-    let node = topology
-        .node(&options.node)
-        .context("the node vanished from the lab file")?;
+async fn inject(lab: &RunningLab, options: &Options) -> Result<String, Failure> {
+    let topology = &lab.topology;
+    let node = lab.node(&options.node).map_err(anyhow::Error::new)?;
     let say = |message: &str| {
         if !options.quiet {
             eprintln!("vni-lab: {message}");
@@ -111,7 +110,7 @@ async fn inject(lab: &LabDir, topology: &Topology, options: &Options) -> Result<
         Action::Pause => Fault::Pause,
         Action::Resume => Fault::Resume,
         Action::Restart => Fault::Restart,
-        Action::Rogue => return rogue(lab, topology, options).await,
+        Action::Rogue => return rogue(lab, options).await,
     };
     if options.holding_lock {
         let peer = topology
@@ -158,13 +157,11 @@ async fn inject(lab: &LabDir, topology: &Topology, options: &Options) -> Result<
         node: node.name.clone(),
         fault,
     };
-    // A restart boots a guest: allow for the boot and the driver.
-    let timeout = topology.boot_timeout + topology.command_timeout + Duration::from_secs(30);
-    match fault::request(&lab.control_socket(), &request, timeout, say).await {
+    match lab.fault(&request, say).await {
         Ok(message) => Ok(message),
         Err(FaultError::Failed(message)) => Err(Failure::Refused(message)),
         Err(e) => Err(Failure::Other(
-            anyhow::Error::new(e).context(format!("lab {}", lab.name)),
+            anyhow::Error::new(e).context(format!("lab {}", lab.name())),
         )),
     }
 }
@@ -174,21 +171,20 @@ const HOLD_LOG: &str = "/run/vni-hold.log";
 
 /// Runs `script` with sh in `node`; its stdout, or why it failed.
 async fn guest(
-    lab: &LabDir,
+    lab: &RunningLab,
     node: &str,
     script: &str,
     timeout: Duration,
 ) -> Result<String, Failure> {
-    sh_in(lab, node, script, timeout)
+    lab.sh(node, script, timeout)
         .await
         .map_err(Failure::Refused)
 }
 
 /// The rogue: the node's driver stopped, `vni-driver rogue` in its place.
-async fn rogue(lab: &LabDir, topology: &Topology, options: &Options) -> Result<String, Failure> {
-    let node = topology
-        .node(&options.node)
-        .context("the node vanished from the lab file")?;
+async fn rogue(lab: &RunningLab, options: &Options) -> Result<String, Failure> {
+    let topology = &lab.topology;
+    let node = lab.node(&options.node).map_err(anyhow::Error::new)?;
     if !options.quiet {
         eprintln!(
             "vni-lab: {}: its VNI driver stops; a rogue damages the region for {:?}",

@@ -10,6 +10,7 @@ mod bench;
 mod control;
 mod fault;
 mod install;
+mod load;
 mod progress;
 mod shell;
 mod soak;

@@ -95,7 +95,9 @@ fn claim(lab: &vni_lab::lab::LabDir, node: &str) -> anyhow::Result<(std::fs::Fil
 }
 
 pub fn shell(name: Option<&str>, node: &str) -> anyhow::Result<ExitCode> {
-    let (lab, _topology) = crate::control::node_of(name, node)?;
+    let running = vni_lab::lab::RunningLab::find(name)?;
+    running.node(node)?;
+    let lab = running.dir;
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         bail!("vni-lab shell needs a terminal; for a command use `vni-lab exec {node} -- CMD`");

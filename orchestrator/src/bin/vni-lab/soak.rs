@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use vni_frames::{Sent, Tally};
-use vni_lab::fault::{self, Fault, Request};
-use vni_lab::lab::{self, LabDir};
+use vni_lab::fault::{Fault, Request};
+use vni_lab::lab::{LabDir, RunningLab};
 use vni_lab::soak::{Accounting, Chaos, Event, Period, Soak};
-use vni_lab::topology::{Network, Topology};
+use vni_lab::topology::Network;
 
-use crate::control::sh_in as sh;
+use crate::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -49,9 +49,13 @@ pub struct Options {
 const GAP_US: u64 = 10_000;
 
 pub fn soak(options: Options) -> anyhow::Result<ExitCode> {
-    let Some((_, topology)) = crate::test::load_lab(&options.file, "soaked")? else {
+    let mut progress = Progress::new(options.quiet);
+    let flags = vni_lab::own_kernel::KernelFlags::default();
+    let Some(file) = crate::load::read_lab(&options.file, &flags, &mut progress, "soak")? else {
+        eprintln!("vni-lab: nothing was run");
         return Ok(ExitCode::from(2));
     };
+    let topology = file.topology.clone();
     if topology.network != Network::Vni {
         bail!(
             "{}: soak needs the VNI (network: vni)",
@@ -84,33 +88,31 @@ pub fn soak(options: Options) -> anyhow::Result<ExitCode> {
         ..Soak::default()
     };
     let started = Instant::now();
-    if let Err(why) = crate::test::boot(
-        &options.file,
-        &vni_lab::own_kernel::KernelFlags::default(),
-        options.quiet,
-        &name,
-        &logs,
-    )? {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let booted = crate::test::boot(&runtime, &file, &name, &logs, &mut progress, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })?;
+    progress.done();
+    if let Err(why) = booted {
         eprintln!("vni-lab: the lab did not come up: {why}");
         write(&out, &soak)?;
         return Ok(ExitCode::FAILURE);
     }
-    let lab = lab::find(&lab::run_dir(), Some(&name))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let lab = RunningLab::open(LabDir::new(&vni_lab::lab::run_dir(), &name))?;
     let interrupted = runtime.block_on(async {
         tokio::select! {
-            () = run(&lab, &topology, &options, &out, &mut soak) => false,
+            () = run(&lab, &options, &out, &mut soak) => false,
             _ = tokio::signal::ctrl_c() => true,
         }
     });
     if interrupted {
         eprintln!("vni-lab: interrupted; accounting for the region and tearing down");
     }
-    soak.end = runtime.block_on(finish(&lab, &topology));
+    soak.end = runtime.block_on(finish(&lab));
     soak.elapsed = started.elapsed().as_secs_f64();
-    crate::up::down_one(&lab).context("tearing the soak's lab down")?;
+    crate::up::down_one(&lab.dir).context("tearing the soak's lab down")?;
     write(&out, &soak)?;
     let problems = soak.problems();
     let f = soak.frames();
@@ -148,7 +150,8 @@ fn write(out: &Path, soak: &Soak) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, soak: &mut Soak) {
+async fn run(lab: &RunningLab, options: &Options, out: &Path, soak: &mut Soak) {
+    let topology = &lab.topology;
     let nodes = &topology.nodes;
     let mut up = vec![true; nodes.len()];
     let mut chaos = Chaos::new(options.seed);
@@ -177,7 +180,7 @@ async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, s
             let script = format!(
                 "(vni-frames recv --run {run_id} --seconds {recv_secs} > /run/soak-recv-{run_id}.json 2>&1 &)"
             );
-            if let Err(e) = sh(lab, &nodes[i].name, &script, call).await {
+            if let Err(e) = lab.sh(&nodes[i].name, &script, call).await {
                 period.notes.push(e);
             }
         }
@@ -192,7 +195,7 @@ async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, s
                  > /run/soak-send-{run_id}.json 2>&1 &)",
                 to.mac
             );
-            if let Err(e) = sh(lab, &nodes[i].name, &script, call).await {
+            if let Err(e) = lab.sh(&nodes[i].name, &script, call).await {
                 period.notes.push(e);
             }
         }
@@ -206,16 +209,16 @@ async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, s
                 nodes[b].ip.addr(),
                 traffic.as_secs().saturating_sub(5).max(5)
             );
-            if let Err(e) = sh(lab, &nodes[b].name, server, call).await {
+            if let Err(e) = lab.sh(&nodes[b].name, server, call).await {
                 period.notes.push(e);
-            } else if let Err(e) = sh(lab, &nodes[a].name, &client, call).await {
+            } else if let Err(e) = lab.sh(&nodes[a].name, &client, call).await {
                 period.notes.push(e);
             }
         }
 
         // The fault, a third of the way in.
         tokio::time::sleep_until((period_start + every / 3).into()).await;
-        inject(lab, topology, &mut period, event).await;
+        inject(lab, &mut period, event).await;
         up[victim] = period.ok && event == Event::Restart;
 
         // The tallies of those that lived through it.
@@ -223,8 +226,7 @@ async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, s
         let survivors: Vec<usize> = live.iter().copied().filter(|&i| i != victim).collect();
         for &i in &survivors {
             let node = &nodes[i].name;
-            let result = sh(
-                lab,
+            let result = lab.sh(
                 node,
                 &format!(
                     "cd /run; cat soak-recv-{run_id}.json soak-send-{run_id}.json; rm -f soak-recv-{run_id}.json soak-send-{run_id}.json"
@@ -254,14 +256,16 @@ async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, s
             }
         }
         if let Some((a, _)) = pair.filter(|(a, b)| up[*a] && up[*b]) {
-            let text = sh(
-                lab,
-                &nodes[a].name,
-                &format!("cat /run/soak-iperf-{run_id}.json; rm -f /run/soak-iperf-{run_id}.json"),
-                call,
-            )
-            .await
-            .unwrap_or_default();
+            let text = lab
+                .sh(
+                    &nodes[a].name,
+                    &format!(
+                        "cat /run/soak-iperf-{run_id}.json; rm -f /run/soak-iperf-{run_id}.json"
+                    ),
+                    call,
+                )
+                .await
+                .unwrap_or_default();
             period.tcp_mbit = vni_lab::suite::parse_iperf(&text, false)
                 .ok()
                 .map(|r| r.bits_per_second / 1e6);
@@ -293,14 +297,14 @@ async fn run(lab: &LabDir, topology: &Topology, options: &Options, out: &Path, s
             event: Some(Event::Restart),
             ..Period::default()
         };
-        inject(lab, topology, &mut period, Event::Restart).await;
+        inject(lab, &mut period, Event::Restart).await;
         soak.periods.push(period);
     }
 }
 
 /// Asks the lab's supervisor for `event` on `period.node`; records whether
 /// it was done, its message (or why not) and how long it took.
-async fn inject(lab: &LabDir, topology: &Topology, period: &mut Period, event: Event) {
+async fn inject(lab: &RunningLab, period: &mut Period, event: Event) {
     let request = Request {
         node: period.node.clone(),
         fault: match event {
@@ -308,10 +312,8 @@ async fn inject(lab: &LabDir, topology: &Topology, period: &mut Period, event: E
             Event::Restart => Fault::Restart,
         },
     };
-    // A restart boots a guest: allow for the boot and the driver.
-    let timeout = topology.boot_timeout + topology.command_timeout + Duration::from_secs(30);
     let started = Instant::now();
-    match fault::request(&lab.control_socket(), &request, timeout, |_| {}).await {
+    match lab.fault(&request, |_| {}).await {
         Ok(message) => (period.ok, period.outcome) = (true, message),
         Err(e) => period.outcome = e.to_string(),
     }
@@ -320,11 +322,11 @@ async fn inject(lab: &LabDir, topology: &Topology, period: &mut Period, event: E
 
 /// The region once the lab idles: every slot free, held or queued, every
 /// node in RUN; waits up to 15 s for the drivers to give idle slots back.
-async fn finish(lab: &LabDir, topology: &Topology) -> Option<Accounting> {
-    let shm = lab.plan()?.shm;
+async fn finish(lab: &RunningLab) -> Option<Accounting> {
+    let (shm, topology) = (&lab.plan.shm, &lab.topology);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let region = vni_protocol::Region::open(&shm).ok()?;
+        let region = vni_protocol::Region::open(shm).ok()?;
         let report = vni_protocol::inspect(&region).ok()?;
         let accounting = Accounting {
             slots: report.pool.slots,

@@ -1,19 +1,17 @@
 //! `test`: boots a lab (or uses the one that is up), runs the checks,
 //! writes the results, tears down what it started.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use vni_lab::driver;
-use vni_lab::lab::{self, LabDir};
+use vni_lab::lab::{self, LabDir, LabFile, LaunchError, Mode, RunningLab, Supervisor};
 use vni_lab::own_kernel::KernelFlags;
 use vni_lab::suite::report::{self, Report};
 use vni_lab::suite::{self, CaseResult, Counts, Observer, Status};
 use vni_lab::test_spec::Check;
-use vni_lab::topology::{Topology, TopologyError};
 
 use crate::Progress;
 
@@ -141,163 +139,73 @@ pub fn prepare_artifacts(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
-/// Boots the lab as `vni-lab up --detach` does (with `kernel`'s
-/// settings in the file's place), showing its progress;
-/// on failure, its own account of what went wrong.
+/// Boots lab `name` from `file` and follows it until it is up, as `up
+/// --detach` does, with its consoles and logs kept in `logs` when it goes
+/// down; on failure, why, in words (the first line says it in short).
+/// `interrupt` tears a lab that is starting down again.
 pub fn boot(
-    file: &Path,
-    kernel: &KernelFlags,
-    quiet: bool,
+    runtime: &tokio::runtime::Runtime,
+    file: &LabFile,
     name: &str,
     logs: &Path,
+    progress: &mut Progress,
+    interrupt: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Result<(), String>> {
+    let logs = std::path::absolute(logs).with_context(|| format!("{}", logs.display()))?;
     let exe = crate::own_exe()?;
-    let mut command = std::process::Command::new(exe);
-    command
-        .args(["up", "--detach", "--name", name, "--keep-logs"])
-        .arg(logs)
-        .arg(file)
-        .args(kernel.args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if quiet {
-        command.arg("--quiet");
-    }
-    let mut child = command.spawn().context("cannot run vni-lab up")?;
-    let stdout = child.stdout.take().context("up's stdout")?;
-    let passthrough = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-        }
-    });
-    let mut said = Vec::new();
-    if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            said.push(line);
-        }
-    }
-    let status = child.wait().context("waiting for vni-lab up")?;
-    let _ = passthrough.join();
-    if status.success() {
-        return Ok(Ok(()));
-    }
-    // `up` says "lab X did not come up after N s:" and then why; other
-    // failures end with vni-lab's error line.
-    let why: Vec<&str> = match said.iter().position(|l| l.contains("did not come up")) {
-        Some(i) => said[i + 1..]
-            .iter()
-            .map(String::as_str)
-            .filter(|l| !l.starts_with("vni-lab: everything was torn down"))
-            .collect(),
-        None => said
-            .iter()
-            .rev()
-            .find(|l| !l.trim().is_empty() && !l.starts_with("vni-lab: nothing was started"))
-            .map(|l| vec![l.trim_start_matches("vni-lab: ")])
-            .unwrap_or_default(),
+    let prepared = match lab::prepare(file, name, Some(&logs), progress) {
+        Ok(prepared) => prepared,
+        Err(e) => return Ok(Err(format!("{:#}", anyhow::Error::new(e)))),
     };
-    Ok(Err(if why.is_empty() {
-        format!("vni-lab up failed ({status})")
-    } else {
-        why.join("\n")
-    }))
+    progress.step(&format!(
+        "starting lab {name}: {} nodes, {} ({})",
+        prepared.topology.nodes.len(),
+        prepared.accel.accel.to_uppercase(),
+        prepared.accel.reason
+    ));
+    let mut supervisor = match Supervisor::start(prepared, &exe, Mode::Detached) {
+        Ok(supervisor) => supervisor,
+        Err(e) => return Ok(Err(format!("{:#}", anyhow::Error::new(e)))),
+    };
+    Ok(
+        match runtime.block_on(supervisor.until_ready(progress, interrupt)) {
+            Ok(_) => Ok(()),
+            // The supervisor's own account: what failed, then the details.
+            Err(LaunchError::DidNotComeUp { message, .. }) => Err(message),
+            Err(e) => Err(format!("{:#}", anyhow::Error::new(e))),
+        },
+    )
 }
 
 /// Copies what a lab that is still up can tell: consoles (from the lab
 /// directory), driver logs (from the guests), the region.
-async fn collect(lab: &LabDir, topology: &Topology, to: &Path) {
-    for node in &topology.nodes {
-        let paths = lab.node(&node.name);
+async fn collect(lab: &RunningLab, to: &Path) {
+    for node in &lab.topology.nodes {
+        let paths = lab.dir.node(&node.name);
         let _ = std::fs::copy(
             &paths.console,
             to.join(format!("{}.console.log", node.name)),
         );
-        let log = crate::control::run_in(
-            lab,
-            &node.name,
-            &["/bin/sh", "-c", &driver::log(node.driver, 100_000)],
-            Duration::from_secs(20),
-        )
-        .await
-        .ok()
-        .map(|out| out.stdout);
+        let log = lab
+            .exec(
+                &node.name,
+                &["/bin/sh", "-c", &driver::log(node.driver, 100_000)],
+                None,
+                Duration::from_secs(20),
+            )
+            .await
+            .ok()
+            .map(|out| out.stdout);
         let text = log.unwrap_or_else(|| b"(the guest did not give its driver log)\n".to_vec());
         let _ = std::fs::write(to.join(format!("{}.driver.log", node.name)), text);
     }
-    let region = lab
-        .plan()
-        .and_then(|p| vni_protocol::Region::open(&p.shm).ok())
+    let region = vni_protocol::Region::open(&lab.plan.shm)
+        .ok()
         .and_then(|r| vni_protocol::inspect(&r).ok());
     if let Some(region) = region {
         if let Ok(json) = serde_json::to_string_pretty(&region) {
             let _ = std::fs::write(to.join("region.json"), json);
         }
-    }
-}
-
-/// Reads and validates the lab file `file`: its text and what it
-/// describes, or `None` when it is invalid (its problems printed, and
-/// that nothing was run). `verb` says what could not be done otherwise.
-pub fn load_lab(file: &Path, verb: &str) -> anyhow::Result<Option<(String, Topology)>> {
-    let ok = load_lab_text(file, verb)?;
-    if ok.is_none() {
-        eprintln!("vni-lab: nothing was run");
-    }
-    Ok(ok)
-}
-
-/// [`load_lab`] with the command line's kernel settings in the file's
-/// place (a kernel tree's modules installed on the way): the lab as it
-/// will run. `None` when invalid, its problems printed.
-pub fn load_lab_with(
-    file: &Path,
-    flags: &KernelFlags,
-    step: &mut dyn FnMut(&str),
-    verb: &str,
-) -> anyhow::Result<Option<(String, Topology)>> {
-    let Some((text, topology)) = load_lab_text(file, verb)? else {
-        return Ok(None);
-    };
-    if !flags.any() {
-        return Ok(Some((text, topology)));
-    }
-    let resolved = flags
-        .resolve(&vni_lab::image::cache_dir(), step)
-        .with_context(|| format!("cannot {verb} the lab"))?;
-    let text = resolved.apply(&text)?;
-    match Topology::parse(&text, file) {
-        Ok(topology) => Ok(Some((text, topology))),
-        Err(TopologyError::Invalid { problems, .. }) => {
-            eprintln!(
-                "{} with the command line's kernel settings:",
-                file.display()
-            );
-            // (Where in the file is moot: the text is the file rewritten.)
-            for problem in problems {
-                eprintln!("  {}: {}", problem.field, problem.message);
-            }
-            Ok(None)
-        }
-        Err(e) => Err(e).context(format!("cannot {verb} the lab")),
-    }
-}
-
-fn load_lab_text(file: &Path, verb: &str) -> anyhow::Result<Option<(String, Topology)>> {
-    let parsed = std::fs::read_to_string(file)
-        .map_err(|source| TopologyError::Read {
-            path: file.to_owned(),
-            source,
-        })
-        .and_then(|text| Topology::parse(&text, file).map(|t| (text, t)));
-    match parsed {
-        Ok(loaded) => Ok(Some(loaded)),
-        Err(e @ TopologyError::Invalid { .. }) => {
-            eprintln!("{e}");
-            Ok(None)
-        }
-        Err(e) => Err(e).context(format!("cannot {verb} the lab")),
     }
 }
 
@@ -316,16 +224,12 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         .unwrap_or_default()
         .as_secs();
     let mut progress = Progress::new(opts.quiet);
-    let flags = opts
-        .kernel
-        .resolve(&vni_lab::image::cache_dir(), &mut |s| progress.step(s))
-        .context("cannot test the lab")?;
-    let Some((text, mut topology)) =
-        load_lab_with(&opts.file, &flags, &mut |s| progress.step(s), "test")?
+    let Some(lab_file) = crate::load::read_lab(&opts.file, &opts.kernel, &mut progress, "test")?
     else {
         eprintln!("vni-lab: nothing was run");
         return Ok(ExitCode::from(2));
     };
+    let (text, mut topology) = (lab_file.text.clone(), lab_file.topology.clone());
     if !opts.checks.is_empty() {
         let mut checks = opts.checks.clone();
         checks.sort();
@@ -348,10 +252,9 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from("vni-lab-results").join(&name));
     prepare_artifacts(&artifacts)?;
 
-    // Ctrl-C from here on ends the run in order: during the boot, `up`
-    // (which gets it too) tears its lab down; during the checks, the
-    // case under way is recorded as interrupted. Either way the results
-    // are written.
+    // Ctrl-C from here on ends the run in order: during the boot, the
+    // lab starting is torn down; during the checks, the case under way is
+    // recorded as interrupted. Either way the results are written.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -378,7 +281,10 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         progress.note(&format!("testing lab {name}, which is up (it stays up)"));
     } else {
         progress.note(&format!("starting lab {name} for the test"));
-        match boot(&opts.file, &flags, opts.quiet, &name, &artifacts)? {
+        let stop = async {
+            interrupt.recv().await;
+        };
+        match boot(&runtime, &lab_file, &name, &artifacts, &mut progress, stop)? {
             Ok(()) => booted = true,
             Err(why) => {
                 let first = why
@@ -438,7 +344,9 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
         });
         cases.extend(results);
         progress.step("collecting consoles and driver logs");
-        runtime.block_on(collect(&lab, &topology, &artifacts));
+        if let Ok(running) = RunningLab::open(lab.clone()) {
+            runtime.block_on(collect(&running, &artifacts));
+        }
     }
     if booted && !opts.keep {
         progress.step(&format!("taking lab {name} down"));

@@ -1,5 +1,5 @@
-//! A running lab on the host: its directory, its lock, its recorded state,
-//! and the cleanup of a lab whose supervisor is gone.
+//! A lab's directory on the host: its lock, its plan, its recorded state,
+//! taking a lab down, and the cleanup of a lab whose supervisor is gone.
 //!
 //! Each lab lives in one directory, `<run dir>/<lab name>/`, mode 0700:
 //! the plan the supervisor follows, the state it records, every socket
@@ -365,6 +365,27 @@ impl LabDir {
         std::fs::rename(&tmp, path).map_err(io_err("write", path))
     }
 
+    /// Takes the lab down: asks its supervisor to tear it down (SIGTERM),
+    /// kills it when it does not within [`DOWN_TIMEOUT`], and removes what
+    /// is left; a leftover of a killed vni-lab is cleaned up.
+    pub fn down(&self) -> Result<Down, LabError> {
+        if !self.is_live() {
+            return self.clean_leftover().map(Down::Leftover);
+        }
+        let pid = self.state().map(|s| s.supervisor).unwrap_or(0);
+        signal_if_ours(pid, &self.dir, libc::SIGTERM);
+        let mut down = Down::Stopped;
+        if !self.wait_dead(DOWN_TIMEOUT) {
+            signal_if_ours(pid, &self.dir, libc::SIGKILL);
+            self.wait_dead(Duration::from_secs(5));
+            down = Down::Killed;
+        }
+        if self.dir.exists() {
+            self.clean_leftover()?;
+        }
+        Ok(down)
+    }
+
     /// Removes a lab whose supervisor is gone: kills the QEMUs (and a
     /// supervisor) it recorded that still run, removes the shared-memory
     /// file and the directory. Refuses a live lab.
@@ -400,6 +421,37 @@ impl LabDir {
                 path: self.dir.clone(),
                 source: e,
             }),
+        }
+    }
+}
+
+/// How long [`LabDir::down`] waits for a supervisor to tear its lab down.
+pub const DOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a lab went down.
+#[derive(Debug)]
+pub enum Down {
+    /// Its supervisor tore it down.
+    Stopped,
+    /// Its supervisor did not stop within [`DOWN_TIMEOUT`] and was
+    /// killed; what it left was removed.
+    Killed,
+    /// It was left over by a killed vni-lab, and is cleaned up.
+    Leftover(Cleaned),
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Down::Stopped => f.write_str("is down"),
+            Down::Killed => write!(
+                f,
+                "is down (its supervisor did not stop within {DOWN_TIMEOUT:?} and was killed)"
+            ),
+            Down::Leftover(cleaned) => write!(
+                f,
+                "was left over by a killed vni-lab; cleaned up ({cleaned})"
+            ),
         }
     }
 }
