@@ -398,3 +398,24 @@ pub fn details_contain(case: &serde_json::Value, text: &str) {
         "{text:?} not in the details of {case}"
     );
 }
+
+/// The source of the Rust-enabled kernel the kernel-driver labs boot
+/// (`<tree>/usr/src/linux`, with its `.config`, `scripts/` and `tools/`)
+/// and that kernel's image: the image and the module's build root
+/// prepared as a kernel-driver lab prepares them (cached; the first run
+/// on a machine builds them, as root, in several minutes). Once per test
+/// binary, whichever test asks first.
+pub fn rust_kernel() -> &'static (PathBuf, PathBuf) {
+    static TREE: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| {
+        let file = vni_lab::lab::LabFile::read(&topologies().join("two-node-kernel.yaml"))
+            .expect("topologies/two-node-kernel.yaml");
+        let cache = vni_lab::image::cache_dir();
+        let mut step = |s: &str| eprintln!("kernel tree: {s}");
+        let image = vni_lab::image::ensure(file.topology.kernel.suite(), &cache, false, &mut step)
+            .expect("the kernel-driver labs' guest image");
+        let tree = vni_lab::kmod::ensure_tree(&image.manifest, &cache, &mut step)
+            .expect("the kernel-driver labs' kernel tree (needs root the first time)");
+        (tree.root.join("usr/src/linux"), image.kernel)
+    })
+}

@@ -250,7 +250,7 @@ fn survive_faults(name: &str, which: Driver, skip: &[Fault]) {
         let runs = !skip.contains(&f);
         if !runs {
             eprintln!(
-                "SKIPPED in this test: {}",
+                "not in this test (it does not apply to this driver): {}",
                 match f {
                     Fault::HoldingLock => "kill while holding the lock",
                     Fault::Unload => "rmmod and insmod",

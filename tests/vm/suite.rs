@@ -12,27 +12,12 @@ use kit::{case, details_contain, Run};
 const LAB: &str = "name: broken\nnodes:\n  - {name: node0, ip: 10.20.0.1/24}\n  - {name: node1, ip: 10.20.0.2/24}\n";
 
 /// The kernel's own KTAP parser (`tools/testing/kunit/kunit.py parse`,
-/// from the kernel tree the kernel-driver labs build) reads `ktap` as
-/// this run's results: preflight failed on node1, the unicast cases
-/// skipped. Skipped, and said, when no kernel tree is cached.
+/// from the tree of the kernel the kernel-driver labs boot) reads `ktap`
+/// as this run's results: preflight failed on node1, the unicast cases
+/// skipped.
 fn kunit_reads(ktap: &std::path::Path) {
-    let trees = vni_lab::image::cache_dir().join("kernel-trees");
-    let kunit = std::fs::read_dir(&trees)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| {
-            e.path()
-                .join("root/usr/src/linux/tools/testing/kunit/kunit.py")
-        })
-        .find(|p| p.exists());
-    let Some(kunit) = kunit else {
-        eprintln!(
-            "SKIPPED: no kernel tree in {} to take kunit.py from",
-            trees.display()
-        );
-        return;
-    };
+    let kunit = kit::rust_kernel().0.join("tools/testing/kunit/kunit.py");
+    assert!(kunit.exists(), "{} is in the kernel tree", kunit.display());
     let out = std::process::Command::new("python3")
         .arg(&kunit)
         .args(["parse", ktap.to_str().unwrap()])
