@@ -53,7 +53,8 @@ pub const KVM_LEASE: Duration = Duration::from_millis(Geometry::DEFAULT_LEASE_MS
 /// does not run its vCPU thread, and on a loaded two-core host that was
 /// seen to last over a second: with the 1 s lease, live nodes were
 /// declared dead while inside the region lock, and what they wrote when
-/// they ran again broke the pool (README, "Known problems").
+/// they ran again broke the pool
+/// (docs/src/known-problems.md#live-nodes-declared-dead-when-the-host-starves-them).
 pub const TCG_LEASE: Duration = Duration::from_secs(3);
 /// The lease's bounds (the region header's).
 pub const LEASE_RANGE: std::ops::RangeInclusive<Duration> =
@@ -795,7 +796,7 @@ impl Topology {
         let mut subnet: Option<Ipv4Net> = None;
         // The kernel driver is the default on the kernel it is built for
         // (measured faster there than the user-space driver in every
-        // figure, README "The kernel driver"); elsewhere the user-space
+        // figure, docs/src/benchmarks.md#current-figures); elsewhere the user-space
         // driver, which any kernel with VFIO and TUN runs.
         let default_driver = if raw.guest.kernel.as_deref() == Some("trixie-backports") {
             Driver::Kernel

@@ -1,4 +1,4 @@
-//! Every command's exit status as README's "Exit status" table documents
+//! Every command's exit status as docs/src/kernel-ci.md#exit-status documents
 //! it, for what can be tried without a guest: 0 when it did what was
 //! asked, 1 when what it checked failed, 2 when it could not do it (the
 //! reason on stderr, nothing on stdout), and `exec`'s own codes.

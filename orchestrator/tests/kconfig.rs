@@ -8,40 +8,41 @@
 #[path = "../../tests/kit/mod.rs"]
 mod kit;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use kit::{text, Run};
 use vni_lab::kconfig::{missing, requirements};
 use vni_lab::topology::{Driver, Network};
 
-/// The cached kernel tree's source, if one was built on this machine.
-fn kernel_source() -> Option<PathBuf> {
-    let trees = vni_lab::image::cache_dir().join("kernel-trees");
-    std::fs::read_dir(trees)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path().join("root/usr/src/linux"))
-        .find(|p| p.join("scripts/kconfig/merge_config.sh").exists())
-}
-
-#[test]
-fn the_fragment_merges_into_a_config_that_has_what_a_lab_needs() {
+/// The fragment `vni-lab kconfig` prints, and what a lab needs.
+fn fragment() -> (String, Vec<vni_lab::kconfig::Requirement>) {
     let run = Run::new("kconfig");
     let out = run.run(&["kconfig", "--driver", "user,kernel"]);
     assert_eq!(out.status.code(), Some(0));
     let fragment = text(&out.stdout);
     let needs = requirements(&[Driver::User, Driver::Kernel], Network::Vni);
+    (fragment, needs)
+}
+
+#[test]
+fn the_fragment_names_every_option_a_lab_needs() {
+    let (fragment, needs) = fragment();
     for r in &needs {
         assert!(
             fragment.contains(&format!("{}=y\n", r.option)),
             "{fragment}"
         );
     }
-    let Some(source) = kernel_source() else {
-        eprintln!("SKIPPED: no cached kernel tree with merge_config.sh");
-        return;
-    };
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "vm-tests"),
+    ignore = "needs the Rust kernel's tree, which the full suite (tests/run) builds"
+)]
+fn the_fragment_merges_into_a_config_that_has_what_a_lab_needs() {
+    let (fragment, needs) = fragment();
+    let source = &kit::rust_kernel().0;
     let dir = std::env::temp_dir().join(format!("vni-kconfig-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -86,28 +87,20 @@ fn the_fragment_merges_into_a_config_that_has_what_a_lab_needs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A kernel image the image cache holds (any: it is only read).
-fn cached_kernel() -> Option<PathBuf> {
-    std::fs::read_dir(vni_lab::image::cache_dir().join("images"))
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path().join("vmlinuz"))
-        .find(|p| p.is_file())
-}
-
 #[test]
+#[cfg_attr(
+    not(feature = "vm-tests"),
+    ignore = "needs the Rust kernel's tree, which the full suite (tests/run) builds"
+)]
 fn a_kernel_tree_whose_config_lacks_an_option_is_refused_before_booting() {
-    let (Some(source), Some(kernel)) = (kernel_source(), cached_kernel()) else {
-        eprintln!("SKIPPED: no cached kernel tree and kernel image");
-        return;
-    };
+    let (source, kernel) = kit::rust_kernel();
     let run = Run::new("kconfig-tree");
     // A built tree as kernel CI has one: its .config (Debian's, TUN
     // turned off) and its bzImage.
     let tree = run.dir.join("linux");
     std::fs::create_dir_all(tree.join("arch/x86/boot")).unwrap();
     std::fs::copy(source.join("Makefile"), tree.join("Makefile")).unwrap();
-    std::fs::copy(&kernel, tree.join("arch/x86/boot/bzImage")).unwrap();
+    std::fs::copy(kernel, tree.join("arch/x86/boot/bzImage")).unwrap();
     let config = std::fs::read_to_string(source.join(".config")).unwrap();
     assert!(config.contains("CONFIG_TUN=m\n") || config.contains("CONFIG_TUN=y\n"));
     let config = config

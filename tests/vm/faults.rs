@@ -436,7 +436,7 @@ fn survive_faults(name: &str, which: Driver, skip: &[Fault]) {
         });
         // TCP flows again to the end. One idle half second is allowed: a
         // doorbell under TCG on a busy host comes up to tens of ms late
-        // (README, "Known problems": rx_slow_doorbells), TCP backs off
+        // (docs/src/kernel-driver.md#housekeeping: rx_slow_doorbells), TCP backs off
         // after a loss, and a CI run saw the very last interval idle.
         let tail: Vec<f64> = intervals.iter().rev().take(8).map(|i| i.1).collect();
         assert!(

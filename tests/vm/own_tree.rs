@@ -139,7 +139,8 @@ fn the_kernel_driver_runs_on_a_kernel_tree_of_ones_own() {
     let config = std::fs::read_to_string(tree.join(".config")).unwrap();
     assert!(config.contains("CONFIG_RUST=y\n"));
 
-    // The job as README's "Kernel CI" gives it, run in the tree.
+    // The job as docs/src/kernel-ci.md#the-kernel-driver-on-a-kernel-of-ones-own
+    // gives it, run in the tree.
     let lab = kit::topologies().join("two-node-kernel.yaml");
     let results = run.dir.join("results");
     std::fs::create_dir_all(&results).unwrap();

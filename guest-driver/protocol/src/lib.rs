@@ -8,7 +8,7 @@
 //! `vni-core` (`no_std`, shared with the kernel module); this crate adds
 //! the mappings, the clock and the endpoint of user space on top.
 //!
-//! The design is the 2018 Mint study's (see `shared/MINT-VNI.md`):
+//! The design is the 2018 Mint study's (see docs/src/design/overview.md):
 //!
 //! - buffer configuration 2 (its choice): one pool of slots for all frames
 //!   of all nodes ([`pool`](crate::BufferConfig::SharedPool)); or

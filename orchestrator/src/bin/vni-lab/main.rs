@@ -26,7 +26,7 @@ use vni_lab::topology::{self, Topology, TopologyError};
     name = "vni-lab",
     version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("VNI_LAB_COMMIT"), ")"),
     about = "Mint-like labs: QEMU guests that share one memory region and talk through the VNI",
-    after_help = "Lab files are described in README.md (\"Topology files\"); topologies/schema.json is their JSON Schema."
+    after_help = "Lab files are described in docs/src/lab-files.md; topologies/schema.json is their JSON Schema."
 )]
 struct Cli {
     #[command(subcommand)]

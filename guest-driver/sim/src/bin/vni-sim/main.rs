@@ -63,7 +63,7 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
-    /// Measures frames/s and GB/s (see README "Benchmarks").
+    /// Measures frames/s and GB/s (see docs/src/benchmarks.md#the-protocol-on-the-host-vni-sim-bench).
     Bench(bench::BenchArgs),
     /// Internal: one node of a run (JSON plan as argument).
     #[command(hide = true)]
