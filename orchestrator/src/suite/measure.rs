@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use vni_frames::Rtts;
 
-use super::checks::{output_text, parse_iperf, Context, Iperf};
+use super::checks::Context;
 use super::guests::Trouble;
+use super::verdicts::{output_text, parse_iperf, Iperf};
 use crate::driver::{DRIVER_LOG, DRIVER_PID};
 use crate::topology::Driver;
 
@@ -247,7 +248,7 @@ impl Context {
             .guests
             .wait(&server, pid, "vni-driver bells --answer", self.t(10.0))
             .await;
-        super::checks::last_json(&client, "vni-driver bells", &out)
+        super::verdicts::last_json(&client, "vni-driver bells", &out)
     }
 
     /// Stops every node's driver and returns the profile each printed

@@ -13,15 +13,17 @@ mod guests;
 pub mod ktap;
 mod measure;
 pub mod report;
+mod verdicts;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use checks::{parse_iperf, Context, Iperf, Verdict};
+pub use checks::Context;
 pub use guests::{Guests, Trouble};
 pub use measure::{parse_ping, Concurrent, Occupancy};
+pub use verdicts::{parse_iperf, Iperf, Verdict};
 
 use crate::lab::LabDir;
 use crate::test_spec::{Check, Pairs, Scope};
