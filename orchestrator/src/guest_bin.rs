@@ -23,6 +23,7 @@
 //! The kernel module's source comes from the installed copy or the
 //! checkout the same way ([`module_source`]).
 
+use crate::io_failure::{io_err, IoFailure};
 use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,19 +52,8 @@ pub enum GuestBinError {
         tail: String,
     },
     /// A file operation failed.
-    #[error("Cannot {what}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GuestBinError {
-    let what = what.into();
-    move |source| GuestBinError::Io { what, source }
+    #[error(transparent)]
+    Io(#[from] IoFailure),
 }
 
 /// The source checkout this vni-lab was built from, if it is still there.
@@ -409,7 +399,8 @@ pub fn overlay_initrd(
         .enumerate()
         .map(|(i, (b, data))| (b.ino(ino_base.wrapping_add(i as u32)), data));
     cpio::write_cpio(entries, &mut file).map_err(io_err("write the guest binaries' archive"))?;
-    file.sync_all().map_err(io_err("write the initramfs"))
+    file.sync_all().map_err(io_err("write the initramfs"))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //! failed or interrupted build leaves nothing behind (an interrupted one
 //! is removed by the next build).
 
+use crate::io_failure::{io_err, IoFailure};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -68,19 +69,8 @@ pub enum ImageError {
         tail: String,
     },
     /// A file operation failed.
-    #[error("Image build: cannot {what}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
-    let what = what.into();
-    move |source| ImageError::Io { what, source }
+    #[error("Image build")]
+    Io(#[from] IoFailure),
 }
 
 /// What an image was built from, stored next to it.
@@ -545,10 +535,10 @@ pub fn ensure(
         .filter(|p| p.extension().is_some_and(|e| e == "deb"))
         .collect();
     if debs.is_empty() {
-        return Err(ImageError::Io {
-            what: "find the kernel package".into(),
-            source: io::ErrorKind::NotFound.into(),
-        });
+        return Err(ImageError::Io(IoFailure::new(
+            "find the kernel package".into(),
+            io::ErrorKind::NotFound.into(),
+        )));
     }
     for deb in &debs {
         run(
@@ -568,9 +558,11 @@ pub fn ensure(
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
-        .ok_or_else(|| ImageError::Io {
-            what: "find the kernel release".into(),
-            source: io::ErrorKind::NotFound.into(),
+        .ok_or_else(|| {
+            ImageError::Io(IoFailure::new(
+                "find the kernel release".into(),
+                io::ErrorKind::NotFound.into(),
+            ))
         })?;
 
     step(&format!(
@@ -616,9 +608,11 @@ pub fn ensure(
         }
     }
     for file in files {
-        let relative = file.strip_prefix(&kmods).map_err(|_| ImageError::Io {
-            what: format!("place module {}", file.display()),
-            source: io::ErrorKind::InvalidData.into(),
+        let relative = file.strip_prefix(&kmods).map_err(|_| {
+            ImageError::Io(IoFailure::new(
+                format!("place module {}", file.display()),
+                io::ErrorKind::InvalidData.into(),
+            ))
         })?;
         let target = rootfs.join(relative);
         std::fs::create_dir_all(target.parent().unwrap_or(&rootfs))
@@ -679,9 +673,11 @@ pub fn ensure(
     ]
     .into_iter()
     .find(|f| f.is_file())
-    .ok_or_else(|| ImageError::Io {
-        what: format!("find the kernel image of {kernel_package}"),
-        source: io::ErrorKind::NotFound.into(),
+    .ok_or_else(|| {
+        ImageError::Io(IoFailure::new(
+            format!("find the kernel image of {kernel_package}"),
+            io::ErrorKind::NotFound.into(),
+        ))
     })?;
 
     // Move the results into a fresh directory and publish it by rename.
@@ -703,10 +699,8 @@ pub fn ensure(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    let json = serde_json::to_string_pretty(&manifest).map_err(|e| ImageError::Io {
-        what: "write the manifest".into(),
-        source: e.into(),
-    })?;
+    let json = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| ImageError::Io(IoFailure::new("write the manifest".into(), e.into())))?;
     std::fs::write(staged.join("manifest.json"), json).map_err(io_err("write the manifest"))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&staged, &dir).map_err(io_err(format!("publish {}", dir.display())))?;
@@ -725,9 +719,11 @@ pub fn ensure(
         }
     }
     step("image ready");
-    load(&dir).ok_or_else(|| ImageError::Io {
-        what: "read back the image".into(),
-        source: io::ErrorKind::NotFound.into(),
+    load(&dir).ok_or_else(|| {
+        ImageError::Io(IoFailure::new(
+            "read back the image".into(),
+            io::ErrorKind::NotFound.into(),
+        ))
     })
 }
 

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::image::{self, Manifest, Scratch};
+use crate::io_failure::{io_err, IoFailure};
 use crate::kconfig;
 
 /// The build root's recipe.
@@ -89,19 +90,8 @@ pub enum KmodError {
         tail: String,
     },
     /// A file operation failed.
-    #[error("Kernel module build: cannot {what}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> KmodError {
-    let what = what.into();
-    move |source| KmodError::Io { what, source }
+    #[error("Kernel module build")]
+    Io(#[from] IoFailure),
 }
 
 /// The cache key of `parts`: each followed by a NUL, hashed as the

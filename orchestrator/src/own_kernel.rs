@@ -248,17 +248,25 @@ pub fn modules_root(given: &Path) -> PathBuf {
     given.to_owned()
 }
 
+/// Where x86's boot protocol puts the setup header's magic in a bzImage.
+const HEADER_MAGIC: std::ops::Range<usize> = 0x202..0x206;
+/// Where it puts the pointer to the `kernel_version` string (relative to
+/// [`VERSION_BASE`]).
+const VERSION_POINTER: std::ops::Range<usize> = 0x20e..0x210;
+/// What that pointer counts from.
+const VERSION_BASE: usize = 0x200;
+
 /// The kernel release a bzImage says it is (the boot protocol's
 /// `kernel_version` string), if it says.
 pub fn image_release(image: &[u8]) -> Option<String> {
-    if image.get(0x202..0x206)? != b"HdrS" {
+    if image.get(HEADER_MAGIC)? != b"HdrS" {
         return None;
     }
-    let offset = u16::from_le_bytes(image.get(0x20e..0x210)?.try_into().ok()?);
+    let offset = u16::from_le_bytes(image.get(VERSION_POINTER)?.try_into().ok()?);
     if offset == 0 {
         return None;
     }
-    let start = usize::from(offset) + 0x200;
+    let start = usize::from(offset) + VERSION_BASE;
     let text = image.get(start..start.saturating_add(256).min(image.len()))?;
     let end = text.iter().position(|&b| b == 0 || b == b' ')?;
     let release = std::str::from_utf8(&text[..end]).ok()?;
@@ -440,31 +448,38 @@ fn release_dir(given: &Path, release: Option<&str>) -> Result<PathBuf, OwnKernel
     Ok(dir)
 }
 
+/// The smallest file [`image_release`] reads as a kernel of `release`
+/// (up to 200 bytes): a boot header pointing at its version string, and
+/// nothing to boot. For trying what vni-lab checks of a kernel of one's
+/// own before it boots one.
+pub fn release_only_image(release: &str) -> Vec<u8> {
+    let pointer: u16 = 0x300;
+    let start = usize::from(pointer) + VERSION_BASE;
+    let mut image = vec![0u8; 0x1000];
+    image[HEADER_MAGIC].copy_from_slice(b"HdrS");
+    image[VERSION_POINTER].copy_from_slice(&pointer.to_le_bytes());
+    let text = format!("{release} (ci@example) #1 SMP\0");
+    let end = (start + text.len()).min(image.len());
+    image[start..end].copy_from_slice(&text.as_bytes()[..end - start]);
+    image
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bzimage(release: &str) -> Vec<u8> {
-        let mut image = vec![0u8; 0x1000];
-        image[0x202..0x206].copy_from_slice(b"HdrS");
-        image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
-        let text = format!("{release} (ci@example) #1 SMP\0");
-        image[0x500..0x500 + text.len()].copy_from_slice(text.as_bytes());
-        image
-    }
-
     #[test]
     fn the_release_comes_from_the_boot_header() {
         assert_eq!(
-            image_release(&bzimage("6.12.57+deb13-amd64")).as_deref(),
+            image_release(&release_only_image("6.12.57+deb13-amd64")).as_deref(),
             Some("6.12.57+deb13-amd64")
         );
         assert_eq!(image_release(b"not a kernel"), None);
-        let mut no_version = bzimage("x");
+        let mut no_version = release_only_image("x");
         no_version[0x20e..0x210].copy_from_slice(&[0, 0]);
         assert_eq!(image_release(&no_version), None);
         // An offset past the end, or a string without an end, is no release.
-        let mut past = bzimage("x");
+        let mut past = release_only_image("x");
         past[0x20e..0x210].copy_from_slice(&0xff00u16.to_le_bytes());
         assert_eq!(image_release(&past), None);
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::topology::{parse_duration, DurationSpec};
+use crate::units::DurationSpec;
 
 /// One kind of check. Every lab run starts with `preflight` (each node's
 /// driver, interface, MTU and region state), which cannot be left out.
@@ -290,13 +290,6 @@ fn rate(spec: &RateSpec) -> Result<u64, String> {
     }
 }
 
-fn duration(spec: &DurationSpec) -> Result<Duration, String> {
-    match spec {
-        DurationSpec::Seconds(s) => Ok(Duration::from_secs(*s)),
-        DurationSpec::Text(t) => parse_duration(t),
-    }
-}
-
 impl Tests {
     /// Validates `raw`; each problem goes to `report` with its field under
     /// `tests.`.
@@ -328,7 +321,7 @@ impl Tests {
             })
         };
         let positive = |spec: &Option<DurationSpec>| {
-            spec.as_ref().map(|s| match duration(s) {
+            spec.as_ref().map(|s| match s.to_duration() {
                 Ok(d) if d.is_zero() => Err("must be longer than 0".to_owned()),
                 other => other,
             })

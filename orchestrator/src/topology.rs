@@ -29,6 +29,7 @@ use vni_protocol::{BufferConfig, Geometry, Layout, MacAddr, MAX_NODES};
 
 use crate::spans::{Pos, Spans};
 use crate::test_spec::{RawTests, Tests};
+use crate::units::{DurationSpec, SizeSpec};
 
 /// Default guest memory: 8 nodes fit in 24 GiB with room to spare.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
@@ -75,45 +76,10 @@ const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,31}$";
 const IP_PATTERN: &str = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])$";
 /// A MAC address, colon-separated.
 const MAC_PATTERN: &str = "^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$";
-/// A size with its unit ([`parse_size`]).
-const SIZE_PATTERN: &str = r"^\s*[0-9]+\s*(B|K|KiB|M|MiB|G|GiB|T|TiB)?\s*$";
-/// A duration with its unit ([`parse_duration`]).
-const DURATION_PATTERN: &str = r"^\s*[0-9]+\s*(us|ms|s|m|h)?\s*$";
 /// A CPU list ([`parse_cpus`]).
 const CPUS_PATTERN: &str = r"^\s*[0-9]+(\s*-\s*[0-9]+)?(\s*,\s*[0-9]+(\s*-\s*[0-9]+)?)*\s*$";
 /// One line.
 const LINE_PATTERN: &str = r"^[^\n]*$";
-
-/// A byte size: a number of bytes, or a number with K, M, G or T (binary
-/// units: `512M` is 512 MiB; `KiB`, `MiB`, `GiB`, `TiB` also accepted).
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum SizeSpec {
-    /// Bytes.
-    Bytes(u64),
-    /// With a unit, e.g. `512M`, `1G`, `64MiB`.
-    Text(#[schemars(regex(pattern = SIZE_PATTERN))] String),
-}
-
-/// A duration: a number of seconds, or a number with `ms`, `s`, `m` or `h`.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum DurationSpec {
-    /// Seconds.
-    Seconds(u64),
-    /// With a unit, e.g. `90s`, `2m`, `500ms`.
-    Text(#[schemars(regex(pattern = DURATION_PATTERN))] String),
-}
-
-impl DurationSpec {
-    /// The duration it says, or why it says none.
-    pub fn to_duration(&self) -> Result<Duration, String> {
-        match self {
-            DurationSpec::Seconds(s) => Ok(Duration::from_secs(*s)),
-            DurationSpec::Text(t) => parse_duration(t),
-        }
-    }
-}
 
 /// Host CPUs: a list of CPU numbers, or a string like `0-3,6`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -625,57 +591,6 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Err(format!("{name:?} is not allowed: use 1 to 32 lowercase letters, digits or '-', not starting with '-'"))
 }
 
-/// Parses `512M`, `1G`, `64MiB`, `4096`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 512M or 1G"))?;
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "K" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use K, M, G or T (binary units)"
-            ))
-        }
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
-/// Parses `90s`, `2m`, `500ms`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s or 2m"))?;
-    Ok(match unit.trim() {
-        "us" => Duration::from_micros(number),
-        "ms" => Duration::from_millis(number),
-        "" | "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        "h" => Duration::from_secs(number * 3600),
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use us, ms, s, m or h"
-            ))
-        }
-    })
-}
-
 /// Parses `0-3,6` into CPU numbers.
 pub fn parse_cpus(text: &str) -> Result<Vec<u32>, String> {
     let bad = || format!("{text:?} is not a CPU list like 0-3,6");
@@ -756,14 +671,12 @@ impl Topology {
             );
         }
         let size = |check: &mut Checker<'_>, field: &str, spec: &Option<SizeSpec>, default: u64| {
-            match spec {
-                None => default,
-                Some(SizeSpec::Bytes(n)) => *n,
-                Some(SizeSpec::Text(t)) => parse_size(t).unwrap_or_else(|e| {
+            spec.as_ref().map_or(default, |spec| {
+                spec.to_bytes().unwrap_or_else(|e| {
                     check.report(field, e);
                     default
-                }),
-            }
+                })
+            })
         };
         let duration = |check: &mut Checker<'_>,
                         field: &str,
@@ -1360,16 +1273,7 @@ nodes:
     }
 
     #[test]
-    fn units_parse() {
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("1.5G").is_err());
-        assert!(parse_size("99999999999T").is_err());
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("soon").is_err());
+    fn cpu_lists_parse() {
         assert_eq!(parse_cpus("0-2,5"), Ok(vec![0, 1, 2, 5]));
         assert!(parse_cpus("x").is_err());
     }

@@ -149,17 +149,6 @@ fn a_kernel_tree_whose_config_lacks_an_option_is_refused_before_booting() {
     );
 }
 
-/// A kernel image of `release` as far as vni-lab reads one before booting:
-/// the boot header's version string.
-fn fake_bzimage(release: &str) -> Vec<u8> {
-    let mut image = vec![0u8; 0x1000];
-    image[0x202..0x206].copy_from_slice(b"HdrS");
-    image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
-    let text = format!("{release} (ci@example) #1 SMP\0");
-    image[0x500..0x500 + text.len()].copy_from_slice(text.as_bytes());
-    image
-}
-
 #[test]
 fn a_kernel_driver_lab_on_a_kernel_of_ones_own_needs_its_tree_rust_and_rustc() {
     let run = Run::new("kconfig-rust-tree");
@@ -171,7 +160,11 @@ fn a_kernel_driver_lab_on_a_kernel_of_ones_own_needs_its_tree_rust_and_rustc() {
         std::fs::create_dir_all(tree.join(dir)).unwrap();
     }
     let release = "7.3.0-vni-fake";
-    std::fs::write(tree.join("arch/x86/boot/bzImage"), fake_bzimage(release)).unwrap();
+    std::fs::write(
+        tree.join("arch/x86/boot/bzImage"),
+        vni_lab::own_kernel::release_only_image(release),
+    )
+    .unwrap();
     std::fs::write(tree.join("Makefile"), "").unwrap();
     std::fs::write(tree.join("Module.symvers"), "").unwrap();
     std::fs::write(tree.join("include/config/kernel.release"), release).unwrap();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::io_failure::IoFailure;
 use crate::qemu::NodePaths;
 
 /// Where labs live: `$VNI_LAB_RUN_DIR`, else `/run/vni-lab` for root, else
@@ -72,21 +73,13 @@ pub enum LabError {
     #[error("Several labs are up ({0}); name one with --lab")]
     Ambiguous(String),
     /// A file operation failed.
-    #[error("Cannot {what} {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoFailure),
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LabError {
-    let path = path.to_owned();
-    move |source| LabError::Io { what, path, source }
+/// For `map_err`: `what` failed on `path`.
+fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> IoFailure {
+    crate::io_failure::io_err(format!("{what} {}", path.display()))
 }
 
 /// What the supervisor is told to start (written by `up`).
@@ -349,11 +342,8 @@ impl LabDir {
     /// half a file), mode 0600.
     pub fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), LabError> {
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(value).map_err(|e| LabError::Io {
-            what: "encode",
-            path: path.to_owned(),
-            source: io::Error::other(e),
-        })?;
+        let text = serde_json::to_vec_pretty(value)
+            .map_err(|e| io_err("encode", path)(io::Error::other(e)))?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -362,7 +352,8 @@ impl LabDir {
             .open(&tmp)
             .map_err(io_err("write", &tmp))?;
         io::Write::write_all(&mut file, &text).map_err(io_err("write", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err("write", path))
+        std::fs::rename(&tmp, path).map_err(io_err("write", path))?;
+        Ok(())
     }
 
     /// Takes the lab down: asks its supervisor to tear it down (SIGTERM),
@@ -416,11 +407,7 @@ impl LabDir {
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(cleaned),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(cleaned),
-            Err(e) => Err(LabError::Io {
-                what: "remove",
-                path: self.dir.clone(),
-                source: e,
-            }),
+            Err(e) => Err(io_err("remove", &self.dir)(e).into()),
         }
     }
 }

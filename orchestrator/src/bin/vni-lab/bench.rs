@@ -358,12 +358,7 @@ pub fn bench(opts: Options) -> anyhow::Result<ExitCode> {
         write(&out.join("labs").join(format!("{}.yaml", case.id())), text)?;
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut interrupt = runtime.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-    })?;
+    let (runtime, mut interrupt) = crate::runtime::with_interrupt()?;
     progress.note(&format!(
         "{} cases, each in a lab of its own, results in {}",
         labs.len(),

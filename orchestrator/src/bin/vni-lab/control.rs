@@ -134,9 +134,7 @@ pub fn exec(
         let timeout = timeout.unwrap_or(lab.topology.command_timeout);
         let args: Vec<&str> = command.iter().map(String::as_str).collect();
         let input = exec_input(stdin)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = crate::runtime::runtime()?;
         let output = match runtime.block_on(lab.exec(node, &args, input, timeout)) {
             Ok(output) => output,
             Err(AgentError::Failed {

@@ -66,9 +66,7 @@ pub fn fault(options: Options) -> anyhow::Result<ExitCode> {
             lab.name()
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::runtime()?;
     let result = runtime.block_on(inject(&lab, &options));
     match result {
         Ok(message) => {

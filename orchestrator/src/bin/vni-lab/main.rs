@@ -12,6 +12,7 @@ mod fault;
 mod install;
 mod load;
 mod progress;
+mod runtime;
 mod shell;
 mod soak;
 mod test;
@@ -321,7 +322,7 @@ enum ImageCommand {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    topology::parse_duration(text)
+    vni_lab::units::parse_duration(text)
 }
 
 /// This program, to run again as a child (`up`, the supervisor). Through

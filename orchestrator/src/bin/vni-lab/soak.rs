@@ -88,11 +88,9 @@ pub fn soak(options: Options) -> anyhow::Result<ExitCode> {
         ..Soak::default()
     };
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (runtime, mut interrupt) = crate::runtime::with_interrupt()?;
     let booted = crate::test::boot(&runtime, &file, &name, &logs, &mut progress, async {
-        let _ = tokio::signal::ctrl_c().await;
+        interrupt.recv().await;
     })?;
     progress.done();
     if let Err(why) = booted {
@@ -104,7 +102,7 @@ pub fn soak(options: Options) -> anyhow::Result<ExitCode> {
     let interrupted = runtime.block_on(async {
         tokio::select! {
             () = run(&lab, &options, &out, &mut soak) => false,
-            _ = tokio::signal::ctrl_c() => true,
+            _ = interrupt.recv() => true,
         }
     });
     if interrupted {

@@ -255,12 +255,7 @@ pub fn test(opts: Options) -> anyhow::Result<ExitCode> {
     // Ctrl-C from here on ends the run in order: during the boot, the
     // lab starting is torn down; during the checks, the case under way is
     // recorded as interrupted. Either way the results are written.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut interrupt = runtime.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-    })?;
+    let (runtime, mut interrupt) = crate::runtime::with_interrupt()?;
 
     let lab = LabDir::new(&lab::run_dir(), &name);
     let reused = lab.is_live();

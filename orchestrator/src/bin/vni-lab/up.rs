@@ -48,16 +48,13 @@ pub fn up(
         prepared.accel.reason
     ));
     let topology = prepared.topology.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    let runtime = match runtime {
+    let runtime = match crate::runtime::runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             let lab = prepared.lab.clone();
             drop(prepared);
             let _ = lab.clean_leftover();
-            return Err(e).context("cannot start the async runtime");
+            return Err(e);
         }
     };
     let mode = if detach { Mode::Detached } else { Mode::Tied };
