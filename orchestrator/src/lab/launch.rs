@@ -91,7 +91,8 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts the supervisor of `prepared` (running `exe supervise`,
     /// `exe` being vni-lab) and hands it the lab's lock. On failure the
-    /// lab directory is removed again.
+    /// lab directory is removed again. Call it within a Tokio runtime
+    /// (`Runtime::enter`), which then owns the child.
     pub fn start(prepared: Prepared, exe: &Path, mode: Mode) -> Result<Supervisor, LaunchError> {
         let Prepared {
             lab,
@@ -327,4 +328,98 @@ pub fn adopt_lock(dir: &Path) -> std::io::Result<LabLock> {
     // file, and nothing else in this process owns it.
     let file = unsafe { File::from_raw_fd(LOCK_FD) };
     Ok(LabLock::from_file(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::AccelDecision;
+    use crate::lab::Silent;
+    use crate::topology::Topology;
+
+    /// A lab prepared in a run directory of its own, and a stand-in for
+    /// `vni-lab supervise` that says `events` (JSON lines) and exits.
+    fn prepared(test: &str, events: &[&str]) -> (Prepared, std::path::PathBuf) {
+        let run = std::env::temp_dir().join(format!("vni-launch-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(&run).unwrap();
+        let lab = LabDir::new(&run, "t");
+        let lock = lab.create(&mut None).unwrap();
+        let topology = Topology::parse(
+            "name: t\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let script = run.join("supervise");
+        let lines: String = events.iter().map(|e| format!("echo '{e}'\n")).collect();
+        std::fs::write(&script, format!("#!/bin/sh\n{lines}")).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let prepared = Prepared {
+            lab,
+            lock,
+            topology,
+            accel: AccelDecision {
+                accel: "tcg",
+                reason: "test".into(),
+            },
+        };
+        (prepared, script)
+    }
+
+    #[tokio::test]
+    async fn a_lab_that_comes_up_and_goes_down_is_followed_to_the_end() {
+        let (prepared, exe) = prepared(
+            "up",
+            &[
+                r#"{"event":"step","message":"starting"}"#,
+                r#"{"event":"node-ready","node":"a","after":1.0}"#,
+                r#"{"event":"ready","after":2.5}"#,
+                r#"{"event":"down"}"#,
+            ],
+        );
+        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached).unwrap();
+        let after = supervisor
+            .until_ready(&mut Silent, std::future::pending())
+            .await
+            .unwrap();
+        assert_eq!(after, 2.5);
+        supervisor.wait().await.unwrap();
+        let _ = std::fs::remove_dir_all(exe.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_is_the_supervisors_own_account() {
+        let (prepared, exe) = prepared(
+            "failed",
+            &[
+                r#"{"event":"failed","message":"node a: the guest kernel panicked"}"#,
+                r#"{"event":"down"}"#,
+            ],
+        );
+        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached).unwrap();
+        let e = supervisor
+            .until_ready(&mut Silent, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, LaunchError::DidNotComeUp { message, .. } if message == "node a: the guest kernel panicked"),
+            "{e:?}"
+        );
+        let _ = std::fs::remove_dir_all(exe.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_that_dies_is_cleaned_up_after() {
+        let (prepared, exe) = prepared("died", &[r#"{"event":"step","message":"starting"}"#]);
+        let dir = prepared.lab.dir.clone();
+        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached).unwrap();
+        let e = supervisor
+            .until_ready(&mut Silent, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LaunchError::Died { .. }), "{e:?}");
+        assert!(!dir.exists(), "the lab directory is removed");
+        let _ = std::fs::remove_dir_all(exe.parent().unwrap());
+    }
 }

@@ -163,6 +163,8 @@ pub fn boot(
         prepared.accel.accel.to_uppercase(),
         prepared.accel.reason
     ));
+    // (Its child process is the runtime's.)
+    let _in_runtime = runtime.enter();
     let mut supervisor = match Supervisor::start(prepared, &exe, Mode::Detached) {
         Ok(supervisor) => supervisor,
         Err(e) => return Ok(Err(format!("{:#}", anyhow::Error::new(e)))),

@@ -58,6 +58,8 @@ pub fn up(
         }
     };
     let mode = if detach { Mode::Detached } else { Mode::Tied };
+    // (Its child process is the runtime's.)
+    let _in_runtime = runtime.enter();
     let supervisor = Supervisor::start(prepared, &exe, mode)?;
     let result = runtime.block_on(drive(supervisor, &topology, detach, &mut progress));
     progress.done();
