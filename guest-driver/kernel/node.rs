@@ -16,26 +16,20 @@ use kernel::sync::Arc;
 
 use crate::ffi::{self, VniPriv};
 use crate::lock::DevLock;
-use crate::platform::{Chain, Kernel, Shown};
+use crate::platform::{Chain, Ep, Kernel, Shown};
 use crate::stats::Stats;
+use crate::vni_core::lifecycle::{self, Event, Lifecycle};
 use crate::vni_core::{
-    members, Buffers, Endpoint, EndpointError, Instant, MacAddr, NodeId, NodeState, Notification,
-    Platform, Region, BATCH, OFFENCE_LIMIT, QUARANTINE_LEASES, RX_VECTOR,
+    members, Buffers, EndpointError, Instant, MacAddr, NodeId, NodeState, Notification, Platform,
+    Region, BATCH, OFFENCE_LIMIT, QUARANTINE_LEASES, RX_VECTOR,
 };
 
-/// The endpoint as the kernel holds it: the mapped region shared by
-/// reference count, its working lists in vmalloc'ed memory (about
-/// 200 KiB, too large for a kernel stack), the kernel's clock. The
-/// endpoint itself (under 2 KiB) is boxed as well: the kernel's stack is
-/// 16 KiB and every move of an endpoint on it costs its size.
-pub(crate) type Ep = Endpoint<Arc<Region>, VBox<Buffers>, Kernel>;
-
-/// Housekeeping period: heartbeat, counters, dead peers, carrier.
-pub(crate) const TICK_US: u32 = 10_000;
+/// Housekeeping period (the lifecycle's), in microseconds.
+pub(crate) const TICK_US: u32 = lifecycle::TICK.as_micros() as u32;
 /// Pause before attaching again after a refused attach.
-const REATTACH_PAUSE_US: u32 = 200_000;
-/// Idle time after which the slots this node caches go back to the pool.
-const GIVE_BACK_AFTER: Duration = Duration::from_millis(100);
+const REATTACH_PAUSE_US: u32 = lifecycle::REATTACH_PAUSE.as_micros() as u32;
+/// Polling mode: the shortest wait between polls.
+pub(crate) const POLL_MIN_NS: u32 = 50_000;
 
 /// What the module parameters and the device say.
 #[derive(Clone, Copy, Debug)]
@@ -67,22 +61,15 @@ pub(crate) struct State {
     /// again from it.
     pub(crate) trouble: bool,
     pub(crate) stats: Stats,
-    /// When a frame last went either way.
-    pub(crate) last_busy: Instant,
-    /// The idle node's cached slots went back to the pool.
-    pub(crate) gave_back: bool,
+    /// Attaching, housekeeping and what of it to say (the core's, as the
+    /// user-space driver's).
+    life: Lifecycle,
     /// A flush left frames staged (their receiver's queue was full).
     pub(crate) deferred: bool,
     /// Polling mode: the wait until the next poll, growing while idle.
     pub(crate) poll_wait_ns: u32,
-    carrier: bool,
-    quarantined: u64,
-    refused: u64,
-    /// Protocol errors last said in the log, and when.
-    errors_said: (u64, Instant),
-    /// When housekeeping last ran, and dead peers recovered by then.
+    /// When housekeeping last ran.
     last_tick: Instant,
-    recoveries: u64,
     /// NAPI polls as housekeeping last saw them.
     polls_seen: u64,
     /// The last round found frames waiting with no poll.
@@ -126,8 +113,48 @@ impl State {
 
     /// Notes that frames moved.
     pub(crate) fn busy(&mut self) {
-        self.last_busy = Kernel.now();
-        self.gave_back = false;
+        self.life.busy(Kernel.now());
+    }
+
+    /// How long ago frames last moved.
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.life.idle_for(Kernel.now())
+    }
+}
+
+/// Says a [`Lifecycle`] event (all but the carrier's) in the kernel's log,
+/// and counts the fences in `stats`.
+fn say(event: Event, stats: &mut Stats) {
+    match event {
+        Event::Silent {
+            node,
+            silent,
+            lease,
+        } => pr_info!(
+            "node {}'s heartbeat stood still for {} ms (lease {} ms)\n",
+            node,
+            silent.as_millis(),
+            lease.as_millis()
+        ),
+        Event::Recovered { new, total } => {
+            pr_info!("recovered from {} dead peers ({} so far)\n", new, total)
+        }
+        Event::Fenced { node, .. } => {
+            pr_warn!(
+                "fenced node {}: {} protocol errors blamed on it; its frames are ignored for {} leases\n",
+                node,
+                OFFENCE_LIMIT,
+                QUARANTINE_LEASES
+            );
+            stats.quarantines += 1;
+        }
+        Event::Released { node } => pr_info!("node {} is out of quarantine\n", node),
+        Event::ProtocolErrors { count, last } => pr_warn!(
+            "{} protocol errors in values peers wrote (last: {})\n",
+            count,
+            Shown(&last)
+        ),
+        Event::Carrier(_) => {}
     }
 }
 
@@ -155,16 +182,10 @@ impl Vni {
             ep: None,
             trouble: false,
             stats: Stats::default(),
-            last_busy: Kernel.now(),
-            gave_back: false,
+            life: Lifecycle::new(Kernel.now()),
             deferred: false,
-            poll_wait_ns: crate::rx::POLL_MIN_NS,
-            carrier: false,
-            quarantined: 0,
-            refused: 0,
-            errors_said: (0, Kernel.now()),
+            poll_wait_ns: POLL_MIN_NS,
             last_tick: Kernel.now(),
-            recoveries: 0,
             polls_seen: 0,
             unpolled: false,
         };
@@ -213,65 +234,17 @@ impl Vni {
                 pr_warn!("housekeeping ran {} ms late\n", late.as_millis());
             }
             s.last_tick = now;
-            let mut result = ep.tick();
-            if let Some((node, silent)) = ep.silence_to_say() {
-                pr_info!(
-                    "node {}'s heartbeat stood still for {} ms (lease {} ms)\n",
-                    node,
-                    silent.as_millis(),
-                    ep.lease().as_millis()
-                );
-            }
-            let recoveries = ep.counters().recoveries;
-            if recoveries != s.recoveries {
-                pr_info!(
-                    "recovered from {} dead peers ({} so far)\n",
-                    recoveries.saturating_sub(s.recoveries),
-                    recoveries
-                );
-                s.recoveries = recoveries;
-            }
-            let banned = ep.quarantined();
-            if banned != s.quarantined {
-                for node in members(banned & !s.quarantined) {
-                    pr_warn!(
-                        "fenced node {}: {} protocol errors blamed on it; its frames are ignored for {} leases\n",
-                        node,
-                        OFFENCE_LIMIT,
-                        QUARANTINE_LEASES
-                    );
-                    s.stats.quarantines += 1;
-                }
-                for node in members(s.quarantined & !banned) {
-                    pr_info!("node {} is out of quarantine\n", node);
-                }
-                s.quarantined = banned;
-            }
+            let stats = &mut s.stats;
+            let mut result = s.life.tick(&mut **ep, now, |event| match event {
+                Event::Carrier(on) => carrier = Some(on),
+                other => say(other, stats),
+            });
             if result.is_ok() && !up {
                 // Nobody polls a down interface: take what peers sent so
                 // that their frames do not wait for ever.
                 result = ep
-                    .recv(4 * BATCH, |_| s.stats.rx_while_down += 1)
+                    .recv(4 * BATCH, |_| stats.rx_while_down += 1)
                     .map(|_| ());
-            }
-            let idle = now.saturating_duration_since(s.last_busy) >= GIVE_BACK_AFTER;
-            if result.is_ok() && idle && !s.gave_back {
-                result = ep.release_idle();
-                s.gave_back = true;
-            }
-            // What peers wrote wrong, said at most once a second.
-            let errors = ep.counters().protocol_errors;
-            if errors > s.errors_said.0
-                && now.saturating_duration_since(s.errors_said.1) >= Duration::from_secs(1)
-            {
-                if let Some(last) = ep.last_error() {
-                    pr_warn!(
-                        "{} protocol errors in values peers wrote (last: {})\n",
-                        errors,
-                        Shown(&last)
-                    );
-                }
-                s.errors_said = (errors, now);
             }
             // Frames wait, the interface is up, nothing polled since the
             // last round and no poll is scheduled (a scheduled one may
@@ -302,12 +275,8 @@ impl Vni {
                 _ => {}
             }
             s.unpolled = unpolled && !s.unpolled;
-            let running = ep.running_peers() != 0;
             if let Err(e) = result {
                 s.fail(self.dev, &e);
-            } else if running != s.carrier {
-                s.carrier = running;
-                carrier = Some(running);
             }
             // (In trouble, the attach that follows drops the carrier.)
         }
@@ -327,8 +296,7 @@ impl Vni {
     fn attach(&self) -> bool {
         let old = {
             let mut s = self.state.lock();
-            if s.carrier {
-                s.carrier = false;
+            if let Some(Event::Carrier(false)) = s.life.trouble() {
                 // SAFETY: `dev` is alive.
                 unsafe { ffi::vni_carrier(self.dev, false) };
             }
@@ -364,12 +332,7 @@ impl Vni {
                 }
                 s.ep = Some(ep);
                 s.trouble = false;
-                s.refused = 0;
-                // The log's baselines count per incarnation, as its
-                // counters do.
-                s.recoveries = 0;
-                s.errors_said = (0, Kernel.now());
-                s.stats.incarnations += 1;
+                s.stats.incarnations = s.life.attached(Kernel.now());
                 pr_info!(
                     "node {} up, ivshmem peer {} (MAC {}, {}; incarnation {})\n",
                     config.node,
@@ -387,8 +350,7 @@ impl Vni {
                 true
             }
             Err(e) => {
-                // Said once, then every 50th time (every 10 s).
-                if s.refused % 50 == 0 {
+                if s.life.refused() {
                     match e {
                         Some(e) => pr_warn!(
                             "cannot attach as node {}: {}; trying again\n",
@@ -401,7 +363,6 @@ impl Vni {
                         ),
                     }
                 }
-                s.refused += 1;
                 s.stats.attach_failures += 1;
                 if let Some(mut old) = old {
                     // Keep healing the header from our copy meanwhile.

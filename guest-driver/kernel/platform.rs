@@ -8,8 +8,16 @@
 
 use core::time::Duration;
 
+use kernel::alloc::VBox;
+use kernel::sync::Arc;
+
 use crate::ffi;
-use crate::vni_core::{Instant, Platform};
+use crate::vni_core::{Buffers, Endpoint, Instant, Platform, Region};
+
+/// The endpoint as the kernel holds it: the mapped region shared by
+/// reference count, its working lists in vmalloc'ed memory (about
+/// 200 KiB, too large for a kernel stack), the kernel's clock.
+pub(crate) type Ep = Endpoint<Arc<Region>, VBox<Buffers>, Kernel>;
 
 /// The kernel's monotonic clock and waits.
 #[derive(Clone, Copy, Debug, Default)]

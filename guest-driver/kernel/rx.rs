@@ -20,12 +20,10 @@
 use core::ptr;
 
 use crate::ffi::{self, SkBuff};
-use crate::node::Vni;
-use crate::platform::Kernel;
-use crate::vni_core::{Notification, Platform, RxFrame, BATCH};
+use crate::node::{Vni, POLL_MIN_NS};
+use crate::vni_core::{Notification, RxFrame, BATCH};
 
 /// Polling mode: the first and the longest wait between polls.
-pub(crate) const POLL_MIN_NS: u32 = 50_000;
 const POLL_MAX_NS: u32 = 1_000_000;
 
 impl Vni {
@@ -85,7 +83,7 @@ impl Vni {
             if s.deferred {
                 s.flush(self.dev);
             }
-            let since = Kernel.now().saturating_duration_since(s.last_busy);
+            let since = s.idle_for();
             keep_polling = s.deferred || since < self.config.busy_poll;
         }
         let mut bad = 0u64;

@@ -7,7 +7,7 @@
 use core::ffi::CStr;
 
 use crate::ffi::VNET_HDR_LEN;
-use crate::node::State;
+use crate::platform::Ep;
 use crate::vni_core::lock::RegionLock;
 use crate::vni_core::{Counters, Region};
 
@@ -84,19 +84,21 @@ pub(crate) const NAMES: [&CStr; 24] = [
     c"rx_slow_doorbells",
 ];
 
-/// The protocol counters of all incarnations so far.
-fn counters(s: &State) -> Counters {
-    let mut total = Stats { ..s.stats };
-    if let Some(ep) = &s.ep {
+/// The protocol counters of all incarnations so far: the retired ones in
+/// `stats`, and those of `ep`, the current one.
+fn counters(stats: &Stats, ep: Option<&Ep>) -> Counters {
+    let mut total = Stats { ..*stats };
+    if let Some(ep) = ep {
         total.retire(&ep.counters());
     }
     total.retired
 }
 
-/// The values for [`NAMES`].
-pub(crate) fn values(region: &Region, s: &State) -> [u64; NAMES.len()] {
-    let c = counters(s);
-    let (lock_recoveries, fenced) = s.ep.as_ref().map_or((0, 0), |ep| {
+/// The values for [`NAMES`], from the device's `stats` and its current
+/// endpoint `ep`.
+pub(crate) fn values(region: &Region, stats: &Stats, ep: Option<&Ep>) -> [u64; NAMES.len()] {
+    let c = counters(stats, ep);
+    let (lock_recoveries, fenced) = ep.map_or((0, 0), |ep| {
         let layout = ep.layout();
         let status = RegionLock { region, layout }.status();
         (
@@ -108,7 +110,7 @@ pub(crate) fn values(region: &Region, s: &State) -> [u64; NAMES.len()] {
             u64::from(ep.quarantined().count_ones()),
         )
     });
-    let d = &s.stats;
+    let d = stats;
     [
         c.tx_frames,
         c.tx_bytes,
@@ -141,9 +143,9 @@ pub(crate) fn values(region: &Region, s: &State) -> [u64; NAMES.len()] {
 /// packets, bytes, dropped. Bytes are the Ethernet frames' (the region's
 /// count includes each frame's virtio-net header; `ethtool -S` shows
 /// that one).
-pub(crate) fn link(s: &State) -> [u64; 7] {
-    let c = counters(s);
-    let d = &s.stats;
+pub(crate) fn link(stats: &Stats, ep: Option<&Ep>) -> [u64; 7] {
+    let c = counters(stats, ep);
+    let d = stats;
     let header = VNET_HDR_LEN as u64;
     [
         c.rx_frames,

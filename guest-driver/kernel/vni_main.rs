@@ -16,10 +16,12 @@
 //! indexing, unwrap and unchecked arithmetic), and this crate never makes
 //! a Rust reference into the region.
 
-use core::ffi::{c_char, c_int, c_void, CStr};
+use core::ffi::{c_int, c_void, CStr};
 use core::time::Duration;
 
 use kernel::alloc::{flags::GFP_KERNEL, KBox};
+// (The kernel's `char` is unsigned, as its C is built.)
+use kernel::ffi::c_char;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -89,6 +91,13 @@ unsafe fn device<'a>(rs: *mut c_void) -> &'a Vni {
 /// Creates the device state for the glue's `p` (at probe): checks the
 /// parameters and the region's mapping. NULL, with a message, when they
 /// are not usable. Attaching happens in the housekeeping work.
+///
+/// # Safety
+///
+/// `p` is the glue's device structure, alive with its spinlock until
+/// [`vni_rs_free`]; `mac` points to 6 readable bytes; `notification` is a
+/// NUL-terminated string; `shm` maps `shm_len` bytes of the region for as
+/// long as the returned state lives.
 #[no_mangle]
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_new(
@@ -104,7 +113,7 @@ pub unsafe extern "C" fn vni_rs_new(
     // SAFETY: the glue passes a 6-byte address it parsed.
     let mac = MacAddr(unsafe { mac.cast::<[u8; 6]>().read() });
     // SAFETY: the glue passes its module parameter, a NUL-terminated string.
-    let notification = unsafe { CStr::from_ptr(notification) }
+    let notification = unsafe { CStr::from_char_ptr(notification) }
         .to_str()
         .ok()
         .and_then(|s| s.parse::<Notification>().ok());
@@ -155,6 +164,11 @@ pub unsafe extern "C" fn vni_rs_new(
 
 /// Detaches from the region and frees the device state (at remove, after
 /// every callback stopped).
+///
+/// # Safety
+///
+/// `rs` came from [`vni_rs_new`], is passed here once, and no callback
+/// uses it any more.
 #[no_mangle]
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_free(rs: *mut c_void) {
@@ -165,6 +179,12 @@ pub unsafe extern "C" fn vni_rs_free(rs: *mut c_void) {
 }
 
 /// `ndo_start_xmit`: non-zero when the skb was not taken.
+///
+/// # Safety
+///
+/// `rs` came from [`vni_rs_new`] and [`vni_rs_free`] was not called yet
+/// (the glue calls its callbacks only between the two).
+/// `skb` is an skb the stack hands to this device's transmit.
 #[no_mangle]
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_xmit(rs: *mut c_void, skb: *mut SkBuff) -> c_int {
@@ -173,6 +193,11 @@ pub unsafe extern "C" fn vni_rs_xmit(rs: *mut c_void, skb: *mut SkBuff) -> c_int
 }
 
 /// The NAPI poll.
+///
+/// # Safety
+///
+/// `rs` came from [`vni_rs_new`] and [`vni_rs_free`] was not called yet
+/// (the glue calls its callbacks only between the two).
 #[no_mangle]
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_poll(rs: *mut c_void, budget: c_int) -> c_int {
@@ -181,6 +206,11 @@ pub unsafe extern "C" fn vni_rs_poll(rs: *mut c_void, budget: c_int) -> c_int {
 }
 
 /// The housekeeping work; returns microseconds until the next round.
+///
+/// # Safety
+///
+/// `rs` came from [`vni_rs_new`] and [`vni_rs_free`] was not called yet
+/// (the glue calls its callbacks only between the two).
 #[no_mangle]
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_housekeep(rs: *mut c_void) -> u32 {
@@ -189,13 +219,22 @@ pub unsafe extern "C" fn vni_rs_housekeep(rs: *mut c_void) -> u32 {
 }
 
 /// `ndo_get_stats64`.
+///
+/// # Safety
+///
+/// `rs` came from [`vni_rs_new`] and [`vni_rs_free`] was not called yet
+/// (the glue calls its callbacks only between the two).
+/// `out` is the stack's statistics structure for this call.
 #[no_mangle]
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_link_stats(rs: *mut c_void, out: *mut LinkStats64) {
     // SAFETY: the glue's callback, between new and free.
     let vni = unsafe { device(rs) };
     let [rx_packets, rx_bytes, rx_dropped, rx_errors, tx_packets, tx_bytes, tx_dropped] =
-        stats::link(&vni.state.lock());
+        {
+        let s = vni.state.lock();
+        stats::link(&s.stats, s.ep.as_deref())
+    };
     // SAFETY: `out` is the stack's stats structure for this call.
     unsafe {
         ffi::vni_set_link_stats(
@@ -215,16 +254,25 @@ pub extern "C" fn vni_rs_stat_count() -> u32 {
 pub extern "C" fn vni_rs_stat_name(i: u32) -> *const c_char {
     stats::NAMES
         .get(i as usize)
-        .map_or(c"".as_ptr(), |name| name.as_ptr())
+        .map_or(c"".as_char_ptr(), |name| name.as_char_ptr())
 }
 
 /// The values of the first `n` statistics into `values`.
+///
+/// # Safety
+///
+/// `rs` came from [`vni_rs_new`] and [`vni_rs_free`] was not called yet
+/// (the glue calls its callbacks only between the two).
+/// `values` has room for `n` values.
 #[no_mangle]
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_stat_values(rs: *mut c_void, values: *mut u64, n: u32) {
     // SAFETY: the glue's callback, between new and free.
     let vni = unsafe { device(rs) };
-    let all = stats::values(&vni.region, &vni.state.lock());
+    let all = {
+        let s = vni.state.lock();
+        stats::values(&vni.region, &s.stats, s.ep.as_deref())
+    };
     for (i, value) in all.iter().take(n as usize).enumerate() {
         // SAFETY: ethtool passes room for `n` (our count) values.
         unsafe { values.add(i).write(*value) };

@@ -62,6 +62,7 @@ pub mod endpoint;
 pub mod ether;
 pub mod frame;
 pub mod layout;
+pub mod lifecycle;
 pub mod lock;
 pub mod nodes;
 pub mod notify;
@@ -80,6 +81,7 @@ pub use endpoint::{
 pub use ether::{MacAddr, MacParseError};
 pub use frame::{ProtocolError, RawSegment, RxFrame, Segment};
 pub use layout::{BufferConfig, Geometry, Layout, LayoutError, HEADER_LEN, MAX_FRAME, MAX_NODES};
+pub use lifecycle::{Event, Lifecycle};
 pub use lock::{Holder, LockError, LockStatus};
 pub use nodes::{Counters, Incarnation, NodeId, NodeState};
 pub use notify::{Notification, DOORBELL_VECTORS, RX_VECTOR};

@@ -134,3 +134,53 @@ fn notification_parser() -> impl clap::builder::TypedValueParser<Value = Notific
     clap::builder::PossibleValuesParser::new(Notification::NAMES)
         .map(|name| name.parse().unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_takes_the_orchestrators_flags_with_defaults() {
+        let cli = Cli::try_parse_from([
+            "vni-driver",
+            "run",
+            "--node",
+            "2",
+            "--mac",
+            "02:00:00:00:00:03",
+            "--address",
+            "10.0.0.3/24",
+        ])
+        .unwrap();
+        let Cmd::Run {
+            node,
+            mtu,
+            addresses,
+            interface,
+            notification,
+            busy_poll_us,
+            ..
+        } = cli.command
+        else {
+            panic!("not run: {:?}", cli.command);
+        };
+        assert_eq!(node, 2);
+        assert_eq!(mtu, 1500);
+        assert_eq!(addresses, ["10.0.0.3/24"]);
+        assert_eq!(interface, "vni0");
+        assert_eq!(notification, Notification::Interrupt);
+        assert_eq!(busy_poll_us, 0);
+    }
+
+    #[test]
+    fn a_bad_mac_or_notification_is_refused() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["vni-driver", "run", "--node", "0"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        assert!(run(&["--mac", "02:00:00:00:00"]).is_err());
+        assert!(run(&["--mac", "02:00:00:00:00:01", "--notification", "sometimes"]).is_err());
+        assert!(run(&["--mac", "02:00:00:00:00:01", "--notification", "polling"]).is_ok());
+    }
+}

@@ -25,15 +25,16 @@
 //! grows from 50 µs to 1 ms while idle, so an idle node costs little CPU
 //! and a busy one reacts within microseconds.
 
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use vni_protocol::{members, Endpoint, EndpointError, LockError, MacAddr, NodeState, BATCH};
+use vni_protocol::lifecycle::{Event, Lifecycle, REATTACH_PAUSE, TICK};
+use vni_protocol::{members, Endpoint, EndpointError, MacAddr, NodeState, SendError, BATCH};
 
-use crate::device::Ivshmem;
+use crate::device::{DeviceError, Ivshmem};
 use crate::tap::{Tap, VNET_HDR_LEN};
 
 pub use vni_protocol::Notification;
@@ -60,15 +61,123 @@ pub struct Config {
     pub busy_poll: Duration,
 }
 
-/// Housekeeping period.
-const TICK: Duration = Duration::from_millis(10);
 /// Doorbell vector for "frames wait".
 const RX_VECTOR: u16 = vni_protocol::RX_VECTOR;
 /// Longest wait between polls in polling mode.
 const POLL_MAX: Duration = Duration::from_millis(1);
 const POLL_MIN: Duration = Duration::from_micros(50);
-/// Idle time after which cached slots go back to the pool.
-const GIVE_BACK_AFTER: Duration = Duration::from_millis(100);
+
+/// Why the driver stopped: its own side failed (the device, the TAP).
+/// Trouble with the region never stops it ([`run`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The ivshmem device.
+    #[error("The ivshmem device")]
+    Device(#[from] DeviceError),
+    /// The device has no eventfd for the doorbell vector.
+    #[error("The ivshmem device has no doorbell vector {0}")]
+    NoVector(u16),
+    /// The TAP interface.
+    #[error("The TAP interface")]
+    Tap(#[source] io::Error),
+    /// Leaving the region at the end.
+    #[error("Leaving the region")]
+    Detach(#[source] EndpointError),
+}
+
+/// Trouble with the region: what a peer wrote, the lock, a fence. The
+/// driver attaches again.
+#[derive(Debug, thiserror::Error)]
+pub enum Trouble {
+    /// The endpoint failed.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// A frame could not be sent for a reason of the region's (never the
+    /// TAP's: that is [`RunError::Tap`]).
+    #[error("Sending a frame")]
+    Send(#[source] SendError<io::Error>),
+}
+
+impl Trouble {
+    /// How long to wait before attaching again.
+    fn pause(&self) -> Duration {
+        match self {
+            Trouble::Endpoint(e) => Lifecycle::pause_after(e),
+            Trouble::Send(_) => REATTACH_PAUSE,
+        }
+    }
+}
+
+/// Why one incarnation's loop ended.
+#[derive(Debug)]
+enum Stop {
+    /// Trouble with the region: attach again.
+    Region(Trouble),
+    /// The driver's own side failed: stop.
+    Driver(RunError),
+}
+
+impl From<EndpointError> for Stop {
+    fn from(e: EndpointError) -> Self {
+        Stop::Region(Trouble::Endpoint(e))
+    }
+}
+
+impl From<RunError> for Stop {
+    fn from(e: RunError) -> Self {
+        Stop::Driver(e)
+    }
+}
+
+impl From<SendError<io::Error>> for Stop {
+    fn from(e: SendError<io::Error>) -> Self {
+        match e {
+            SendError::Source(e) => Stop::Driver(RunError::Tap(e)),
+            SendError::Endpoint(e) => e.into(),
+            other => Stop::Region(Trouble::Send(other)),
+        }
+    }
+}
+
+/// `error` and its sources as one line, `a: b: c`.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        text.push_str(&format!(": {cause}"));
+        next = cause.source();
+    }
+    text
+}
+
+/// Says a [`Lifecycle`] event (all but the carrier's) on stderr.
+fn say(event: Event) {
+    match event {
+        Event::Silent {
+            node,
+            silent,
+            lease,
+        } => eprintln!(
+            "vni-driver: node {node}'s heartbeat stood still for {} ms (lease {} ms)",
+            silent.as_millis(),
+            lease.as_millis()
+        ),
+        Event::Recovered { new, total } => {
+            eprintln!("vni-driver: recovered from {new} dead peers ({total} so far)")
+        }
+        Event::Fenced { node, last } => eprintln!(
+            "vni-driver: fenced node {node}: {} protocol errors blamed on it (last: {}); its frames are ignored for {} leases",
+            vni_protocol::OFFENCE_LIMIT,
+            last.map_or_else(|| "none".to_owned(), |e| e.to_string()),
+            vni_protocol::QUARANTINE_LEASES
+        ),
+        Event::Released { node } => eprintln!("vni-driver: node {node} is out of quarantine"),
+        Event::ProtocolErrors { count, last } => {
+            eprintln!("vni-driver: {count} protocol errors in values peers wrote (last: {last})")
+        }
+        Event::Carrier(_) => {}
+    }
+}
 
 /// Where the loop's time went, per phase (only with `Config::profile`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -165,15 +274,19 @@ pub struct LoopStats {
 /// never exits because of what others wrote into the region, it logs,
 /// waits a little and attaches again, keeping its old incarnation's copy
 /// of the header to heal a damaged one.
-pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
-    let device = Ivshmem::open(2).context("opening the ivshmem device")?;
+pub fn run(config: &Config, stop: &AtomicBool) -> Result<LoopStats, RunError> {
+    let device = Ivshmem::open(2)?;
     let region = Arc::new(device.map_region()?);
-    let tap = Tap::open(&config.interface).context("creating the TAP interface")?;
-    tap.set_carrier(false)?;
-    tap.configure(&config.mac.to_string(), config.mtu, &config.addresses)?;
+    let position = device.position()?;
+    let tap = Tap::open(&config.interface).map_err(RunError::Tap)?;
+    tap.set_carrier(false).map_err(RunError::Tap)?;
+    tap.configure(&config.mac.to_string(), config.mtu, &config.addresses)
+        .map_err(RunError::Tap)?;
     let mut stats = LoopStats::default();
+    // (Its clock is the endpoint's, whose origin is the first attach:
+    // `attached` starts the lifecycle's times over.)
+    let mut life = Lifecycle::new(vni_protocol::Instant::from_origin(Duration::ZERO));
     let mut last: Option<Endpoint> = None;
-    let mut refused = 0u64;
     while !stop.load(Ordering::Relaxed) {
         // After trouble, from the old incarnation: no lease-long wait, and
         // its copy of the header if a rogue damaged the region's.
@@ -181,23 +294,21 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
             Some(old) => old.reattach(config.mac),
             None => Endpoint::attach(region.clone(), config.node, config.mac),
         }
-        .map_err(anyhow::Error::new)
         .and_then(|mut ep| {
-            ep.set_doorbell_peer(Some(device.position()?));
+            ep.set_doorbell_peer(Some(position));
             ep.set_state(NodeState::Run)?;
             Ok(ep)
         });
         let mut ep = match attached {
             Ok(ep) => ep,
             Err(e) => {
-                // Said once, then every 50th time (every 10 s).
-                if refused % 50 == 0 {
+                if life.refused() {
                     eprintln!(
-                        "vni-driver: cannot attach as node {}: {e:#}; trying again",
-                        config.node
+                        "vni-driver: cannot attach as node {}: {}; trying again",
+                        config.node,
+                        chain(&e)
                     );
                 }
-                refused += 1;
                 if let Some(old) = &mut last {
                     let _ = old.guard_header();
                 }
@@ -205,7 +316,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
                 continue;
             }
         };
-        refused = 0;
+        stats.incarnations = life.attached(ep.now());
         eprintln!(
             "vni-driver: node {} up on {} ({}, MAC {}, MTU {}, {:?}; incarnation {})",
             config.node,
@@ -214,57 +325,25 @@ pub fn run(config: &Config, stop: &AtomicBool) -> anyhow::Result<LoopStats> {
             config.mac,
             config.mtu,
             config.notification,
-            stats.incarnations + 1,
+            stats.incarnations,
         );
-        stats.incarnations += 1;
-        match serve(config, stop, &device, &tap, &mut ep, &mut stats) {
+        match serve(config, stop, &device, &tap, &mut ep, &mut life, &mut stats) {
             Ok(()) => {
-                tap.set_carrier(false)?;
-                ep.detach()?;
+                tap.set_carrier(false).map_err(RunError::Tap)?;
+                ep.detach().map_err(RunError::Detach)?;
                 return Ok(stats);
             }
-            Err(e) if region_trouble(&e) => {
-                tap.set_carrier(false)?;
-                eprintln!("vni-driver: {e:#}; attaching again");
+            Err(Stop::Region(trouble)) => {
+                life.trouble();
+                tap.set_carrier(false).map_err(RunError::Tap)?;
+                eprintln!("vni-driver: {}; attaching again", chain(&trouble));
                 last = Some(ep);
-                if !fenced(&e) {
-                    std::thread::sleep(REATTACH_PAUSE);
-                }
+                std::thread::sleep(trouble.pause());
             }
-            Err(e) => return Err(e),
+            Err(Stop::Driver(e)) => return Err(e),
         }
     }
     Ok(stats)
-}
-
-/// Pause before attaching again after trouble other than a fence, or
-/// after a refused attach.
-const REATTACH_PAUSE: Duration = Duration::from_millis(200);
-
-/// Whether `e` says this node was fenced by its peers.
-fn fenced(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<EndpointError>(),
-            Some(EndpointError::Lock(LockError::Fenced))
-        ) || matches!(cause.downcast_ref::<LockError>(), Some(LockError::Fenced))
-    })
-}
-
-/// Whether `e` came from the region (what peers wrote, the lock), not
-/// from this guest's TAP: the driver attaches again instead of exiting.
-fn region_trouble(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause.is::<EndpointError>()
-            || cause.is::<LockError>()
-            || cause.is::<vni_protocol::ProtocolError>()
-            || cause.is::<vni_protocol::LayoutError>()
-            || cause.is::<vni_protocol::SendError>()
-            || matches!(
-                cause.downcast_ref::<vni_protocol::SendError<std::io::Error>>(),
-                Some(e) if !matches!(e, vni_protocol::SendError::Source(_))
-            )
-    })
 }
 
 /// One incarnation's loop, until `stop` or an error.
@@ -274,18 +353,16 @@ fn serve(
     device: &Ivshmem,
     tap: &Tap,
     ep: &mut Endpoint,
+    life: &mut Lifecycle,
     stats: &mut LoopStats,
-) -> anyhow::Result<()> {
+) -> Result<(), Stop> {
     let rx_bell = device
         .vector(usize::from(RX_VECTOR))
-        .context("no doorbell vector")?;
+        .ok_or(RunError::NoVector(RX_VECTOR))?;
     let mut iov: Vec<libc::iovec> = Vec::new();
-    let mut carrier = false;
-    let mut quarantined = 0u64;
     let mut last_tick = Instant::now() - TICK;
     let mut idle_wait = POLL_MIN;
     let mut last_busy = Instant::now();
-    let mut gave_back = false;
     let mut watch = Stopwatch::new(config.profile);
     while !stop.load(Ordering::Relaxed) {
         stats.profile.rounds += 1;
@@ -306,9 +383,6 @@ fn serve(
                 Err(e) if e.is_backpressure() => {
                     blocked = true;
                     break;
-                }
-                Err(vni_protocol::SendError::Source(e)) => {
-                    return Err(anyhow::Error::new(e).context("reading the TAP"))
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -337,33 +411,14 @@ fn serve(
         // 3. Housekeeping.
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
-            ep.tick()?;
-            if let Some((node, silent)) = ep.silence_to_say() {
-                eprintln!(
-                    "vni-driver: node {node}'s heartbeat stood still for {} ms (lease {} ms)",
-                    silent.as_millis(),
-                    ep.lease().as_millis()
-                );
-            }
-            let banned = ep.quarantined();
-            if banned != quarantined {
-                for node in members(banned & !quarantined) {
-                    eprintln!(
-                        "vni-driver: fenced node {node}: {} protocol errors blamed on it (last: {}); its frames are ignored for {} leases",
-                        vni_protocol::OFFENCE_LIMIT,
-                        ep.last_error().map_or_else(|| "none".to_owned(), |e| e.to_string()),
-                        vni_protocol::QUARANTINE_LEASES
-                    );
-                }
-                for node in members(quarantined & !banned) {
-                    eprintln!("vni-driver: node {node} is out of quarantine");
-                }
-                quarantined = banned;
-            }
-            let up = ep.running_peers() != 0;
-            if up != carrier {
-                tap.set_carrier(up)?;
-                carrier = up;
+            let now = ep.now();
+            let mut carrier = None;
+            life.tick(&mut *ep, now, |event| match event {
+                Event::Carrier(on) => carrier = Some(on),
+                other => say(other),
+            })?;
+            if let Some(on) = carrier {
+                tap.set_carrier(on).map_err(RunError::Tap)?;
             }
         }
         watch.lap(&mut stats.profile.tick);
@@ -377,14 +432,8 @@ fn serve(
         if read > 0 || received > 0 || report.published > 0 || report.deferred > 0 {
             idle_wait = POLL_MIN;
             last_busy = Instant::now();
-            gave_back = false;
+            life.busy(ep.now());
             continue;
-        }
-        // Idle for a while: hand back cached slots, so that an idle lab's
-        // pool is whole again.
-        if last_busy.elapsed() >= GIVE_BACK_AFTER && !gave_back {
-            ep.release_idle()?;
-            gave_back = true;
         }
         if last_busy.elapsed() < config.busy_poll {
             // SAFETY: sched_yield has no preconditions.
@@ -437,4 +486,86 @@ fn wait(fds: &[std::os::fd::RawFd], timeout: Duration) {
             std::ptr::null(),
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vni_protocol::LockError;
+
+    #[test]
+    fn the_taps_errors_stop_the_driver_the_regions_are_trouble() {
+        let tap = Stop::from(SendError::Source(io::Error::from(
+            io::ErrorKind::BrokenPipe,
+        )));
+        assert!(matches!(tap, Stop::Driver(RunError::Tap(_))), "{tap:?}");
+        let fenced = Stop::from(SendError::<io::Error>::Endpoint(EndpointError::Lock(
+            LockError::Fenced,
+        )));
+        assert!(
+            matches!(
+                fenced,
+                Stop::Region(Trouble::Endpoint(EndpointError::Lock(LockError::Fenced)))
+            ),
+            "{fenced:?}"
+        );
+        let no_peer = Stop::from(SendError::<io::Error>::NoPeer(3));
+        assert!(
+            matches!(no_peer, Stop::Region(Trouble::Send(SendError::NoPeer(3)))),
+            "{no_peer:?}"
+        );
+        let missing = Stop::from(RunError::NoVector(RX_VECTOR));
+        assert!(matches!(missing, Stop::Driver(_)));
+    }
+
+    #[test]
+    fn a_fenced_node_attaches_again_at_once_other_trouble_after_a_pause() {
+        let fenced = Trouble::Endpoint(EndpointError::Lock(LockError::Fenced));
+        assert_eq!(fenced.pause(), Duration::ZERO);
+        let garbage = Trouble::Endpoint(EndpointError::Reformatted);
+        assert_eq!(garbage.pause(), REATTACH_PAUSE);
+        assert_eq!(
+            Trouble::Send(SendError::BadLength(0)).pause(),
+            REATTACH_PAUSE
+        );
+    }
+
+    #[test]
+    fn errors_are_said_with_their_causes() {
+        let e = RunError::Tap(io::Error::from(io::ErrorKind::NotFound));
+        let said = chain(&e);
+        assert!(said.starts_with("The TAP interface: "), "{said}");
+        assert!(said.contains("not found"), "{said}");
+        let trouble = Trouble::Endpoint(EndpointError::Lock(LockError::Fenced));
+        let said = chain(&trouble);
+        assert!(said.starts_with("Region lock failed: "), "{said}");
+        assert!(said.contains("declared dead"), "{said}");
+    }
+
+    #[test]
+    fn the_profile_is_in_milliseconds() {
+        let profile = Profile {
+            flush: Duration::from_micros(1500),
+            rounds: 7,
+            ..Profile::default()
+        };
+        let json = profile.to_json();
+        assert_eq!(json["flush_ms"], 1.5);
+        assert_eq!(json["tap_read_ms"], 0.0);
+        assert_eq!(json["rounds"], 7);
+    }
+
+    #[test]
+    fn a_stopwatch_that_is_off_adds_nothing_but_counts_waits() {
+        let mut profile = Profile::default();
+        let mut watch = Stopwatch::new(false);
+        std::thread::sleep(Duration::from_millis(2));
+        watch.waited(&mut profile);
+        assert_eq!(profile.waits, 1);
+        assert_eq!(profile.wait, Duration::ZERO);
+        let mut on = Stopwatch::new(true);
+        std::thread::sleep(Duration::from_millis(2));
+        on.lap(&mut profile.flush);
+        assert!(profile.flush >= Duration::from_millis(2));
+    }
 }

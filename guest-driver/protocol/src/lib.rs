@@ -69,12 +69,13 @@ pub use inspect::{inspect, NodeReport, PoolReport, RegionReport};
 pub use io::{frame_iovecs, IoSlots};
 pub use platform::{Backoff, StdPlatform};
 pub use region::{Region, RegionError};
+pub use vni_core::lifecycle::{self, Event, Lifecycle};
 pub use vni_core::{
     members, Dest, EndpointError, FlushReport, NoSource, SendError, BATCH, OFFENCE_LIMIT,
     QUARANTINE_LEASES,
 };
 pub use vni_core::{
-    AddrError, BufferConfig, Counters, Geometry, Holder, Layout, LayoutError, LockError,
+    AddrError, BufferConfig, Counters, Geometry, Holder, Instant, Layout, LayoutError, LockError,
     LockStatus, MacAddr, MacParseError, NodeId, NodeState, Notification, ProtocolError, RxFrame,
     Segment, DOORBELL_VECTORS, HEADER_LEN, MAX_FRAME, MAX_NODES, RX_VECTOR,
 };

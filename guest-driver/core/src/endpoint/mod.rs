@@ -365,6 +365,11 @@ where
         self.sh.lease
     }
 
+    /// Now, on the endpoint's platform clock.
+    pub fn now(&self) -> Instant {
+        self.sh.platform.now()
+    }
+
     /// Announces this node's state; peers send only to nodes in `Run`.
     pub fn set_state(&mut self, state: NodeState) -> Result<(), EndpointError> {
         self.sh.check_usable()?;

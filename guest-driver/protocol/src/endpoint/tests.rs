@@ -616,3 +616,56 @@ fn a_batch_that_flushed_itself_still_rings_its_sleeping_receiver() {
         assert_eq!(drain(&mut eps[1]).len(), BATCH, "{config:?}");
     }
 }
+
+/// The drivers' shared lifecycle on real endpoints: the carrier follows
+/// the peers, a dead peer's recovery is said, an idle node's cache goes
+/// back after [`crate::lifecycle::GIVE_BACK_AFTER`] and not while busy.
+#[test]
+fn the_lifecycle_says_carrier_recoveries_and_gives_an_idle_cache_back() {
+    use crate::lifecycle::{Event, Lifecycle, GIVE_BACK_AFTER};
+    let (region, mut eps) = lab(BufferConfig::SharedPool, 3, 50);
+    let mut life = Lifecycle::new(eps[0].now());
+    life.attached(eps[0].now());
+    let mut events = Vec::new();
+    let now = eps[0].now();
+    life.tick(&mut eps[0], now, |e| events.push(e)).unwrap();
+    assert_eq!(events, [Event::Carrier(true)], "peers run");
+    // Slots cached by a sender that was busy just now stay with it.
+    for i in 0..20 {
+        eps[0].send(Dest::Node(1), &frame(3000, i)).unwrap();
+    }
+    eps[0].flush().unwrap();
+    drain(&mut eps[1]);
+    life.busy(eps[0].now());
+    events.clear();
+    let now = eps[0].now();
+    life.tick(&mut eps[0], now, |e| events.push(e)).unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    let held = |region: &Region| inspect(region).unwrap().nodes[0].slots_held;
+    assert!(held(&region) > 0, "a busy node keeps its cache");
+    // Idle long enough: given back.
+    std::thread::sleep(GIVE_BACK_AFTER);
+    let now = eps[0].now();
+    life.tick(&mut eps[0], now, |e| events.push(e)).unwrap();
+    assert_eq!(held(&region), 0, "an idle node gives its cache back");
+    // Node 2 dies; node 1 stops: recovered, then the carrier follows.
+    std::mem::forget(eps.pop().unwrap());
+    let start = Instant::now();
+    while !events
+        .iter()
+        .any(|e| matches!(e, Event::Recovered { new: 1, total: 1 }))
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "{events:?}");
+        std::thread::sleep(Duration::from_millis(5));
+        // Node 0 looks first in each round: it is the one to recover.
+        let now = eps[0].now();
+        life.tick(&mut eps[0], now, |e| events.push(e)).unwrap();
+        eps[1].tick().unwrap();
+    }
+    eps.pop().unwrap().detach().unwrap();
+    events.clear();
+    let now = eps[0].now();
+    life.tick(&mut eps[0], now, |e| events.push(e)).unwrap();
+    assert_eq!(events, [Event::Carrier(false)], "no peer runs");
+    assert!(!life.carrier());
+}
