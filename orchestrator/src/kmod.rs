@@ -89,9 +89,18 @@ pub enum KmodError {
         /// The end of its output.
         tail: String,
     },
+    /// The build root has no clippy (a tree of an older recipe).
+    #[error("The kernel tree's build root {} has no clippy-driver; a tree of the current recipe has (remove the old one from the cache)", .0.display())]
+    NoClippy(PathBuf),
     /// A file operation failed.
     #[error("Kernel module build")]
     Io(#[from] IoFailure),
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The cache key of `parts`: each followed by a NUL, hashed as the
@@ -313,31 +322,83 @@ pub fn ensure_module(
         return Ok(ko);
     }
     step("building the VNI kernel module (a few seconds)");
-    // The build happens inside the build root, in a directory of its own.
-    let inside = PathBuf::from(format!("/build/{key}-{}", std::process::id()));
-    let build = tree.root.join(inside.strip_prefix("/").unwrap_or(&inside));
-    let _ = std::fs::remove_dir_all(&build);
-    let scratch = Scratch(build.clone());
-    write_sources(&files, &build)?;
-    let module_dir = inside.join(MODULE_DIR);
-    let script = format!(
-        "mount -t proc proc {root}/proc && exec chroot {root} env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-         sh -c 'cd /usr/src/linux && make -s -j$(nproc) CC=x86_64-linux-gnu-gcc-14 LOCALVERSION=$(cat .vni-localversion) M={m} modules \
-         && x86_64-linux-gnu-strip --strip-debug {m}/vni.ko'",
-        root = tree.root.display(),
-        m = module_dir.display(),
-    );
-    let mut command = Command::new("unshare");
-    command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let (build, scratch) = build_dir(tree, &key, &files)?;
+    let mut command = build_command(tree, &build, "");
     run_with_steps("building the VNI kernel module", &mut command, step)?;
     publish(
-        &build.join(MODULE_DIR).join("vni.ko"),
+        &scratch.0.join(MODULE_DIR).join("vni.ko"),
         &modules,
         &tree.release,
         &key,
     )?;
     drop(scratch);
     Ok(ko)
+}
+
+/// A directory of its own inside the build root holding `files` (its
+/// path inside the root), removed when the guard is dropped.
+fn build_dir(
+    tree: &KernelTree,
+    key: &str,
+    files: &[(PathBuf, Vec<u8>)],
+) -> Result<(PathBuf, Scratch), KmodError> {
+    let inside = PathBuf::from(format!("/build/{key}-{}", std::process::id()));
+    let build = tree.root.join(inside.strip_prefix("/").unwrap_or(&inside));
+    let _ = std::fs::remove_dir_all(&build);
+    let scratch = Scratch(build.clone());
+    write_sources(files, &build)?;
+    Ok((inside, scratch))
+}
+
+/// The kernel's module build of the sources in `build` (a path inside the
+/// build root), in the root, with `make_args` added: `vni.ko`, stripped of
+/// debug information. The root's `/proc` is mounted in a private mount
+/// namespace, so no mount outlives the build.
+fn build_command(tree: &KernelTree, build: &Path, make_args: &str) -> Command {
+    let module_dir = build.join(MODULE_DIR);
+    let script = format!(
+        "mount -t proc proc {root}/proc && exec chroot {root} env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+         sh -c 'cd /usr/src/linux && make -s -j$(nproc) CC=x86_64-linux-gnu-gcc-14 LOCALVERSION=$(cat .vni-localversion) {make_args} M={m} modules \
+         && x86_64-linux-gnu-strip --strip-debug {m}/vni.ko'",
+        root = tree.root.display(),
+        m = module_dir.display(),
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    command
+}
+
+/// The kernel's own lints over the module's Rust: the module built from
+/// the checkout's source in `tree` with `CLIPPY=1` (the kernel's clippy
+/// settings, the root's `clippy-driver` of the same toolchain). Returns
+/// clippy's warnings, one diagnostic's first line each (none when clean);
+/// an error when the build fails, or when the root has no clippy (a tree
+/// of an older recipe: [`KmodError::NoClippy`]).
+pub fn clippy(tree: &KernelTree, checkout: &Path) -> Result<Vec<String>, KmodError> {
+    if !tree.root.join("usr/bin/clippy-driver").exists() {
+        return Err(KmodError::NoClippy(tree.root.clone()));
+    }
+    let files = sources(checkout)?;
+    let key = module_key([tree.key.as_bytes(), b"clippy"], &files);
+    let (build, _scratch) = build_dir(tree, &key, &files)?;
+    let output = build_command(tree, &build, "CLIPPY=1")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err("run the module's clippy build"))?;
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(KmodError::Step {
+            step: "the module's clippy build".into(),
+            status: output.status.to_string(),
+            tail: tail(&text, 40),
+        });
+    }
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("warning: ") && !l.ends_with(" emitted"))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Writes the module's source files under `dir`, at their paths.

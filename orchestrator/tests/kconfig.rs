@@ -93,7 +93,7 @@ fn the_fragment_merges_into_a_config_that_has_what_a_lab_needs() {
     ignore = "needs the Rust kernel's tree, which the full suite (tests/run) builds"
 )]
 fn a_kernel_tree_whose_config_lacks_an_option_is_refused_before_booting() {
-    let (source, kernel) = kit::rust_kernel();
+    let (source, kernel, _) = kit::rust_kernel();
     let run = Run::new("kconfig-tree");
     // A built tree as kernel CI has one: its .config (Debian's, TUN
     // turned off) and its bzImage.

@@ -399,14 +399,15 @@ pub fn details_contain(case: &serde_json::Value, text: &str) {
     );
 }
 
-/// The source of the Rust-enabled kernel the kernel-driver labs boot
-/// (`<tree>/usr/src/linux`, with its `.config`, `scripts/` and `tools/`)
-/// and that kernel's image: the image and the module's build root
-/// prepared as a kernel-driver lab prepares them (cached; the first run
-/// on a machine builds them, as root, in several minutes). Once per test
-/// binary, whichever test asks first.
-pub fn rust_kernel() -> &'static (PathBuf, PathBuf) {
-    static TREE: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+/// The Rust-enabled kernel the kernel-driver labs boot: its source
+/// (`<tree>/usr/src/linux`, with its `.config`, `scripts/` and `tools/`),
+/// its image, and the module's build root, prepared as a kernel-driver lab
+/// prepares them (cached; the first run on a machine builds them, as
+/// root, in several minutes). Once per test binary, whichever test asks
+/// first.
+pub fn rust_kernel() -> &'static (PathBuf, PathBuf, vni_lab::kmod::KernelTree) {
+    static TREE: std::sync::OnceLock<(PathBuf, PathBuf, vni_lab::kmod::KernelTree)> =
+        std::sync::OnceLock::new();
     TREE.get_or_init(|| {
         let file = vni_lab::lab::LabFile::read(&topologies().join("two-node-kernel.yaml"))
             .expect("topologies/two-node-kernel.yaml");
@@ -416,6 +417,6 @@ pub fn rust_kernel() -> &'static (PathBuf, PathBuf) {
             .expect("the kernel-driver labs' guest image");
         let tree = vni_lab::kmod::ensure_tree(&image.manifest, &cache, &mut step)
             .expect("the kernel-driver labs' kernel tree (needs root the first time)");
-        (tree.root.join("usr/src/linux"), image.kernel)
+        (tree.root.join("usr/src/linux"), image.kernel, tree)
     })
 }

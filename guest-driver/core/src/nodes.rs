@@ -287,7 +287,7 @@ impl NodeTable<'_> {
     }
 
     pub fn set_doorbell(&self, node: NodeId, peer: Option<u16>) {
-        let word = peer.map_or(0, |p| u32::from(p) + 1);
+        let word = peer.map_or(0, |p| u32::from(p).saturating_add(1));
         self.region.store_u32(
             self.layout.node(node, NODE_DOORBELL),
             word,
