@@ -16,6 +16,19 @@ pub(crate) struct DevLock<T> {
     inner: UnsafeCell<T>,
 }
 
+// SAFETY: the value moves with the lock; `dev` is the glue's structure,
+// which any context may use.
+unsafe impl<T: Send> Send for DevLock<T> {}
+
+// SAFETY: transmit (bottom halves off), the NAPI poll (softirq) and the
+// housekeeping work (process context) share a `DevLock` from any CPU; the
+// only way to the value is `lock`, which takes the glue's spinlock with
+// bottom halves off, so at most one context holds a reference at a time,
+// and `get_mut` needs `&mut self`, which nobody holds while the device is
+// registered. `T: Send` because the value is used from whichever context
+// holds the lock.
+unsafe impl<T: Send> Sync for DevLock<T> {}
+
 impl<T> DevLock<T> {
     /// `inner`, guarded by the spinlock of `dev`.
     ///

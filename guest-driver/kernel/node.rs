@@ -170,6 +170,19 @@ fn new_buffers() -> Result<VBox<Buffers>, AllocError> {
     }
 }
 
+// SAFETY: the glue's callbacks share one `Vni` between transmit, the NAPI
+// poll, the housekeeping work, the interrupts and ethtool, on any CPU.
+// `config` is read-only after `new`; `region` is an `Arc<Region>`, whose
+// memory is reached through atomics and copies only; `state` is a
+// `DevLock`, shared soundly under the glue's spinlock (see its `Sync`); and
+// `dev` is the glue's structure, alive from `vni_rs_new` to `vni_rs_free`,
+// whose helpers (`ffi`) may be called from each of those contexts.
+unsafe impl Sync for Vni {}
+
+// SAFETY: as for `Sync`: nothing in a `Vni` is tied to the context that
+// made it (`vni_rs_new` at probe; `vni_rs_free` at remove).
+unsafe impl Send for Vni {}
+
 impl Vni {
     /// A device on the glue's `dev` for `region`.
     ///

@@ -83,8 +83,8 @@ impl Drop for VniModule {
 /// `rs` must come from [`vni_rs_new`] and not yet be passed to
 /// [`vni_rs_free`]; the glue guarantees both for its callbacks.
 unsafe fn device<'a>(rs: *mut c_void) -> &'a Vni {
-    // SAFETY: the caller's promise; `Vni` is only shared (`&`) between
-    // contexts, its mutable state is behind the glue's spinlock.
+    // SAFETY: the caller's promise; `Vni` is `Sync` (see there): shared
+    // (`&`) between contexts, its mutable state behind the glue's spinlock.
     unsafe { &*rs.cast::<Vni>() }
 }
 
