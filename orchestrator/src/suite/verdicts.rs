@@ -303,7 +303,7 @@ pub struct NodeFacts {
     pub region_state: Option<String>,
 }
 
-/// Parses [`facts_script`]'s output.
+/// Parses the output of the preflight's facts script (`checks.rs`).
 pub fn parse_facts(out: &str) -> NodeFacts {
     let mut f = NodeFacts::default();
     for line in out.lines() {
