@@ -458,11 +458,14 @@ pub struct AgentLock(#[allow(dead_code, reason = "held for its flock")] File);
 impl AgentLock {
     /// Takes the lock at `path`, waiting at most `timeout`.
     pub fn take(path: &Path, timeout: Duration) -> io::Result<Self> {
+        // For this user only, as everything in the lab directory, whatever
+        // the umask of the command that takes it.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)?;
         let deadline = Instant::now() + timeout;
         loop {

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -100,7 +100,15 @@ impl Supervisor {
             topology,
             ..
         } = prepared;
-        let log = match File::create(lab.supervisor_log()) {
+        // For this user only, as everything in the lab directory (this
+        // process's umask is the caller's).
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(lab.supervisor_log());
+        let log = match log {
             Ok(log) => log,
             Err(e) => {
                 drop(lock);

@@ -6,6 +6,7 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -77,6 +78,7 @@ fn claim(lab: &vni_lab::lab::LabDir, node: &str) -> anyhow::Result<(std::fs::Fil
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .with_context(|| format!("cannot open {}", lock_path.display()))?;
         // SAFETY: flock on an fd we own has no memory effects.
