@@ -70,13 +70,14 @@ pub enum PrepareError {
 }
 
 impl PrepareError {
-    /// The lab as asked cannot run here (a bad name, a kernel that lacks
-    /// options, a tree not built or built by another rustc, a CPU the
-    /// host lacks, a lab of that name already up): the user's to change,
-    /// and nothing was started.
+    /// The kernel the lab names cannot run it (it lacks options, or its
+    /// tree is not built or was built by another rustc): a check of the
+    /// kernel that failed, exit status 1 (docs/src/kernel-ci.md#exit-status).
+    /// Everything else, bad input included (a name, a CPU the host lacks,
+    /// a lab of that name already up), is vni-lab unable to do what was
+    /// asked, exit status 2. Either way nothing was started.
     pub fn is_refusal(&self) -> bool {
         match self {
-            PrepareError::Name(_) | PrepareError::HostCpus { .. } => true,
             PrepareError::OwnKernel(e) => matches!(
                 e,
                 OwnKernelError::Missing { .. } | OwnKernelError::NoTree { .. }
@@ -84,7 +85,6 @@ impl PrepareError {
             PrepareError::Module(e) => {
                 matches!(e, KmodError::Rustc { .. } | KmodError::NotBuilt { .. })
             }
-            PrepareError::Lab(e) => matches!(e, LabError::Running { .. }),
             _ => false,
         }
     }
