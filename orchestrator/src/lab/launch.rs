@@ -90,16 +90,28 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts the supervisor of `prepared` (running `exe supervise`,
-    /// `exe` being vni-lab) and hands it the lab's lock. On failure the
-    /// lab directory is removed again. Call it within a Tokio runtime
-    /// (`Runtime::enter`), which then owns the child.
-    pub fn start(prepared: Prepared, exe: &Path, mode: Mode) -> Result<Supervisor, LaunchError> {
+    /// `exe` being vni-lab), saying so on `reporter`, and hands it the
+    /// lab's lock. On failure the lab directory is removed again. (Async
+    /// because the child is the runtime's: its stdout is read there.)
+    pub async fn start(
+        prepared: Prepared,
+        exe: &Path,
+        mode: Mode,
+        reporter: &mut dyn Reporter,
+    ) -> Result<Supervisor, LaunchError> {
         let Prepared {
             lab,
             lock,
             topology,
-            ..
+            accel,
         } = prepared;
+        reporter.step(&format!(
+            "starting lab {}: {} nodes, {} ({})",
+            lab.name,
+            topology.nodes.len(),
+            accel.accel.to_uppercase(),
+            accel.reason
+        ));
         // For this user only, as everything in the lab directory (this
         // process's umask is the caller's).
         let log = std::fs::OpenOptions::new()
@@ -386,7 +398,9 @@ mod tests {
                 r#"{"event":"down"}"#,
             ],
         );
-        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached).unwrap();
+        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached, &mut Silent)
+            .await
+            .unwrap();
         let after = supervisor
             .until_ready(&mut Silent, std::future::pending())
             .await
@@ -405,7 +419,9 @@ mod tests {
                 r#"{"event":"down"}"#,
             ],
         );
-        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached).unwrap();
+        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached, &mut Silent)
+            .await
+            .unwrap();
         let e = supervisor
             .until_ready(&mut Silent, std::future::pending())
             .await
@@ -421,7 +437,9 @@ mod tests {
     async fn a_supervisor_that_dies_is_cleaned_up_after() {
         let (prepared, exe) = prepared("died", &[r#"{"event":"step","message":"starting"}"#]);
         let dir = prepared.lab.dir.clone();
-        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached).unwrap();
+        let mut supervisor = Supervisor::start(prepared, &exe, Mode::Detached, &mut Silent)
+            .await
+            .unwrap();
         let e = supervisor
             .until_ready(&mut Silent, std::future::pending())
             .await

@@ -157,26 +157,18 @@ pub fn boot(
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(format!("{:#}", anyhow::Error::new(e)))),
     };
-    progress.step(&format!(
-        "starting lab {name}: {} nodes, {} ({})",
-        prepared.topology.nodes.len(),
-        prepared.accel.accel.to_uppercase(),
-        prepared.accel.reason
-    ));
-    // (Its child process is the runtime's.)
-    let _in_runtime = runtime.enter();
-    let mut supervisor = match Supervisor::start(prepared, &exe, Mode::Detached) {
-        Ok(supervisor) => supervisor,
-        Err(e) => return Ok(Err(format!("{:#}", anyhow::Error::new(e)))),
-    };
-    Ok(
-        match runtime.block_on(supervisor.until_ready(progress, interrupt)) {
-            Ok(_) => Ok(()),
-            // The supervisor's own account: what failed, then the details.
-            Err(LaunchError::DidNotComeUp { message, .. }) => Err(message),
-            Err(e) => Err(format!("{:#}", anyhow::Error::new(e))),
-        },
-    )
+    let ready = runtime.block_on(async {
+        Supervisor::start(prepared, &exe, Mode::Detached, progress)
+            .await?
+            .until_ready(progress, interrupt)
+            .await
+    });
+    Ok(match ready {
+        Ok(_) => Ok(()),
+        // The supervisor's own account: what failed, then the details.
+        Err(LaunchError::DidNotComeUp { message, .. }) => Err(message),
+        Err(e) => Err(format!("{:#}", anyhow::Error::new(e))),
+    })
 }
 
 /// Copies what a lab that is still up can tell: consoles (from the lab

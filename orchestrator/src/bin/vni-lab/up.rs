@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
-use vni_lab::lab::{self, LabDir, LaunchError, Mode, Supervisor};
+use vni_lab::lab::{self, LabDir, LaunchError, Mode, Prepared, Supervisor};
 use vni_lab::own_kernel::KernelFlags;
 use vni_lab::supervisor::{self, Event};
 use vni_lab::topology::Topology;
@@ -25,6 +25,7 @@ pub fn up(
         .map(|p| std::path::absolute(&p).with_context(|| format!("--keep-logs {}", p.display())))
         .transpose()?;
     let exe = crate::own_exe()?;
+    let runtime = crate::runtime::runtime()?;
     let mut progress = Progress::new(quiet);
     let Some(lab_file) = crate::load::read_lab(file, kernel_flags, &mut progress, "start")? else {
         eprintln!("vni-lab: nothing was started");
@@ -41,39 +42,22 @@ pub fn up(
         }
         Err(e) => return Err(e).context("cannot start the lab"),
     };
-    progress.step(&format!(
-        "starting lab {name}: {} nodes, {} ({})",
-        prepared.topology.nodes.len(),
-        prepared.accel.accel.to_uppercase(),
-        prepared.accel.reason
-    ));
-    let topology = prepared.topology.clone();
-    let runtime = match crate::runtime::runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let lab = prepared.lab.clone();
-            drop(prepared);
-            let _ = lab.clean_leftover();
-            return Err(e);
-        }
-    };
-    let mode = if detach { Mode::Detached } else { Mode::Tied };
-    // (Its child process is the runtime's.)
-    let _in_runtime = runtime.enter();
-    let supervisor = Supervisor::start(prepared, &exe, mode)?;
-    let result = runtime.block_on(drive(supervisor, &topology, detach, &mut progress));
+    let result = runtime.block_on(drive(prepared, &exe, detach, &mut progress));
     progress.done();
     result
 }
 
-/// Follows the supervisor until the lab is up (`detach`) or down again;
-/// Ctrl-C or SIGTERM tears it down.
+/// Starts the supervisor of `prepared` and follows it until the lab is up
+/// (`detach`) or down again; Ctrl-C or SIGTERM tears it down.
 async fn drive(
-    mut supervisor: Supervisor,
-    topology: &Topology,
+    prepared: Prepared,
+    exe: &Path,
     detach: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<ExitCode> {
+    let topology = prepared.topology.clone();
+    let mode = if detach { Mode::Detached } else { Mode::Tied };
+    let mut supervisor = Supervisor::start(prepared, exe, mode, progress).await?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let signalled = async {
@@ -88,7 +72,7 @@ async fn drive(
     };
     progress.done();
     let lab = supervisor.lab().clone();
-    print_lab(&lab, topology, after);
+    print_lab(&lab, &topology, after);
     show_traffic(&lab).await;
     if detach {
         println!(
