@@ -265,15 +265,11 @@ fn run_with_steps(
     if status.success() {
         return Ok(());
     }
-    let lines: Vec<&str> = output
-        .iter()
-        .map(String::as_str)
-        .chain(errors.lines())
-        .collect();
+    output.push(errors);
     Err(KmodError::Step {
         step: what.to_owned(),
         status: status.to_string(),
-        tail: lines[lines.len().saturating_sub(25)..].join("\n"),
+        tail: tail(&output.join("\n"), 25),
     })
 }
 
