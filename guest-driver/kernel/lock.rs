@@ -1,43 +1,34 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The driver's one lock: the glue's spinlock (`vni_lock`, taken with
-//! bottom halves off), guarding the state that transmit, the NAPI poll and
-//! the housekeeping work share. It is never held across a sleep, and never
+//! The driver's one lock: the glue's spinlock (taken with bottom halves
+//! off), guarding the state that transmit, the NAPI poll and the
+//! housekeeping work share. It is never held across a sleep, and never
 //! while frames go up the stack (which may transmit, and so take it again).
 
 use core::cell::UnsafeCell;
+use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 
-use crate::ffi::{self, VniPriv};
+use crate::device::NetDev;
 
-/// `T`, reachable only under the glue's spinlock of `dev`.
+/// `T`, reachable only under the glue's spinlock of a device.
 pub(crate) struct DevLock<T> {
-    dev: *mut VniPriv,
+    dev: NetDev,
     inner: UnsafeCell<T>,
 }
-
-// SAFETY: the value moves with the lock; `dev` is the glue's structure,
-// which any context may use.
-unsafe impl<T: Send> Send for DevLock<T> {}
 
 // SAFETY: transmit (bottom halves off), the NAPI poll (softirq) and the
 // housekeeping work (process context) share a `DevLock` from any CPU; the
 // only way to the value is `lock`, which takes the glue's spinlock with
 // bottom halves off, so at most one context holds a reference at a time,
-// and `get_mut` needs `&mut self`, which nobody holds while the device is
-// registered. `T: Send` because the value is used from whichever context
-// holds the lock.
+// and `get_mut` needs `&mut self`. `T: Send` because the value is used
+// from whichever context holds the lock. (Two `DevLock`s on one device
+// would share its spinlock: still exclusive, only slower.)
 unsafe impl<T: Send> Sync for DevLock<T> {}
 
 impl<T> DevLock<T> {
     /// `inner`, guarded by the spinlock of `dev`.
-    ///
-    /// # Safety
-    ///
-    /// `dev` must be the glue's device structure, alive (with its
-    /// initialized spinlock) for as long as this value, and its spinlock
-    /// must guard nothing but this value.
-    pub(crate) unsafe fn new(dev: *mut VniPriv, inner: T) -> Self {
+    pub(crate) fn new(dev: NetDev, inner: T) -> Self {
         DevLock {
             dev,
             inner: UnsafeCell::new(inner),
@@ -46,30 +37,37 @@ impl<T> DevLock<T> {
 
     /// Takes the lock (spinning; bottom halves off until the guard drops).
     pub(crate) fn lock(&self) -> Guard<'_, T> {
-        // SAFETY: `dev` is alive with its spinlock (the promise of `new`);
-        // the guard releases it exactly once.
-        unsafe { ffi::vni_lock(self.dev) };
-        Guard { lock: self }
+        // SAFETY: the guard releases it exactly once, and in this context
+        // (a guard cannot move to another).
+        unsafe { self.dev.lock() };
+        Guard {
+            lock: self,
+            _not_send: PhantomData,
+        }
     }
 
     /// The value, without locking: for the owner that holds it alone
-    /// (before the device is registered and after it is gone).
+    /// (when the device goes away).
     pub(crate) fn get_mut(&mut self) -> &mut T {
         self.inner.get_mut()
     }
 }
 
-/// The locked state; the lock is released when this drops.
+/// The locked state; the lock is released when this drops. As under the
+/// kernel's own `SpinLock`, sleeping meanwhile is a bug the kernel
+/// reports ("scheduling while atomic"), not something the types prevent.
 pub(crate) struct Guard<'a, T> {
     lock: &'a DevLock<T>,
+    /// Not `Send`: the spinlock is released where it was taken.
+    _not_send: PhantomData<*mut ()>,
 }
 
 impl<T> Deref for Guard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        // SAFETY: the spinlock is held for the guard's lifetime, and it
-        // guards only this value: no other reference to it exists.
+        // SAFETY: the spinlock is held for the guard's lifetime, and only
+        // a guard reaches the value: no other reference to it exists.
         unsafe { &*self.lock.inner.get() }
     }
 }
@@ -84,6 +82,6 @@ impl<T> DerefMut for Guard<'_, T> {
 impl<T> Drop for Guard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: this guard took the lock in `DevLock::lock`.
-        unsafe { ffi::vni_unlock(self.lock.dev) };
+        unsafe { self.lock.dev.unlock() };
     }
 }

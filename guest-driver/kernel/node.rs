@@ -10,11 +10,11 @@
 
 use core::time::Duration;
 
-use kernel::alloc::{flags::GFP_KERNEL, AllocError, KBox, VBox};
+use kernel::alloc::{flags::GFP_KERNEL, KBox, VBox};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
-use crate::ffi::{self, VniPriv};
+use crate::device::NetDev;
 use crate::lock::DevLock;
 use crate::platform::{Chain, Ep, Kernel, Shown};
 use crate::stats::Stats;
@@ -44,8 +44,7 @@ pub(crate) struct Config {
 
 /// One device.
 pub(crate) struct Vni {
-    /// The glue's device structure (alive as long as this value).
-    pub(crate) dev: *mut VniPriv,
+    pub(crate) dev: NetDev,
     pub(crate) config: Config,
     pub(crate) region: Arc<Region>,
     pub(crate) state: DevLock<State>,
@@ -79,19 +78,18 @@ pub(crate) struct State {
 impl State {
     /// Marks the endpoint as in trouble after `e` and has housekeeping
     /// attach again now.
-    pub(crate) fn fail(&mut self, dev: *mut VniPriv, e: &EndpointError) {
+    pub(crate) fn fail(&mut self, dev: NetDev, e: &EndpointError) {
         if !self.trouble {
             pr_warn!("{}; attaching again\n", Chain(e));
         }
         self.trouble = true;
-        // SAFETY: `dev` is the device this state belongs to, alive.
-        unsafe { ffi::vni_housekeeping_soon(dev) };
+        dev.housekeeping_soon();
     }
 
     /// Hands staged frames to their receivers, rings those that said they
     /// sleep (`peer << 16 | vector` to BAR0), and notes whether some stay
     /// deferred (their receiver's queue full).
-    pub(crate) fn flush(&mut self, dev: *mut VniPriv) {
+    pub(crate) fn flush(&mut self, dev: NetDev) {
         let Some(ep) = self.ep.as_mut().filter(|_| !self.trouble) else {
             return;
         };
@@ -99,9 +97,7 @@ impl State {
             Ok(report) => {
                 for node in members(report.wake) {
                     if let Some(peer) = ep.doorbell_peer(node) {
-                        // SAFETY: `dev` is alive; a doorbell write has no
-                        // other effect on this guest.
-                        unsafe { ffi::vni_ring(dev, peer, RX_VECTOR) };
+                        dev.ring(peer, RX_VECTOR);
                         self.stats.doorbells += 1;
                     }
                 }
@@ -158,39 +154,13 @@ fn say(event: Event, stats: &mut Stats) {
     }
 }
 
-/// Working lists for an endpoint, zeroed in place (too large for a stack).
-fn new_buffers() -> Result<VBox<Buffers>, AllocError> {
-    let mut buffers = VBox::<Buffers>::new_uninit(GFP_KERNEL)?;
-    // SAFETY: the allocation holds one `Buffers`; every field of it is
-    // integers, so all-zero bytes are a valid, empty value (as its
-    // documentation promises), which `assume_init` then states.
-    unsafe {
-        buffers.as_mut_ptr().write_bytes(0, 1);
-        Ok(buffers.assume_init())
-    }
-}
-
-// SAFETY: the glue's callbacks share one `Vni` between transmit, the NAPI
-// poll, the housekeeping work, the interrupts and ethtool, on any CPU.
-// `config` is read-only after `new`; `region` is an `Arc<Region>`, whose
-// memory is reached through atomics and copies only; `state` is a
-// `DevLock`, shared soundly under the glue's spinlock (see its `Sync`); and
-// `dev` is the glue's structure, alive from `vni_rs_new` to `vni_rs_free`,
-// whose helpers (`ffi`) may be called from each of those contexts.
-unsafe impl Sync for Vni {}
-
-// SAFETY: as for `Sync`: nothing in a `Vni` is tied to the context that
-// made it (`vni_rs_new` at probe; `vni_rs_free` at remove).
-unsafe impl Send for Vni {}
-
 impl Vni {
-    /// A device on the glue's `dev` for `region`.
-    ///
-    /// # Safety
-    ///
-    /// `dev` must be the glue's device structure, alive with its spinlock
-    /// for as long as the returned value.
-    pub(crate) unsafe fn new(dev: *mut VniPriv, config: Config, region: Arc<Region>) -> Self {
+    /// A device on the glue's `dev` for `region`. `Send` and `Sync`, as
+    /// the glue's callbacks need (they share it between transmit, the NAPI
+    /// poll, the housekeeping work and ethtool, on any CPU): `config` is
+    /// read-only, `region` reached through atomics and copies only, `dev`
+    /// a handle for any context and `state` behind the spinlock.
+    pub(crate) fn new(dev: NetDev, config: Config, region: Arc<Region>) -> Self {
         let state = State {
             ep: None,
             trouble: false,
@@ -206,9 +176,7 @@ impl Vni {
             dev,
             config,
             region,
-            // SAFETY: the glue's spinlock guards this state only; `dev`
-            // outlives it (the caller's promise).
-            state: unsafe { DevLock::new(dev, state) },
+            state: DevLock::new(dev, state),
         }
     }
 
@@ -230,8 +198,7 @@ impl Vni {
     /// Housekeeping's work on an attached endpoint.
     #[inline(never)]
     fn tick(&self) -> u32 {
-        // SAFETY: `dev` is alive.
-        let up = unsafe { ffi::vni_is_up(self.dev) };
+        let up = self.dev.is_up();
         let mut carrier = None;
         {
             let mut guard = self.state.lock();
@@ -255,9 +222,7 @@ impl Vni {
             if result.is_ok() && !up {
                 // Nobody polls a down interface: take what peers sent so
                 // that their frames do not wait for ever.
-                result = ep
-                    .recv(4 * BATCH, |_| stats.rx_while_down += 1)
-                    .map(|_| ());
+                result = ep.recv(4 * BATCH, |_| stats.rx_while_down += 1).map(|_| ());
             }
             // Frames wait, the interface is up, nothing polled since the
             // last round and no poll is scheduled (a scheduled one may
@@ -266,11 +231,8 @@ impl Vni {
             // Once is a doorbell still on its way (under TCG on a busy
             // host one took up to 40 ms); twice in a row, a lost wake-up:
             // poll now, and count it.
-            let unpolled = up
-                && ep.pending()
-                && s.stats.polls == s.polls_seen
-                // SAFETY: `dev` is alive.
-                && !unsafe { ffi::vni_napi_scheduled(self.dev) };
+            let unpolled =
+                up && ep.pending() && s.stats.polls == s.polls_seen && !self.dev.napi_scheduled();
             s.polls_seen = s.stats.polls;
             match (s.unpolled, unpolled) {
                 (true, true) => {
@@ -281,8 +243,7 @@ impl Vni {
                             ep.sleeping()
                         );
                     }
-                    // SAFETY: `dev` is alive.
-                    unsafe { ffi::vni_napi_schedule(self.dev) };
+                    self.dev.napi_schedule();
                 }
                 (true, false) => s.stats.rx_slow_doorbells += 1,
                 _ => {}
@@ -294,9 +255,7 @@ impl Vni {
             // (In trouble, the attach that follows drops the carrier.)
         }
         if let Some(on) = carrier {
-            // SAFETY: `dev` is alive; carrier changes may be made from
-            // process context.
-            unsafe { ffi::vni_carrier(self.dev, on) };
+            self.dev.carrier(on);
         }
         TICK_US
     }
@@ -310,13 +269,13 @@ impl Vni {
         let old = {
             let mut s = self.state.lock();
             if let Some(Event::Carrier(false)) = s.life.trouble() {
-                // SAFETY: `dev` is alive.
-                unsafe { ffi::vni_carrier(self.dev, false) };
+                self.dev.carrier(false);
             }
             s.ep.take()
         };
         let config = &self.config;
-        let attached = new_buffers()
+        // Zeroed in place: too large for a stack.
+        let attached = VBox::<Buffers>::zeroed(GFP_KERNEL)
             .map_err(|_| None)
             .and_then(|buffers| {
                 match &old {
@@ -358,8 +317,8 @@ impl Vni {
                 // The old incarnation's lists are freed here, not under
                 // the spinlock.
                 drop(old);
-                // SAFETY: `dev` is alive; frames may already wait.
-                unsafe { ffi::vni_napi_schedule(self.dev) };
+                // Frames may already wait.
+                self.dev.napi_schedule();
                 true
             }
             Err(e) => {

@@ -9,6 +9,7 @@
 use core::time::Duration;
 
 use kernel::alloc::VBox;
+use kernel::prelude::Zeroable;
 use kernel::sync::Arc;
 
 use crate::ffi;
@@ -16,8 +17,14 @@ use crate::vni_core::{Buffers, Endpoint, Instant, Platform, Region};
 
 /// The endpoint as the kernel holds it: the mapped region shared by
 /// reference count, its working lists in vmalloc'ed memory (about
-/// 200 KiB, too large for a kernel stack), the kernel's clock.
+/// 200 KiB, too large for a kernel stack; `VBox::zeroed`), the kernel's
+/// clock.
 pub(crate) type Ep = Endpoint<Arc<Region>, VBox<Buffers>, Kernel>;
+
+// SAFETY: `Buffers` holds integers, arrays and bounded lists of integers
+// only (no references, no enums, no `NonZero`): all-zero bytes are a
+// valid, empty value, as its documentation promises.
+unsafe impl Zeroable for Buffers {}
 
 /// The kernel's monotonic clock and waits.
 #[derive(Clone, Copy, Debug, Default)]

@@ -388,65 +388,86 @@ static const struct ethtool_ops vni_ethtool_ops = {
 	.get_ethtool_stats = vni_get_ethtool_stats,
 };
 
+/*
+ * Undoes what probe set up around the Rust half, when the device goes away
+ * or a later probe step fails. devres runs it after unregistering the
+ * net_device and freeing the interrupts (the reverse of probe's order), and
+ * before the maps and the net_device go: the work and the timer stop, then
+ * the Rust half leaves the region and is freed.
+ */
+static void vni_release(void *data)
+{
+	struct vni_priv *p = data;
+
+	WRITE_ONCE(p->removing, true);
+	cancel_delayed_work_sync(&p->housekeeping);
+	hrtimer_cancel(&p->kick);
+	netif_napi_del(&p->napi);
+	vni_rs_free(p->rs);
+}
+
+/*
+ * Every resource is device-managed (devm_, pcim_): a failing step returns,
+ * and devres undoes the earlier ones in reverse, as it does when the
+ * device goes away; there is no unwind ladder and no remove callback.
+ */
 static int vni_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
+	struct device *d = &pdev->dev;
 	struct net_device *dev;
 	struct vni_priv *p;
 	u8 addr[ETH_ALEN];
-	int err, vectors;
+	int err;
 
-	if (node < 0 || !mac || !mac_pton(mac, addr) || !is_valid_ether_addr(addr)) {
-		dev_err(&pdev->dev, "module parameters node=ID and mac=MAC (a unicast address) are required\n");
-		return -EINVAL;
-	}
-	dev = alloc_etherdev(sizeof(*p));
+	if (node < 0 || !mac || !mac_pton(mac, addr) || !is_valid_ether_addr(addr))
+		return dev_err_probe(d, -EINVAL,
+				     "module parameters node=ID and mac=MAC (a unicast address) are required\n");
+	/* First, so that it is freed last. */
+	dev = devm_alloc_etherdev(d, sizeof(*p));
 	if (!dev)
 		return -ENOMEM;
-	SET_NETDEV_DEV(dev, &pdev->dev);
+	SET_NETDEV_DEV(dev, d);
 	p = netdev_priv(dev);
 	p->dev = dev;
 	p->pdev = pdev;
 	spin_lock_init(&p->lock);
 	INIT_DELAYED_WORK(&p->housekeeping, vni_housekeep);
 	hrtimer_setup(&p->kick, vni_kick, CLOCK_MONOTONIC, HRTIMER_MODE_REL_SOFT);
-	pci_set_drvdata(pdev, p);
 
-	err = pci_enable_device(pdev);
+	err = pcim_enable_device(pdev);
 	if (err)
-		goto free_dev;
-	err = pci_request_regions(pdev, KBUILD_MODNAME);
-	if (err)
-		goto disable;
+		return err;
 	/* Without bus mastering the device's MSI-X writes are dropped: every
 	 * doorbell would be lost. */
 	pci_set_master(pdev);
-	p->regs = pci_iomap(pdev, VNI_BAR_REGS, 0);
+	p->regs = pcim_iomap_region(pdev, VNI_BAR_REGS, KBUILD_MODNAME);
+	if (IS_ERR(p->regs))
+		return dev_err_probe(d, PTR_ERR(p->regs), "cannot map BAR0\n");
 	/* BAR2 is the region, RAM on the host: mapped write-back, as memory,
 	 * so that atomics and copies run at memory speed. */
-	p->shm = memremap(pci_resource_start(pdev, VNI_BAR_SHM),
-			  pci_resource_len(pdev, VNI_BAR_SHM), MEMREMAP_WB);
-	if (!p->regs || !p->shm) {
-		dev_err(&pdev->dev, "cannot map BAR0 or BAR2\n");
-		err = -ENOMEM;
-		goto unmap;
-	}
-	vectors = pci_alloc_irq_vectors(pdev, VNI_VECTORS, VNI_VECTORS, PCI_IRQ_MSIX);
-	if (vectors < 0) {
-		dev_err(&pdev->dev, "the device has no %d MSI-X vectors (ivshmem-doorbell with vectors=%d)\n",
-			VNI_VECTORS, VNI_VECTORS);
-		err = vectors;
-		goto unmap;
-	}
+	err = pcim_request_region(pdev, VNI_BAR_SHM, KBUILD_MODNAME);
+	if (err)
+		return dev_err_probe(d, err, "cannot claim BAR2\n");
+	p->shm = devm_memremap(d, pci_resource_start(pdev, VNI_BAR_SHM),
+			       pci_resource_len(pdev, VNI_BAR_SHM), MEMREMAP_WB);
+	if (IS_ERR(p->shm))
+		return dev_err_probe(d, PTR_ERR(p->shm), "cannot map BAR2\n");
+	err = pci_alloc_irq_vectors(pdev, VNI_VECTORS, VNI_VECTORS, PCI_IRQ_MSIX);
+	if (err < 0)
+		return dev_err_probe(d, err,
+				     "the device has no %d MSI-X vectors (ivshmem-doorbell with vectors=%d)\n",
+				     VNI_VECTORS, VNI_VECTORS);
 
 	p->rs = vni_rs_new(p, node, addr, notification, busy_poll_us, p->shm,
 			   pci_resource_len(pdev, VNI_BAR_SHM),
 			   ioread32(p->regs + IVSHMEM_IVPOSITION));
-	if (!p->rs) {
-		err = -EINVAL;
-		goto vectors;
-	}
-
+	if (!p->rs)
+		return -EINVAL;
 	netif_napi_add(dev, &p->napi, vni_poll);
+	err = devm_add_action_or_reset(d, vni_release, p);
+	if (err)
+		return err;
+
 	dev->netdev_ops = &vni_netdev_ops;
 	dev->ethtool_ops = &vni_ethtool_ops;
 	eth_hw_addr_set(dev, addr);
@@ -462,60 +483,18 @@ static int vni_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	netif_set_tso_max_size(dev, vni_rs_max_gso());
 	netif_carrier_off(dev);
 
-	err = request_irq(pci_irq_vector(pdev, VNI_RX_VECTOR), vni_rx_irq, 0, "vni-rx", p);
+	err = devm_request_irq(d, pci_irq_vector(pdev, VNI_RX_VECTOR), vni_rx_irq, 0, "vni-rx", p);
 	if (err)
-		goto rs;
-	err = request_irq(pci_irq_vector(pdev, VNI_CONTROL_VECTOR), vni_control_irq, 0,
-			  "vni-control", p);
+		return err;
+	err = devm_request_irq(d, pci_irq_vector(pdev, VNI_CONTROL_VECTOR), vni_control_irq, 0,
+			       "vni-control", p);
 	if (err)
-		goto rx_irq;
-	err = register_netdev(dev);
+		return err;
+	err = devm_register_netdev(d, dev);
 	if (err)
-		goto control_irq;
+		return err;
 	queue_delayed_work(system_dfl_wq, &p->housekeeping, 0);
 	return 0;
-
-control_irq:
-	free_irq(pci_irq_vector(pdev, VNI_CONTROL_VECTOR), p);
-rx_irq:
-	free_irq(pci_irq_vector(pdev, VNI_RX_VECTOR), p);
-rs:
-	netif_napi_del(&p->napi);
-	vni_rs_free(p->rs);
-vectors:
-	pci_free_irq_vectors(pdev);
-unmap:
-	if (p->shm)
-		memunmap(p->shm);
-	if (p->regs)
-		pci_iounmap(pdev, p->regs);
-	pci_release_regions(pdev);
-disable:
-	pci_disable_device(pdev);
-free_dev:
-	free_netdev(dev);
-	return err;
-}
-
-static void vni_remove(struct pci_dev *pdev)
-{
-	struct vni_priv *p = pci_get_drvdata(pdev);
-
-	WRITE_ONCE(p->removing, true);
-	unregister_netdev(p->dev);
-	free_irq(pci_irq_vector(pdev, VNI_CONTROL_VECTOR), p);
-	free_irq(pci_irq_vector(pdev, VNI_RX_VECTOR), p);
-	cancel_delayed_work_sync(&p->housekeeping);
-	hrtimer_cancel(&p->kick);
-	netif_napi_del(&p->napi);
-	/* Leaves the region: every slot this node holds goes back. */
-	vni_rs_free(p->rs);
-	pci_free_irq_vectors(pdev);
-	memunmap(p->shm);
-	pci_iounmap(pdev, p->regs);
-	pci_release_regions(pdev);
-	pci_disable_device(pdev);
-	free_netdev(p->dev);
 }
 
 static const struct pci_device_id vni_ids[] = {
@@ -528,7 +507,6 @@ static struct pci_driver vni_pci_driver = {
 	.name = KBUILD_MODNAME,
 	.id_table = vni_ids,
 	.probe = vni_probe,
-	.remove = vni_remove,
 };
 
 int vni_glue_init(void)

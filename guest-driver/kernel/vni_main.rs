@@ -38,6 +38,7 @@ use kernel::sync::Arc;
 #[path = "../core/src/lib.rs"]
 mod vni_core;
 
+mod device;
 mod ffi;
 mod lock;
 mod node;
@@ -46,6 +47,7 @@ mod rx;
 mod stats;
 mod tx;
 
+use device::{Napi, NetDev, TxSkb, Xmit};
 use ffi::{LinkStats64, SkBuff, VniPriv, VNET_HDR_LEN};
 use node::{Config, Vni};
 use vni_core::{MacAddr, Notification, Region, MAX_FRAME};
@@ -83,8 +85,9 @@ impl Drop for VniModule {
 /// `rs` must come from [`vni_rs_new`] and not yet be passed to
 /// [`vni_rs_free`]; the glue guarantees both for its callbacks.
 unsafe fn device<'a>(rs: *mut c_void) -> &'a Vni {
-    // SAFETY: the caller's promise; `Vni` is `Sync` (see there): shared
-    // (`&`) between contexts, its mutable state behind the glue's spinlock.
+    // SAFETY: the caller's promise; `Vni` is `Sync` (`Vni::new` says
+    // why): shared (`&`) between contexts, its mutable state behind the
+    // glue's spinlock.
     unsafe { &*rs.cast::<Vni>() }
 }
 
@@ -146,6 +149,12 @@ pub unsafe extern "C" fn vni_rs_new(
     let Ok(region) = Arc::new(region, GFP_KERNEL) else {
         return core::ptr::null_mut();
     };
+    // SAFETY: `p` is the glue's device, with its spinlock, NAPI context,
+    // work and timer initialized, and it outlives this state (freed by
+    // `vni_rs_free` before the device).
+    let Some(dev) = (unsafe { NetDev::from_raw(p) }) else {
+        return core::ptr::null_mut();
+    };
     let config = Config {
         node,
         mac,
@@ -153,17 +162,14 @@ pub unsafe extern "C" fn vni_rs_new(
         busy_poll: Duration::from_micros(busy_poll_us.into()),
         position,
     };
-    // SAFETY: `p` is the glue's device, which outlives this state (freed
-    // by `vni_rs_free` before the device), with an initialized spinlock.
-    let vni = unsafe { Vni::new(p, config, region) };
-    match KBox::new(vni, GFP_KERNEL) {
+    match KBox::new(Vni::new(dev, config, region), GFP_KERNEL) {
         Ok(vni) => KBox::into_raw(vni).cast(),
         Err(_) => core::ptr::null_mut(),
     }
 }
 
-/// Detaches from the region and frees the device state (at remove, after
-/// every callback stopped).
+/// Detaches from the region and frees the device state (when the device
+/// goes away, after every callback stopped).
 ///
 /// # Safety
 ///
@@ -184,12 +190,27 @@ pub unsafe extern "C" fn vni_rs_free(rs: *mut c_void) {
 ///
 /// `rs` came from [`vni_rs_new`] and [`vni_rs_free`] was not called yet
 /// (the glue calls its callbacks only between the two).
-/// `skb` is an skb the stack hands to this device's transmit.
+/// `skb` is an skb the stack hands to this device's transmit, which the
+/// stack keeps only when this returns non-zero.
 #[no_mangle]
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_xmit(rs: *mut c_void, skb: *mut SkBuff) -> c_int {
     // SAFETY: the glue's callback, between new and free.
-    c_int::from(unsafe { device(rs) }.xmit(skb))
+    let vni = unsafe { device(rs) };
+    // SAFETY: the stack's skb for this call: ours from here, given back
+    // only with a non-zero return.
+    let Some(skb) = (unsafe { TxSkb::from_raw(skb) }) else {
+        return 0;
+    };
+    // SAFETY: this is the device's ndo_start_xmit; the token lives in it.
+    let xmit = unsafe { Xmit::new(vni.dev) };
+    match vni.xmit(&xmit, skb) {
+        Ok(()) => 0,
+        Err(skb) => {
+            skb.give_back();
+            1
+        }
+    }
 }
 
 /// The NAPI poll.
@@ -202,7 +223,10 @@ pub unsafe extern "C" fn vni_rs_xmit(rs: *mut c_void, skb: *mut SkBuff) -> c_int
 #[allow(private_interfaces)] // the glue's types, opaque
 pub unsafe extern "C" fn vni_rs_poll(rs: *mut c_void, budget: c_int) -> c_int {
     // SAFETY: the glue's callback, between new and free.
-    unsafe { device(rs) }.poll(budget)
+    let vni = unsafe { device(rs) };
+    // SAFETY: this is the device's NAPI poll; the token lives in it.
+    let napi = unsafe { Napi::new(vni.dev) };
+    vni.poll(napi, budget)
 }
 
 /// The housekeeping work; returns microseconds until the next round.
@@ -230,8 +254,7 @@ pub unsafe extern "C" fn vni_rs_housekeep(rs: *mut c_void) -> u32 {
 pub unsafe extern "C" fn vni_rs_link_stats(rs: *mut c_void, out: *mut LinkStats64) {
     // SAFETY: the glue's callback, between new and free.
     let vni = unsafe { device(rs) };
-    let [rx_packets, rx_bytes, rx_dropped, rx_errors, tx_packets, tx_bytes, tx_dropped] =
-        {
+    let [rx_packets, rx_bytes, rx_dropped, rx_errors, tx_packets, tx_bytes, tx_dropped] = {
         let s = vni.state.lock();
         stats::link(&s.stats, s.ep.as_deref())
     };
