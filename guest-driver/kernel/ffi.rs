@@ -33,8 +33,6 @@ pub(crate) const VNET_HDR_LEN: usize = 10;
 extern "C" {
     pub(crate) fn vni_glue_init() -> c_int;
     pub(crate) fn vni_glue_exit();
-    pub(crate) fn vni_now_ns() -> u64;
-    pub(crate) fn vni_sleep_us(us: u32);
     pub(crate) fn vni_lock(p: *mut VniPriv);
     pub(crate) fn vni_unlock(p: *mut VniPriv);
     pub(crate) fn vni_ring(p: *mut VniPriv, peer: u16, vector: u16);

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The protocol core's clock and waiting, from the kernel: `ktime_get_ns`,
+//! The protocol core's clock and waiting, from the kernel: `ktime_get`,
 //! `cpu_relax` between looks at a word another node must change (the
 //! endpoint's calls run in softirq or with bottom halves off, where nothing
 //! may sleep), and `fsleep` only where the core says the caller may sleep
@@ -11,8 +11,8 @@ use core::time::Duration;
 use kernel::alloc::VBox;
 use kernel::prelude::Zeroable;
 use kernel::sync::Arc;
+use kernel::time::{delay::fsleep, Delta};
 
-use crate::ffi;
 use crate::vni_core::{Buffers, Endpoint, Instant, Platform, Region};
 
 /// The endpoint as the kernel holds it: the mapped region shared by
@@ -32,8 +32,9 @@ pub(crate) struct Kernel;
 
 impl Platform for Kernel {
     fn now(&self) -> Instant {
-        // SAFETY: vni_now_ns wraps ktime_get_ns: no arguments, any context.
-        Instant::from_origin(Duration::from_nanos(unsafe { ffi::vni_now_ns() }))
+        // SAFETY: ktime_get takes nothing and may be called in any context.
+        let ns = unsafe { kernel::bindings::ktime_get() };
+        Instant::from_origin(Duration::from_nanos(u64::try_from(ns).unwrap_or(0)))
     }
 
     fn pause(&self, _round: u32) {
@@ -41,11 +42,11 @@ impl Platform for Kernel {
     }
 
     fn sleep(&self, duration: Duration) {
-        let us = u32::try_from(duration.as_micros()).unwrap_or(u32::MAX);
-        // SAFETY: vni_sleep_us wraps fsleep; the core calls `sleep` only
-        // while attaching, which this driver does from its housekeeping
-        // work (process context, no lock held).
-        unsafe { ffi::vni_sleep_us(us) };
+        // The core calls `sleep` only while attaching, which this driver
+        // does from its housekeeping work (process context, no lock held),
+        // as fsleep needs.
+        let us = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+        fsleep(Delta::from_micros(us));
     }
 }
 

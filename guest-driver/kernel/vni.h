@@ -36,8 +36,6 @@ u32 vni_rs_max_gso(void);
 /* Implemented in C, called from Rust. */
 int vni_glue_init(void);
 void vni_glue_exit(void);
-u64 vni_now_ns(void);
-void vni_sleep_us(u32 us);
 void vni_lock(struct vni_priv *p);
 void vni_unlock(struct vni_priv *p);
 void vni_ring(struct vni_priv *p, u16 peer, u16 vector);

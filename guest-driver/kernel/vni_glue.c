@@ -79,16 +79,6 @@ struct vni_priv {
 
 /* Helpers the Rust half calls (declared in vni.h). */
 
-u64 vni_now_ns(void)
-{
-	return ktime_get_ns();
-}
-
-void vni_sleep_us(u32 us)
-{
-	fsleep(us);
-}
-
 void vni_lock(struct vni_priv *p)
 {
 	spin_lock_bh(&p->lock);
