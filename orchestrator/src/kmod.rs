@@ -34,6 +34,7 @@ use std::process::{Command, Stdio};
 use crate::image::{self, Manifest, Scratch};
 use crate::io_failure::{io_err, IoFailure};
 use crate::kconfig;
+use crate::logs::last_lines;
 
 /// The build root's recipe.
 const KERNEL_TREE: &str = include_str!("../../images/kernel-tree");
@@ -95,12 +96,6 @@ pub enum KmodError {
     /// A file operation failed.
     #[error("Kernel module build")]
     Io(#[from] IoFailure),
-}
-
-/// The last `lines` lines of `text`.
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The cache key of `parts`: each followed by a NUL, hashed as the
@@ -269,7 +264,7 @@ fn run_with_steps(
     Err(KmodError::Step {
         step: what.to_owned(),
         status: status.to_string(),
-        tail: tail(&output.join("\n"), 25),
+        tail: last_lines(&output.join("\n"), 25),
     })
 }
 
@@ -387,7 +382,7 @@ pub fn clippy(tree: &KernelTree, checkout: &Path) -> Result<Vec<String>, KmodErr
         return Err(KmodError::Step {
             step: "the module's clippy build".into(),
             status: output.status.to_string(),
-            tail: tail(&text, 40),
+            tail: last_lines(&text, 40),
         });
     }
     Ok(text

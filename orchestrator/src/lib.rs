@@ -20,6 +20,7 @@ pub mod ivshmem_server;
 pub mod kconfig;
 pub mod kmod;
 pub mod lab;
+pub mod logs;
 pub mod netns;
 pub mod own_kernel;
 pub mod qemu;

@@ -23,7 +23,8 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
 use crate::lab::{LabDir, LabLock, Prepared, Reporter};
-use crate::supervisor::{self, Event};
+use crate::logs;
+use crate::supervisor::Event;
 
 /// The fd the lab lock is handed to the supervisor on.
 pub const LOCK_FD: i32 = 3;
@@ -293,7 +294,7 @@ impl Supervisor {
         let status = self.child.wait().await.ok();
         if !self.down {
             // Killed without tearing down: clean after it.
-            let log = supervisor::tail(&self.lab.supervisor_log(), LOG_TAIL);
+            let log = logs::tail(&self.lab.supervisor_log(), LOG_TAIL);
             let cleaned = match self.lab.clean_leftover() {
                 Ok(c) => format!("cleaned up after it ({c})"),
                 Err(e) => format!("cleaning up after it failed: {e}"),

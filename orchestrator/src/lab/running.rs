@@ -122,18 +122,22 @@ impl RunningLab {
         input: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<ExecOutput, AgentError> {
-        let path = self.dir.agent_lock_path(node);
-        let _lock =
-            AgentLock::take(&path, timeout + AGENT_CALL).map_err(|e| AgentError::Failed {
-                what: "agent lock",
-                message: format!("{}: {e}", path.display()),
+        let held = HeldAgent::connect(&self.dir, node, timeout + AGENT_CALL, AGENT_CALL)
+            .await
+            .map_err(|e| match e {
+                HoldError::Agent(e) => e,
+                lock @ HoldError::Lock(_) => AgentError::Failed {
+                    what: "agent lock",
+                    message: lock.to_string(),
+                },
             })?;
-        let agent = GuestAgent::connect(&self.dir.node(node).agent, AGENT_CALL).await?;
         let (program, args) = command.split_first().ok_or_else(|| AgentError::Failed {
             what: "guest-exec",
             message: "no command".into(),
         })?;
-        agent.exec_with_input(program, args, input, timeout).await
+        held.agent
+            .exec_with_input(program, args, input, timeout)
+            .await
     }
 
     /// Runs `script` with sh in `node`: its stdout, or why it failed (the
@@ -164,5 +168,44 @@ impl RunningLab {
         let timeout =
             self.topology.boot_timeout + self.topology.command_timeout + Duration::from_secs(30);
         fault::request(&self.dir.control_socket(), request, timeout, progress).await
+    }
+}
+
+/// A node's guest agent, connected while its agent lock is held: the agent
+/// channel takes one client at a time, so every vni-lab command takes the
+/// lock first and their calls never interleave. One `exec` holds it for a
+/// call, a test run for the whole run.
+#[derive(Debug)]
+pub struct HeldAgent {
+    /// The connection.
+    pub agent: GuestAgent,
+    _lock: AgentLock,
+}
+
+/// Why a [`HeldAgent`] could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// Another command held the node's agent lock for longer than the wait.
+    #[error("{0}")]
+    Lock(String),
+    /// The agent did not answer.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+impl HeldAgent {
+    /// Takes `node`'s agent lock in the lab at `dir` (waiting at most
+    /// `wait`), then connects to its agent, each call allowed `call`.
+    pub async fn connect(
+        dir: &LabDir,
+        node: &str,
+        wait: Duration,
+        call: Duration,
+    ) -> Result<HeldAgent, HoldError> {
+        let path = dir.agent_lock_path(node);
+        let lock = AgentLock::take(&path, wait)
+            .map_err(|e| HoldError::Lock(format!("{}: {e}", path.display())))?;
+        let agent = GuestAgent::connect(&dir.node(node).agent, call).await?;
+        Ok(HeldAgent { agent, _lock: lock })
     }
 }

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use crate::agent::{AgentError, ExecOutput, GuestAgent};
-use crate::lab::{self, AgentLock, LabDir, NodeState};
+use crate::lab::running::{HeldAgent, HoldError};
+use crate::lab::{self, LabDir, NodeState};
+use crate::logs;
 use crate::supervisor;
 
 /// Timeout of one agent call (not of the command it runs), before scaling.
@@ -34,9 +36,9 @@ impl Trouble {
 
 struct Guest {
     name: String,
-    /// Its agent, or why the node cannot be used (any more).
-    agent: Result<GuestAgent, Trouble>,
-    _lock: Option<AgentLock>,
+    /// Its agent, held for the run (with its lock), or why the node
+    /// cannot be used (any more).
+    agent: Result<HeldAgent, Trouble>,
 }
 
 /// Every node of a lab, reachable through its guest agent.
@@ -69,19 +71,14 @@ impl Guests {
         let call = AGENT_CALL.mul_f64(scale.max(1.0));
         let mut guests = Vec::new();
         for name in nodes {
-            let (agent, lock) = match AgentLock::take(&lab.agent_lock_path(name), call) {
-                Err(e) => (Err(Trouble::new(format!("{name}: {e}"))), None),
-                Ok(lock) => (
-                    GuestAgent::connect(&lab.node(name).agent, call)
-                        .await
-                        .map_err(|e| diagnose(lab, name, &e)),
-                    Some(lock),
-                ),
+            let agent = match HeldAgent::connect(lab, name, call, call).await {
+                Ok(held) => Ok(held),
+                Err(HoldError::Lock(e)) => Err(Trouble::new(format!("{name}: {e}"))),
+                Err(HoldError::Agent(e)) => Err(diagnose(lab, name, &e)),
             };
             guests.push(Guest {
                 name: name.clone(),
                 agent,
-                _lock: lock,
             });
         }
         Guests {
@@ -114,7 +111,11 @@ impl Guests {
     }
 
     fn agent(&self, node: &str) -> Result<&GuestAgent, Trouble> {
-        self.guest(node).agent.as_ref().map_err(Trouble::clone)
+        self.guest(node)
+            .agent
+            .as_ref()
+            .map(|held| &held.agent)
+            .map_err(Trouble::clone)
     }
 
     /// What a failed agent call means: the node is down (its trouble, and
@@ -204,7 +205,7 @@ impl Guests {
 /// Says why `node` does not answer: its kernel panicked, its QEMU exited,
 /// or it hangs; with the console tail.
 pub fn diagnose(lab: &LabDir, node: &str, error: &AgentError) -> Trouble {
-    let console = supervisor::tail(&lab.node(node).console, CONSOLE_TAIL);
+    let console = logs::tail(&lab.node(node).console, CONSOLE_TAIL);
     let record = lab
         .state()
         .and_then(|s| s.nodes.into_iter().find(|n| n.name == node));

@@ -39,7 +39,7 @@ use crate::netns::LabNet;
 
 pub use self::error::SupervisorError;
 use self::event::{emit, timestamp};
-pub use self::event::{tail, Event, CONSOLE_TAIL};
+pub use self::event::{Event, CONSOLE_TAIL};
 use self::record::{Recorder, Running};
 use self::start::start;
 pub use self::start::SOCKET_BUFFER_MAX;

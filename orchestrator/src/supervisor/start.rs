@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::error::{causes, SupervisorError};
-use super::event::{emit, tail, Event, CONSOLE_TAIL};
+use super::event::{emit, Event, CONSOLE_TAIL};
 use super::record::{Recorder, Running};
 use crate::agent::{AgentError, GuestAgent};
 use crate::crash::panicked;
 use crate::driver;
 use crate::ivshmem_server::{IvshmemError, IvshmemServer};
 use crate::lab::{LabDir, NodeRecord, NodeState, Plan};
+use crate::logs::tail;
 use crate::netns::LabNet;
 use crate::qemu::{self, NodeSpec, Qmp};
 use crate::topology::{Driver, Network, Node, Topology};
