@@ -175,16 +175,32 @@ impl Rogue {
         }
     }
 
+    /// Fences `victim` as its peers fence a dead node (state `Reset`,
+    /// generation moved on): the victim attaches again.
+    pub fn fence(&self, victim: usize) {
+        let nodes = vni_core::nodes::NodeTable {
+            region: &self.region,
+            layout: &self.layout,
+        };
+        nodes.fence(victim, nodes.generation(victim));
+    }
+
     /// A frame under the rogue's name that fails validation, queued for a
-    /// victim: in its queue (configuration 2) or in the rogue's ring to it
-    /// (configuration 1).
+    /// victim at random.
     fn bad_frame(&mut self, attack: usize) {
+        let victim = self.victim();
+        self.bad_frame_to(victim, attack);
+    }
+
+    /// A frame under the rogue's name that fails validation (`attack` 0 to
+    /// 3 in [`ROGUE_ATTACKS`]), queued for `victim`: in its queue
+    /// (configuration 2) or in the rogue's ring to it (configuration 1).
+    pub fn bad_frame_to(&mut self, victim: usize, attack: usize) {
         use std::sync::atomic::Ordering::{Relaxed, Release};
         use vni_core::layout::{
             DESC_LEN_WORD as D_LEN, DESC_META as D_META, DESC_NEXT as D_NEXT, DESC_OWNER as D_OWNER,
         };
         use vni_core::pool::{queued, Pool, NO_SLOT};
-        let victim = self.victim();
         let g = self.layout.geometry;
         // Random numbers first: the region is borrowed below.
         let slot = self.below(g.slot_count as usize) as u32;
@@ -429,6 +445,61 @@ mod tests {
             assert!(
                 after > before + 50,
                 "{config:?}: {before} -> {after} frames"
+            );
+        }
+    }
+
+    /// The generation of `ep`'s node as the region says.
+    fn victim_generation(region: &Region, ep: &Endpoint) -> u32 {
+        let nodes = vni_core::nodes::NodeTable {
+            region,
+            layout: ep.layout(),
+        };
+        nodes.generation(ep.id())
+    }
+
+    /// A rogue that fences its victim before the victim has blamed it
+    /// [`vni_protocol::OFFENCE_LIMIT`] times is fenced all the same: the
+    /// victim's count survives its re-attach.
+    #[test]
+    fn a_rogue_that_keeps_fencing_its_victim_is_still_fenced() {
+        for config in [BufferConfig::SharedPool, BufferConfig::PerPair] {
+            let (region, mut honest) = lab(config);
+            let rogue_id = NODES;
+            let mut rogue_ep =
+                Endpoint::attach(region.clone(), rogue_id, MacAddr::for_node(rogue_id)).unwrap();
+            rogue_ep.set_state(NodeState::Run).unwrap();
+            let mut rogue = Rogue::new(region.clone(), rogue_id, 5).unwrap();
+            let victim = 0;
+            let (mut incarnations, mut fenced_at) = (0, None);
+            for round in 0..200u32 {
+                // Two bad frames, then a fence: fewer than OFFENCE_LIMIT
+                // errors in any one incarnation of the victim.
+                if round % 3 == 2 {
+                    rogue.fence(victim);
+                } else {
+                    rogue.bad_frame_to(victim, round as usize % 3);
+                }
+                let _ = rogue_ep.tick();
+                let before = victim_generation(&region, &honest[victim]);
+                for ep in &mut honest {
+                    let to = (ep.id() + 1) % NODES;
+                    honest_round(ep, to, round);
+                }
+                if victim_generation(&region, &honest[victim]) != before {
+                    incarnations += 1;
+                }
+                if honest[victim].quarantined() & 1 << rogue_id != 0 {
+                    fenced_at = Some(round);
+                    break;
+                }
+            }
+            let round = fenced_at.unwrap_or_else(|| {
+                panic!("{config:?}: the victim never fenced the rogue ({incarnations} re-attaches)")
+            });
+            assert!(
+                incarnations >= 2,
+                "{config:?}: fenced after {round} rounds and only {incarnations} re-attaches"
             );
         }
     }

@@ -201,7 +201,20 @@ where
     /// validate (a rogue's scribble) it works from this endpoint's copy,
     /// which its ticks put back. A valid header of another format epoch is
     /// a re-format, and attaches to that.
+    ///
+    /// What this node holds against its peers outlives the incarnation:
+    /// the protocol errors blamed on each, and who is in quarantine until
+    /// when. A rogue that fences its victims before they reach
+    /// [`OFFENCE_LIMIT`] would otherwise wipe its record every time.
     pub fn reattach(&self, buffers: B, mac: MacAddr) -> Result<Self, EndpointError> {
+        let mut again = self.attach_again(buffers, mac)?;
+        again.sh.offences = self.sh.offences;
+        again.sh.quarantined = self.sh.quarantined;
+        again.buffers.lists.quarantine_until = self.buffers.lists.quarantine_until;
+        Ok(again)
+    }
+
+    fn attach_again(&self, buffers: B, mac: MacAddr) -> Result<Self, EndpointError> {
         let region = self.sh.region.clone();
         let platform = self.sh.platform.clone();
         match Layout::read(&region) {
