@@ -58,6 +58,7 @@
 extern crate std;
 
 pub mod addr;
+pub mod directory;
 pub mod endpoint;
 pub mod ether;
 pub mod frame;
@@ -71,6 +72,7 @@ pub mod platform;
 pub mod pool;
 pub mod region;
 pub mod rings;
+pub mod section;
 pub mod sink;
 
 pub use addr::AddrError;
