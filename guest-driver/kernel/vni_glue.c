@@ -409,6 +409,11 @@ static int vni_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	u8 addr[ETH_ALEN];
 	int err;
 
+	/* A lab in write-protected sections has more ivshmem devices (the
+	 * directory and the sections: ivshmem-plain, no MSI-X); the VNI is
+	 * the doorbell device's, the one with MSI-X. */
+	if (!pdev->msix_cap)
+		return -ENODEV;
 	if (node < 0 || !mac || !mac_pton(mac, addr) || !is_valid_ether_addr(addr))
 		return dev_err_probe(d, -EINVAL,
 				     "module parameters node=ID and mac=MAC (a unicast address) are required\n");

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod netns;
 pub mod own_kernel;
 pub mod qemu;
+pub mod sections;
 pub mod soak;
 pub mod spans;
 pub mod suite;

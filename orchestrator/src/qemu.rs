@@ -4,8 +4,10 @@
 //! Every node gets the same machine: q35 with an emulated intel-iommu (the
 //! guest's VNI driver reaches the ivshmem device through VFIO, which needs
 //! an IOMMU), the `ivshmem-doorbell` device on the lab's server with two
-//! vectors, a virtio-serial port for the guest agent, a QMP socket and its
-//! serial console in a log file. `-nodefaults` and `-nic none` leave the
+//! vectors (at a fixed PCI slot, where drivers find it), in configuration
+//! 1 the write-protected sections ([`crate::sections`]), a virtio-serial
+//! port for the guest agent, a QMP socket and its serial console in a log
+//! file. `-nodefaults` and `-nic none` leave the
 //! guest no other device: nothing but the region and the agent leads out.
 //! `-no-reboot` with the kernel's `panic=-1` turns a kernel panic into
 //! QEMU's exit, which the orchestrator sees at once.
@@ -19,7 +21,9 @@ use qapi::qmp;
 use tokio::io::WriteHalf;
 use tokio::net::UnixStream;
 
+use crate::sections::Sections;
 use crate::topology::Node;
+use vni_protocol::directory::DOORBELL_SLOT;
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -84,6 +88,9 @@ pub struct NodeSpec<'a> {
     /// `network: virtio-net` or `virtio-net-tap`: the `-netdev` of the
     /// node's virtio-net NIC.
     pub netdev: Option<String>,
+    /// Configuration 1's write-protected sections, which every node maps
+    /// (its own read-write).
+    pub sections: Option<&'a Sections>,
 }
 
 /// The kernel command line of a node. `no_timer_check`: a guest starved of
@@ -201,8 +208,12 @@ pub fn args(spec: &NodeSpec<'_>) -> Vec<OsString> {
         "-chardev",
         &format!("socket,id=ivshmem,path={}", path(spec.ivshmem)),
         "-device",
-        &format!("ivshmem-doorbell,chardev=ivshmem,vectors={VECTORS}"),
+        &format!("ivshmem-doorbell,chardev=ivshmem,vectors={VECTORS},addr={DOORBELL_SLOT:#x}"),
     ]);
+    if let Some(sections) = spec.sections {
+        let extra = sections.qemu_args(node.id);
+        push(&extra.iter().map(String::as_str).collect::<Vec<_>>());
+    }
     if let Some(netdev) = &spec.netdev {
         push(&[
             "-netdev",
@@ -434,6 +445,7 @@ mod tests {
             paths,
             sandbox: true,
             netdev: None,
+            sections: None,
         }
     }
 
@@ -470,7 +482,7 @@ mod tests {
             "socket,id=shell0,path=/run/lab/a.shell0,server=on,wait=off",
             "virtserialport,chardev=shell3,name=org.vni-lab.shell.3",
             "socket,id=ivshmem,path=/run/lab/ivshmem.sock",
-            &format!("ivshmem-doorbell,chardev=ivshmem,vectors={VECTORS}"),
+            &format!("ivshmem-doorbell,chardev=ivshmem,vectors={VECTORS},addr=0x10"),
         ] {
             assert!(line.contains(part), "{part:?} missing from {line}");
         }
@@ -509,5 +521,39 @@ mod tests {
         assert!(line.contains("accel=kvm -cpu host"));
         assert!(!line.contains("-sandbox"));
         assert!(kernel_cmdline(&spec).ends_with("vni.id=0"));
+    }
+
+    #[test]
+    fn a_configuration_1_node_gets_the_sections_after_the_doorbell() {
+        let topology = Topology::parse(
+            "name: t\nvni: {buffers: 1}\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let geometry = topology
+            .sections_for("tcg")
+            .expect("configuration 1 has sections");
+        let sections = Sections::new(Path::new("/dev/shm/t"), geometry);
+        let paths = NodePaths::new(Path::new("/run/lab"), "b");
+        let node = &topology.nodes[1];
+        let line = rendered(&NodeSpec {
+            sections: Some(&sections),
+            ..spec(node, &paths)
+        });
+        let doorbell = line.find("ivshmem-doorbell").unwrap();
+        let own = line
+            .find("mem-path=/dev/shm/t-s1,size=33554432,share=on -device")
+            .expect("its own section, writable");
+        let peer = line
+            .find("mem-path=/dev/shm/t-s0,size=33554432,share=on,readonly=on")
+            .expect("the peer's, read-only");
+        assert!(doorbell < peer && peer < own, "{line}");
+        assert!(Topology::parse(
+            "name: t\nnodes:\n  - {name: a, ip: 10.0.0.1/24}\n  - {name: b, ip: 10.0.0.2/24}\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap()
+        .sections_for("tcg")
+        .is_none());
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use vni_protocol::{BufferConfig, Geometry, Layout, MacAddr, MAX_NODES};
+use vni_protocol::{BufferConfig, Geometry, Layout, MacAddr, SectionGeometry, MAX_NODES};
 
 use crate::spans::{Pos, Spans};
 use crate::test_spec::{RawTests, Tests};
@@ -386,6 +386,25 @@ impl Topology {
     /// Whether any node runs `driver` (on the VNI network).
     pub fn uses(&self, driver: Driver) -> bool {
         self.network == Network::Vni && self.nodes.iter().any(|n| n.driver == driver)
+    }
+
+    /// Configuration 1's write-protected sections for guests run by
+    /// `accel`: `shared_memory` divided among the nodes, each section the
+    /// largest power of two that fits (validation refused a lab file where
+    /// a ring could not hold a largest frame). `None` for configuration 2
+    /// and for virtio-net labs.
+    pub fn sections_for(&self, accel: &str) -> Option<SectionGeometry> {
+        let geometry = self.vni.geometry_for(accel);
+        if self.network != Network::Vni || geometry.config != BufferConfig::PerPair {
+            return None;
+        }
+        SectionGeometry::fit(
+            usize::try_from(self.shared_memory).ok()?,
+            u32::try_from(self.nodes.len()).ok()?,
+            geometry.slot_size,
+            geometry.lease_ms,
+        )
+        .ok()
     }
 }
 
@@ -888,6 +907,9 @@ impl Topology {
             slot_size,
             raw.vni.slot_count,
         );
+        if config == BufferConfig::PerPair && raw.network == Network::Vni {
+            Self::sections(check, shared_memory, raw.nodes.len(), slot_size);
+        }
 
         // The first node on the kernel driver, and where that was said.
         let kernel_node = (raw.network == Network::Vni)
@@ -1048,6 +1070,27 @@ impl Topology {
             }
         }
         Some(geometry)
+    }
+
+    /// Checks that configuration 1's sections fit: each node's share of
+    /// `shared_memory`, as a power of two, must hold a ring that takes a
+    /// largest frame for every other node.
+    fn sections(check: &mut Checker<'_>, shared_memory: u64, nodes: usize, slot_size: u32) {
+        let (Ok(len), Ok(count)) = (usize::try_from(shared_memory), u32::try_from(nodes)) else {
+            return;
+        };
+        if !(2..=MAX_NODES).contains(&nodes) || slot_size % 64 != 0 {
+            return; // said elsewhere
+        }
+        if let Err(e) = SectionGeometry::fit(len, count, slot_size, Geometry::DEFAULT_LEASE_MS) {
+            check.report(
+                "shared_memory",
+                format!(
+                    "{} MiB cannot hold {nodes} write-protected sections (buffers 1: each node's share, rounded down to a power of two, holds a ring for every other node) with {slot_size}-byte slots: {e}",
+                    shared_memory >> 20
+                ),
+            );
+        }
     }
 
     fn existing(check: &mut Checker<'_>, base: &Path, field: &str, path: &Path) -> PathBuf {

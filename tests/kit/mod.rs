@@ -169,7 +169,20 @@ impl Run {
         // Its region, by the name vni-lab gives it (labs of the same name
         // in other run directories are not ours).
         let region = vni_lab::lab::LabDir::new(&self.dir, name).default_shm();
-        let left: Vec<PathBuf> = Some(region).filter(|r| r.exists()).into_iter().collect();
+        // And configuration 1's sections beside it (`REGION-dir`,
+        // `REGION-sN`).
+        let beside = format!("{}-", region.file_name().unwrap().to_string_lossy());
+        let mut left: Vec<PathBuf> = std::fs::read_dir(region.parent().unwrap())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&beside))
+            })
+            .collect();
+        left.extend(Some(region).filter(|r| r.exists()));
         assert_eq!(left, Vec::<PathBuf>::new(), "shared memory left");
         let status = self.status();
         assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");

@@ -94,7 +94,37 @@ fn hex_attr(path: &Path) -> Option<u16> {
     u16::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
 }
 
-/// The sysfs directory of the first ivshmem device.
+/// PCI capability id of MSI-X.
+const CAP_MSIX: u8 = 0x11;
+
+/// Whether the device whose configuration space is `config` has MSI-X:
+/// its capability list walked from the pointer at 0x34 (at most 48 steps,
+/// whatever the list says).
+fn has_msix(config: &[u8]) -> bool {
+    const STATUS_CAP_LIST: u8 = 0x10;
+    if config
+        .get(6)
+        .is_none_or(|&status| status & STATUS_CAP_LIST == 0)
+    {
+        return false;
+    }
+    let mut at = config.get(0x34).copied().unwrap_or(0);
+    for _ in 0..48 {
+        if at < 0x40 {
+            return false;
+        }
+        match (config.get(usize::from(at)), config.get(usize::from(at) + 1)) {
+            (Some(&CAP_MSIX), _) => return true,
+            (Some(_), Some(&next)) => at = next & !3,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The sysfs directory of the ivshmem doorbell device: the first ivshmem
+/// device with MSI-X (a lab in write-protected sections also has
+/// `ivshmem-plain` devices, without it).
 pub fn find() -> Result<PathBuf, DeviceError> {
     let devices = Path::new(SYSFS_PCI).join("devices");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&devices)
@@ -104,6 +134,7 @@ pub fn find() -> Result<PathBuf, DeviceError> {
         .filter(|p| {
             hex_attr(&p.join("vendor")) == Some(VENDOR)
                 && hex_attr(&p.join("device")) == Some(DEVICE)
+                && std::fs::read(p.join("config")).is_ok_and(|c| has_msix(&c))
         })
         .collect();
     found.sort();
@@ -311,5 +342,41 @@ impl Ivshmem {
             len,
             &format!("ivshmem BAR2 of {}", self.bdf),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration space with the capabilities `caps` (id, offset),
+    /// chained in that order.
+    fn config(caps: &[(u8, u8)]) -> Vec<u8> {
+        let mut c = vec![0u8; 256];
+        if let Some(&(_, first)) = caps.first() {
+            c[6] = 0x10;
+            c[0x34] = first;
+        }
+        for (i, &(id, at)) in caps.iter().enumerate() {
+            c[usize::from(at)] = id;
+            c[usize::from(at) + 1] = caps.get(i + 1).map_or(0, |&(_, next)| next);
+        }
+        c
+    }
+
+    #[test]
+    fn the_doorbell_device_is_the_one_with_msix() {
+        assert!(has_msix(&config(&[(CAP_MSIX, 0x40)])));
+        assert!(has_msix(&config(&[(0x09, 0x40), (CAP_MSIX, 0x50)])));
+        // ivshmem-plain: no capabilities, or others only.
+        assert!(!has_msix(&config(&[])));
+        assert!(!has_msix(&config(&[(0x09, 0x40)])));
+        // A list that loops, or points into the header, ends.
+        let mut looping = config(&[(0x09, 0x40)]);
+        looping[0x41] = 0x40;
+        assert!(!has_msix(&looping));
+        let mut short = config(&[(CAP_MSIX, 0x40)]);
+        short.truncate(0x40);
+        assert!(!has_msix(&short));
     }
 }

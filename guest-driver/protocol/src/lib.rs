@@ -70,6 +70,8 @@ pub use io::{frame_iovecs, IoSlots};
 pub use platform::{Backoff, StdPlatform};
 pub use region::{Region, RegionError};
 pub use vni_core::lifecycle::{self, Event, Lifecycle};
+pub use vni_core::section::{SectionGeometry, SectionLayout};
+pub use vni_core::{directory, section};
 pub use vni_core::{
     members, Dest, EndpointError, FlushReport, NoSource, SendError, BATCH, OFFENCE_LIMIT,
     QUARANTINE_LEASES,

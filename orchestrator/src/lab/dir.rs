@@ -404,6 +404,7 @@ impl LabDir {
             .or_else(|| self.plan().map(|p| p.shm))
             .unwrap_or_else(|| self.default_shm());
         cleaned.shm_removed = std::fs::remove_file(&shm).is_ok();
+        crate::sections::Sections::remove(&shm);
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(cleaned),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(cleaned),

@@ -14,6 +14,7 @@ use super::{scaled, Subject};
 use crate::agent::ExecOutput;
 use crate::driver;
 use crate::lab::LabDir;
+use crate::sections::Sections;
 use crate::topology::Driver;
 use crate::topology::{Network, Node, Topology};
 
@@ -53,6 +54,10 @@ fn facts_script(which: Driver) -> String {
 pub struct Context {
     pub(super) topology: Topology,
     pub(super) shm: Option<PathBuf>,
+    /// The lab, for its QEMUs' pids.
+    lab: LabDir,
+    /// Configuration 1's write-protected sections.
+    sections: Option<Sections>,
     pub(super) guests: Guests,
     scale: f64,
     runs: u32,
@@ -68,9 +73,16 @@ impl Context {
             .unwrap_or_default()
             .subsec_nanos()
             ^ std::process::id().rotate_left(16);
+        let plan = lab.plan();
+        let sections = plan.as_ref().and_then(|p| {
+            let geometry = topology.sections_for(&p.accel)?;
+            Some(Sections::new(&p.shm, geometry))
+        });
         Context {
             topology: topology.clone(),
-            shm: lab.plan().map(|p| p.shm),
+            shm: plan.map(|p| p.shm),
+            lab: lab.clone(),
+            sections,
             guests,
             scale,
             runs: seed & 0x00ff_ffff,
@@ -619,6 +631,28 @@ impl Context {
         )
     }
 
+    /// What is wrong with how the nodes' QEMUs map configuration 1's
+    /// sections (their own read-write, every other read-only), from
+    /// `/proc/PID/maps`; nothing for configuration 2.
+    fn section_mappings(&self) -> Vec<String> {
+        let Some(sections) = &self.sections else {
+            return Vec::new();
+        };
+        let records = self.lab.state().map(|s| s.nodes).unwrap_or_default();
+        let mut problems = Vec::new();
+        for node in &self.topology.nodes {
+            let Some(pid) = records.iter().find(|r| r.name == node.name).map(|r| r.pid) else {
+                problems.push(format!("{}: no QEMU on record", node.name));
+                continue;
+            };
+            match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+                Ok(maps) => problems.extend(sections.mapping_problems(node.id, &maps)),
+                Err(e) => problems.push(format!("{}: cannot read its QEMU's maps: {e}", node.name)),
+            }
+        }
+        problems
+    }
+
     async fn region(&mut self) -> Result<Verdict, Trouble> {
         // Drivers give idle slots back after 100 ms.
         let deadline = std::time::Instant::now() + self.t(5.0);
@@ -645,6 +679,7 @@ impl Context {
             if !not_running.is_empty() {
                 problems.push(format!("not in Run: {}", not_running.join(", ")));
             }
+            problems.extend(self.section_mappings());
             let (free, slots) = (report.pool.free, report.pool.slots);
             if free != slots {
                 problems.push(format!(
@@ -666,9 +701,16 @@ impl Context {
                         n.id, n.state, n.counters
                     );
                 }
+                let sections = match &self.sections {
+                    Some(s) => format!(
+                        "; {} sections, each writable by its owner only",
+                        s.files.len()
+                    ),
+                    None => String::new(),
+                };
                 let mut v = Verdict::of(
                     problems,
-                    format!("all {slots} slots back in the pool, no protocol errors, {dropped} frames dropped"),
+                    format!("all {slots} slots back in the pool, no protocol errors, {dropped} frames dropped{sections}"),
                 )
                 .metric("slots", slots as f64)
                 .metric("free", free as f64)

@@ -51,6 +51,9 @@ pub enum SupervisorError {
         #[source]
         source: io::Error,
     },
+    /// Configuration 1's section files could not be made.
+    #[error("{}", causes(.0))]
+    Sections(#[source] crate::sections::SectionsError),
     /// The region does not fit in this host's address space.
     #[error("region too large: {size} bytes")]
     RegionTooLarge {

@@ -12,6 +12,7 @@ use crate::driver;
 use crate::lab::{LabDir, NodeState};
 use crate::netns::LabNet;
 use crate::qemu::Qmp;
+use crate::sections::Sections;
 use crate::topology::Network;
 
 /// Reads one fault request from `stream` and answers it.
@@ -143,7 +144,19 @@ pub(super) async fn inject(
             });
             let started = Instant::now();
             let node = nodes[i].node.clone();
-            let running = spawn_node(lab, &plan, &topology, &node, &socket, net)?;
+            // The same sections as before: its own is its to set up again.
+            let sections = topology
+                .sections_for(&plan.accel)
+                .map(|g| Sections::new(&plan.shm, g));
+            let running = spawn_node(
+                lab,
+                &plan,
+                &topology,
+                &node,
+                &socket,
+                net,
+                sections.as_ref(),
+            )?;
             recorder.node(&name, |n| {
                 n.pid = running.pid;
                 n.state = NodeState::Booting;

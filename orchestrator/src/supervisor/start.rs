@@ -21,6 +21,7 @@ use crate::lab::{LabDir, NodeRecord, NodeState, Plan};
 use crate::logs::tail;
 use crate::netns::LabNet;
 use crate::qemu::{self, NodeSpec, Qmp};
+use crate::sections::Sections;
 use crate::topology::{Driver, Network, Node, Topology};
 
 /// Timeout of one QMP call.
@@ -46,6 +47,19 @@ pub(super) async fn start(
     });
     recorder.update(|s| s.shm = Some(plan.shm.clone()));
     let shm = create_region(&plan.shm, &topology, &geometry)?;
+    let sections = topology
+        .sections_for(&plan.accel)
+        .map(|g| Sections::new(&plan.shm, g));
+    if let Some(sections) = &sections {
+        emit(&Event::Step {
+            message: format!(
+                "making {} write-protected sections of {} MiB",
+                sections.files.len(),
+                sections.geometry.section_len >> 20
+            ),
+        });
+        sections.create().map_err(SupervisorError::Sections)?;
+    }
     let socket = lab.ivshmem_socket();
     *server = Some(start_server(&socket, shm)?);
 
@@ -64,7 +78,15 @@ pub(super) async fn start(
         ),
     });
     for node in &topology.nodes {
-        let running = spawn_node(lab, &plan, &topology, node, &socket, net.as_ref())?;
+        let running = spawn_node(
+            lab,
+            &plan,
+            &topology,
+            node,
+            &socket,
+            net.as_ref(),
+            sections.as_ref(),
+        )?;
         recorder.update(|s| {
             s.nodes.push(NodeRecord {
                 name: node.name.clone(),
@@ -326,6 +348,7 @@ pub(super) fn spawn_node(
     node: &Node,
     socket: &Path,
     net: Option<&LabNet>,
+    sections: Option<&Sections>,
 ) -> Result<Running, SupervisorError> {
     let paths = lab.node(&node.name);
     let spec = NodeSpec {
@@ -338,6 +361,7 @@ pub(super) fn spawn_node(
         ivshmem: socket,
         paths: &paths,
         sandbox: plan.sandbox,
+        sections,
         netdev: match topology.network {
             Network::Vni => None,
             Network::VirtioNet => Some(qemu::baseline_netdev(
@@ -646,6 +670,7 @@ mod tests {
             &topology,
             &topology.nodes[0],
             &socket,
+            None,
             None,
         )
         .err()

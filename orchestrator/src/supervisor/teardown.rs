@@ -9,6 +9,7 @@ use super::event::timestamp;
 use super::record::{signal, Recorder, Running};
 use crate::ivshmem_server::IvshmemServer;
 use crate::lab::LabDir;
+use crate::sections::Sections;
 
 /// How long QEMU gets to exit after SIGTERM before SIGKILL.
 pub(super) const QEMU_GRACE: Duration = Duration::from_secs(5);
@@ -46,7 +47,8 @@ pub(super) async fn teardown(
         .shm
         .clone();
     if let Some(shm) = shm {
-        let _ = std::fs::remove_file(shm);
+        let _ = std::fs::remove_file(&shm);
+        Sections::remove(&shm);
     }
     if let Some(to) = lab.plan().and_then(|p| p.keep_logs) {
         if let Err(e) = keep_logs(lab, &nodes, &to) {
