@@ -174,13 +174,30 @@ impl Sections {
 
 /// Creates `path` (0600, replacing a dead lab's) at `len` bytes.
 fn create(path: &Path, len: u64) -> Result<File, SectionsError> {
-    let err = |what| {
-        move |source| SectionsError {
-            what,
-            path: path.to_owned(),
-            source,
-        }
-    };
+    fresh_file(path, len).map_err(|(step, source)| SectionsError {
+        what: match step {
+            FileStep::Create => "create",
+            FileStep::Size => "size",
+        },
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The step of [`fresh_file`] that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileStep {
+    /// Creating the file.
+    Create,
+    /// Giving it its size.
+    Size,
+}
+
+/// Creates the shared-memory file `path` for this user only (mode 0600)
+/// at `len` bytes, zeroed. A file already there is a dead lab's (the name
+/// belongs to a lab directory whose lock the caller holds) and is
+/// replaced. On failure: which step, and why.
+pub fn fresh_file(path: &Path, len: u64) -> Result<File, (FileStep, io::Error)> {
     let _ = std::fs::remove_file(path);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -188,8 +205,8 @@ fn create(path: &Path, len: u64) -> Result<File, SectionsError> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(err("create"))?;
-    file.set_len(len).map_err(err("size"))?;
+        .map_err(|e| (FileStep::Create, e))?;
+    file.set_len(len).map_err(|e| (FileStep::Size, e))?;
     Ok(file)
 }
 

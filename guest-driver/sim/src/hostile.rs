@@ -399,15 +399,20 @@ mod tests {
         }
     }
 
+    /// The rogue as node `NODES` of `region`: attached and running under
+    /// its own name, and the damage it does (seeded with `seed`).
+    fn rogue_in(region: &Arc<Region>, seed: u64) -> (Endpoint, Rogue) {
+        let mut ep = Endpoint::attach(region.clone(), NODES, MacAddr::for_node(NODES)).unwrap();
+        ep.set_state(NodeState::Run).unwrap();
+        (ep, Rogue::new(region.clone(), NODES, seed).unwrap())
+    }
+
     #[test]
     fn a_rogue_sending_bad_frames_is_fenced_and_ignored() {
         for config in [BufferConfig::SharedPool, BufferConfig::PerPair] {
             let (region, mut honest) = lab(config);
             let rogue_id = NODES;
-            let mut rogue_ep =
-                Endpoint::attach(region.clone(), rogue_id, MacAddr::for_node(rogue_id)).unwrap();
-            rogue_ep.set_state(NodeState::Run).unwrap();
-            let mut rogue = Rogue::new(region.clone(), rogue_id, 42).unwrap();
+            let (mut rogue_ep, mut rogue) = rogue_in(&region, 42);
             let mut fenced = false;
             for round in 0..400u32 {
                 // Frames under its own name that fail validation.
@@ -466,10 +471,7 @@ mod tests {
         for config in [BufferConfig::SharedPool, BufferConfig::PerPair] {
             let (region, mut honest) = lab(config);
             let rogue_id = NODES;
-            let mut rogue_ep =
-                Endpoint::attach(region.clone(), rogue_id, MacAddr::for_node(rogue_id)).unwrap();
-            rogue_ep.set_state(NodeState::Run).unwrap();
-            let mut rogue = Rogue::new(region.clone(), rogue_id, 5).unwrap();
+            let (mut rogue_ep, mut rogue) = rogue_in(&region, 5);
             let victim = 0;
             let (mut incarnations, mut fenced_at) = (0, None);
             for round in 0..200u32 {

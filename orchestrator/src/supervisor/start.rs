@@ -21,7 +21,7 @@ use crate::lab::{LabDir, NodeRecord, NodeState, Plan};
 use crate::logs::tail;
 use crate::netns::LabNet;
 use crate::qemu::{self, NodeSpec, Qmp};
-use crate::sections::Sections;
+use crate::sections::{self, FileStep, Sections};
 use crate::topology::{Driver, Network, Node, Topology};
 
 /// Timeout of one QMP call.
@@ -305,32 +305,20 @@ pub(super) async fn wait_for_vni(
     }
 }
 
-/// Creates the shared-memory file (0600, refusing an existing one) and
+/// Creates the shared-memory file (0600, replacing a dead lab's) and
 /// formats the VNI region in it with `geometry`.
 pub(super) fn create_region(
     path: &Path,
     topology: &Topology,
     geometry: &vni_protocol::Geometry,
 ) -> Result<File, SupervisorError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // The name belongs to this lab directory, whose lock we hold: a file
-    // there now is a dead lab's.
-    let _ = std::fs::remove_file(path);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| SupervisorError::CreateRegion {
-            path: path.to_owned(),
-            source,
-        })?;
-    file.set_len(topology.shared_memory)
-        .map_err(|source| SupervisorError::SizeRegion {
-            path: path.to_owned(),
-            source,
-        })?;
+    let file = sections::fresh_file(path, topology.shared_memory).map_err(|(step, source)| {
+        let path = path.to_owned();
+        match step {
+            FileStep::Create => SupervisorError::CreateRegion { path, source },
+            FileStep::Size => SupervisorError::SizeRegion { path, source },
+        }
+    })?;
     let len =
         usize::try_from(topology.shared_memory).map_err(|_| SupervisorError::RegionTooLarge {
             size: topology.shared_memory,
