@@ -19,6 +19,8 @@ use vni_protocol::directory::{
 };
 use vni_protocol::{NodeId, SectionGeometry, MAX_NODES};
 
+use crate::topology::Topology;
+
 /// A section file or the directory could not be made.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {what} {}", path.display())]
@@ -60,6 +62,14 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 }
 
 impl Sections {
+    /// The sections of a lab of `topology` run by `accel` (`kvm` or
+    /// `tcg`) beside its region file `shm`: `None` for configuration 2 and
+    /// for virtio-net labs.
+    pub fn of_lab(topology: &Topology, accel: &str, shm: &Path) -> Option<Self> {
+        let geometry = topology.sections_for(accel)?;
+        Some(Sections::new(shm, geometry))
+    }
+
     /// The sections of `geometry` beside the region file `shm`.
     pub fn new(shm: &Path, geometry: SectionGeometry) -> Self {
         Sections {

@@ -14,7 +14,7 @@
 //! [`section_slot`]`(n)`, where the host's QEMU command line puts it, and
 //! a driver finds it there.
 
-use super::layout::LayoutError;
+use super::layout::{checksum, header_put, header_u32, header_u64, LayoutError};
 use super::nodes::NodeId;
 use super::section::SectionGeometry;
 
@@ -76,81 +76,49 @@ pub fn section_slot(node: NodeId) -> SectionSlot {
 /// The directory's bytes for `geometry`.
 pub fn encode(geometry: &SectionGeometry) -> [u8; DIR_HEADER_LEN] {
     let mut h = [0u8; DIR_HEADER_LEN];
-    put(&mut h, OFF_MAGIC, &DIR_MAGIC.to_le_bytes());
-    put(&mut h, OFF_VERSION, &DIR_VERSION.to_le_bytes());
-    put(&mut h, OFF_NODES, &geometry.nodes.to_le_bytes());
-    put(&mut h, OFF_SLOT_SIZE, &geometry.slot_size.to_le_bytes());
-    put(&mut h, OFF_SECTION_LEN, &geometry.section_len.to_le_bytes());
-    put(
+    header_put(&mut h, OFF_MAGIC, &DIR_MAGIC.to_le_bytes());
+    header_put(&mut h, OFF_VERSION, &DIR_VERSION.to_le_bytes());
+    header_put(&mut h, OFF_NODES, &geometry.nodes.to_le_bytes());
+    header_put(&mut h, OFF_SLOT_SIZE, &geometry.slot_size.to_le_bytes());
+    header_put(&mut h, OFF_SECTION_LEN, &geometry.section_len.to_le_bytes());
+    header_put(
         &mut h,
         OFF_RING_ENTRIES,
         &geometry.ring_entries.to_le_bytes(),
     );
-    put(&mut h, OFF_LEASE_MS, &geometry.lease_ms.to_le_bytes());
+    header_put(&mut h, OFF_LEASE_MS, &geometry.lease_ms.to_le_bytes());
     let sum = checksum(h.get(..OFF_CHECKSUM).unwrap_or(&[]));
-    put(&mut h, OFF_CHECKSUM, &sum.to_le_bytes());
+    header_put(&mut h, OFF_CHECKSUM, &sum.to_le_bytes());
     h
 }
 
 /// The geometry a directory's bytes `h` hold, validated.
 pub fn parse(h: &[u8; DIR_HEADER_LEN]) -> Result<SectionGeometry, LayoutError> {
-    let magic = u64_at(h, OFF_MAGIC);
+    let magic = header_u64(h, OFF_MAGIC);
     if magic == 0 {
         return Err(LayoutError::NotFormatted);
     }
     if magic != DIR_MAGIC {
         return Err(LayoutError::BadMagic { found: magic });
     }
-    let version = u32_at(h, OFF_VERSION);
+    let version = header_u32(h, OFF_VERSION);
     if version != DIR_VERSION {
         return Err(LayoutError::UnsupportedVersion { found: version });
     }
-    let found = u64_at(h, OFF_CHECKSUM);
+    let found = header_u64(h, OFF_CHECKSUM);
     let computed = checksum(h.get(..OFF_CHECKSUM).unwrap_or(&[]));
     if found != computed {
         return Err(LayoutError::BadChecksum { found, computed });
     }
     let geometry = SectionGeometry {
-        nodes: u32_at(h, OFF_NODES),
-        section_len: u64_at(h, OFF_SECTION_LEN),
-        slot_size: u32_at(h, OFF_SLOT_SIZE),
-        ring_entries: u32_at(h, OFF_RING_ENTRIES),
-        lease_ms: u32_at(h, OFF_LEASE_MS),
+        nodes: header_u32(h, OFF_NODES),
+        section_len: header_u64(h, OFF_SECTION_LEN),
+        slot_size: header_u32(h, OFF_SLOT_SIZE),
+        ring_entries: header_u32(h, OFF_RING_ENTRIES),
+        lease_ms: header_u32(h, OFF_LEASE_MS),
     };
     geometry.validate()?;
     Ok(geometry)
-}
-
-fn put(h: &mut [u8; DIR_HEADER_LEN], at: usize, bytes: &[u8]) {
-    if let Some(to) = at
-        .checked_add(bytes.len())
-        .and_then(|end| h.get_mut(at..end))
-    {
-        to.copy_from_slice(bytes);
-    }
-}
-
-fn u32_at(h: &[u8; DIR_HEADER_LEN], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    if let Some(from) = h.get(at..at.saturating_add(4)) {
-        b.copy_from_slice(from);
-    }
-    u32::from_le_bytes(b)
-}
-
-fn u64_at(h: &[u8; DIR_HEADER_LEN], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(from) = h.get(at..at.saturating_add(8)) {
-        b.copy_from_slice(from);
-    }
-    u64::from_le_bytes(b)
-}
-
-/// FNV-1a, as the region header's checksum.
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

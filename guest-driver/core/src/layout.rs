@@ -451,14 +451,7 @@ impl Layout {
     fn header_bytes(&self, epoch: u64) -> [u8; HEADER_LEN] {
         let g = &self.geometry;
         let mut h = [0u8; HEADER_LEN];
-        let mut put = |off: usize, bytes: &[u8]| {
-            if let Some(dst) = off
-                .checked_add(bytes.len())
-                .and_then(|end| h.get_mut(off..end))
-            {
-                dst.copy_from_slice(bytes);
-            }
-        };
+        let mut put = |off: usize, bytes: &[u8]| header_put(&mut h, off, bytes);
         put(HDR_MAGIC, &MAGIC.to_le_bytes());
         put(HDR_VERSION, &VERSION.to_le_bytes());
         put(HDR_CONFIG, &g.config.number().to_le_bytes());
@@ -660,7 +653,18 @@ pub fn header_words(h: &[u8; HEADER_LEN]) -> [u64; HEADER_LEN / 8] {
     words
 }
 
-fn header_u32(h: &[u8], off: usize) -> u32 {
+/// Copies `bytes` into header bytes `h` at `off` (nothing past its end).
+pub(super) fn header_put(h: &mut [u8], off: usize, bytes: &[u8]) {
+    if let Some(dst) = off
+        .checked_add(bytes.len())
+        .and_then(|end| h.get_mut(off..end))
+    {
+        dst.copy_from_slice(bytes);
+    }
+}
+
+/// The little-endian u32 at `off` of header bytes `h` (0 past its end).
+pub(super) fn header_u32(h: &[u8], off: usize) -> u32 {
     let mut b = [0u8; 4];
     if let Some(src) = off.checked_add(4).and_then(|end| h.get(off..end)) {
         b.copy_from_slice(src);
@@ -668,7 +672,8 @@ fn header_u32(h: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(b)
 }
 
-fn header_u64(h: &[u8], off: usize) -> u64 {
+/// The little-endian u64 at `off` of header bytes `h` (0 past its end).
+pub(super) fn header_u64(h: &[u8], off: usize) -> u64 {
     let mut b = [0u8; 8];
     if let Some(src) = off.checked_add(8).and_then(|end| h.get(off..end)) {
         b.copy_from_slice(src);
@@ -704,7 +709,7 @@ fn seal(h: &mut [u8; HEADER_LEN]) {
 
 /// FNV-1a, 64 bit: detects a scribbled header, not an adversary (who could
 /// recompute it; the protocol's bounds checks are the real defence).
-fn checksum(bytes: &[u8]) -> u64 {
+pub(super) fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -74,10 +74,9 @@ impl Context {
             .subsec_nanos()
             ^ std::process::id().rotate_left(16);
         let plan = lab.plan();
-        let sections = plan.as_ref().and_then(|p| {
-            let geometry = topology.sections_for(&p.accel)?;
-            Some(Sections::new(&p.shm, geometry))
-        });
+        let sections = plan
+            .as_ref()
+            .and_then(|p| Sections::of_lab(topology, &p.accel, &p.shm));
         Context {
             topology: topology.clone(),
             shm: plan.map(|p| p.shm),

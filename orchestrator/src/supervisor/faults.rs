@@ -145,9 +145,7 @@ pub(super) async fn inject(
             let started = Instant::now();
             let node = nodes[i].node.clone();
             // The same sections as before: its own is its to set up again.
-            let sections = topology
-                .sections_for(&plan.accel)
-                .map(|g| Sections::new(&plan.shm, g));
+            let sections = Sections::of_lab(&topology, &plan.accel, &plan.shm);
             let running = spawn_node(
                 lab,
                 &plan,

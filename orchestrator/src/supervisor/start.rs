@@ -47,9 +47,7 @@ pub(super) async fn start(
     });
     recorder.update(|s| s.shm = Some(plan.shm.clone()));
     let shm = create_region(&plan.shm, &topology, &geometry)?;
-    let sections = topology
-        .sections_for(&plan.accel)
-        .map(|g| Sections::new(&plan.shm, g));
+    let sections = Sections::of_lab(&topology, &plan.accel, &plan.shm);
     if let Some(sections) = &sections {
         emit(&Event::Step {
             message: format!(
